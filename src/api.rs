@@ -1,0 +1,176 @@
+//! Which v4 APIs callers may reach, and the bounded `api` label of each request.
+//!
+//! Only `/v4/{service}/{command}` paths made of letters, digits and underscores are ever
+//! routed, so no caller-chosen path, `..`, or percent-encoding can reach the upstream.
+
+use std::sync::Arc;
+
+use crate::config::{is_api_name, ApiAllowList};
+use crate::validation::CounterApi;
+
+/// Distinct API names labelled as themselves under `allow = ["*"]`.
+const MAX_OPEN_API_LABELS: usize = 100;
+
+/// The label of requests for APIs that are not allowed.
+pub const OTHER: &str = "other";
+
+/// A routed request's API.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// `service/command`; also the `api` label.
+    pub name: Arc<str>,
+    /// Set for the three counter APIs, which get payload validation.
+    pub counter: Option<CounterApi>,
+}
+
+pub struct ApiTable {
+    any: bool,
+    listed: Vec<Api>,
+    /// Labels for APIs allowed only through `"*"`, capped.
+    open: std::sync::RwLock<Vec<Arc<str>>>,
+    other: Arc<str>,
+}
+
+impl std::fmt::Debug for ApiTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiTable")
+            .field("any", &self.any)
+            .field("listed", &self.listed.len())
+            .finish()
+    }
+}
+
+/// `service/command` out of `/v4/service/command`, if the path has exactly that shape.
+pub fn api_of_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v4/")?;
+    is_api_name(rest).then_some(rest)
+}
+
+impl ApiTable {
+    pub fn new(allow: &ApiAllowList) -> Self {
+        let (any, names): (bool, &[String]) = match allow {
+            ApiAllowList::Any => (true, &[]),
+            ApiAllowList::Only(names) => (false, names),
+        };
+        // The counter APIs are always labelled as themselves under "*".
+        let mut listed: Vec<Api> = names.iter().map(|n| Api::new(n)).collect();
+        if any {
+            for name in [
+                "group_open_http_svc/get_group_counter",
+                "group_open_http_svc/update_group_counter",
+                "group_open_http_svc/delete_group_counter",
+            ] {
+                listed.push(Api::new(name));
+            }
+        }
+        ApiTable {
+            any,
+            listed,
+            open: std::sync::RwLock::new(Vec::new()),
+            other: Arc::from(OTHER),
+        }
+    }
+
+    /// The API of an allowed path, or `None` when the path is not allowed.
+    pub fn route(&self, path: &str) -> Option<Api> {
+        let name = api_of_path(path)?;
+        if let Some(api) = self.listed.iter().find(|a| &*a.name == name) {
+            return Some(api.clone());
+        }
+        if !self.any {
+            return None;
+        }
+        Some(Api {
+            name: self.open_label(name),
+            counter: None,
+        })
+    }
+
+    /// The `api` label for a request path: the API's name when allowed, else `other`.
+    pub fn label(&self, path: &str) -> Arc<str> {
+        match self.route(path) {
+            Some(api) => api.name,
+            None => self.other.clone(),
+        }
+    }
+
+    fn open_label(&self, name: &str) -> Arc<str> {
+        if let Ok(open) = self.open.read() {
+            if let Some(label) = open.iter().find(|l| &***l == name) {
+                return label.clone();
+            }
+        }
+        let Ok(mut open) = self.open.write() else {
+            return self.other.clone();
+        };
+        if let Some(label) = open.iter().find(|l| &***l == name) {
+            return label.clone();
+        }
+        if open.len() >= MAX_OPEN_API_LABELS {
+            return self.other.clone();
+        }
+        let label: Arc<str> = Arc::from(name);
+        open.push(label.clone());
+        label
+    }
+}
+
+impl Api {
+    fn new(name: &str) -> Self {
+        Api {
+            name: Arc::from(name),
+            counter: CounterApi::from_api(name),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_apis_route() {
+        let table = ApiTable::new(&ApiAllowList::counters());
+        let api = table
+            .route("/v4/group_open_http_svc/update_group_counter")
+            .expect("allowed");
+        assert_eq!(&*api.name, "group_open_http_svc/update_group_counter");
+        assert_eq!(api.counter, Some(CounterApi::Update));
+        for path in [
+            "/v4/group_open_http_svc/create_group",
+            "/v4/group_open_http_svc/update_group_counter/x",
+            "/v4/group_open_http_svc/../update_group_counter",
+            "/v4/group_open_http_svc/update%5Fgroup_counter",
+            "/v3/group_open_http_svc/update_group_counter",
+            "//v4/group_open_http_svc/update_group_counter",
+            "/",
+            "",
+        ] {
+            assert!(table.route(path).is_none(), "{path} routed");
+            assert_eq!(&*table.label(path), "other");
+        }
+    }
+
+    #[test]
+    fn star_allows_every_v4_api_with_bounded_labels() {
+        let table = ApiTable::new(&ApiAllowList::Any);
+        let api = table.route("/v4/openim/sendmsg").expect("allowed");
+        assert_eq!(&*api.name, "openim/sendmsg");
+        assert_eq!(api.counter, None);
+        assert_eq!(
+            table
+                .route("/v4/group_open_http_svc/get_group_counter")
+                .and_then(|a| a.counter),
+            Some(CounterApi::Get)
+        );
+        for i in 0..300 {
+            table.route(&format!("/v4/svc/cmd{i}")).expect("allowed");
+        }
+        let labels: std::collections::HashSet<String> = (0..300)
+            .map(|i| table.label(&format!("/v4/svc/cmd{i}")).to_string())
+            .collect();
+        assert!(labels.len() <= MAX_OPEN_API_LABELS + 1);
+        assert!(labels.contains("other"));
+        assert!(table.route("/v4/svc/a.b").is_none());
+    }
+}

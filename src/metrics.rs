@@ -1,0 +1,361 @@
+//! The gateway's metric families, on a registry of its own.
+//!
+//! Label values are bounded: `api` comes from the allow-list (or a capped set under `"*"`),
+//! `error_code` is capped at [`MAX_ERROR_CODES`] distinct codes, then `other`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::envelope::Reason;
+
+/// Distinct upstream ErrorCodes kept as their own label value.
+pub const MAX_ERROR_CODES: usize = 100;
+
+/// Whole request as the caller sees it, and the upstream round trip: Tencent answers in tens
+/// to thousands of milliseconds and gives up after 3 s; the gateway waits up to its timeout.
+const ROUND_TRIP_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0,
+];
+/// The gateway's own work per request: microseconds.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01,
+];
+
+/// How a request ended, as the `outcome` label says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    UpstreamError,
+    Rejected(Reason),
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Rejected(reason) => reason.as_str(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    upstream_responses: IntCounterVec,
+    rate_limited: IntCounterVec,
+    overhead: HistogramVec,
+    upstream_in_flight: IntGauge,
+    usersig_expiry: IntGauge,
+    usersig_renewals: IntCounterVec,
+    secret_key_loaded: IntGauge,
+    error_codes: BoundedLabels,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        &["api"],
+    )
+    .expect("valid metric definition");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    // The definitions are constants: a failure here is a programming error caught by every test.
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let requests = counter(
+            &r,
+            "chat_gateway_requests_total",
+            "Requests answered, by API and outcome (ok, upstream_error or the rejection reason).",
+            &["api", "outcome"],
+        );
+        let request_duration = histogram(
+            &r,
+            "chat_gateway_request_duration_seconds",
+            "Time from the request's arrival to its answer, as the caller sees it.",
+            ROUND_TRIP_BUCKETS,
+        );
+        let upstream_duration = histogram(
+            &r,
+            "chat_gateway_upstream_duration_seconds",
+            "Round trip to Tencent (connect, send, read the answer).",
+            ROUND_TRIP_BUCKETS,
+        );
+        let upstream_responses = counter(
+            &r,
+            "chat_gateway_upstream_responses_total",
+            "Answers from Tencent by the ErrorCode in their body (unparsable, or other past the cap).",
+            &["api", "error_code"],
+        );
+        let rate_limited = counter(
+            &r,
+            "chat_gateway_rate_limited_total",
+            "Requests refused by the gateway's rate limits, by scope (group or app).",
+            &["api", "scope"],
+        );
+        let overhead = histogram(
+            &r,
+            "chat_gateway_overhead_seconds",
+            "Time spent in the gateway itself, excluding the upstream round trip.",
+            OVERHEAD_BUCKETS,
+        );
+        let upstream_in_flight = gauge(
+            &r,
+            "chat_gateway_upstream_requests_in_flight",
+            "Requests sent to Tencent and not yet answered.",
+        );
+        let usersig_expiry = gauge(
+            &r,
+            "chat_gateway_usersig_expiry_timestamp_seconds",
+            "When the current admin UserSig expires (Unix seconds).",
+        );
+        let usersig_renewals = counter(
+            &r,
+            "chat_gateway_usersig_renewals_total",
+            "Renewals of the admin UserSig, by result.",
+            &["result"],
+        );
+        let secret_key_loaded = gauge(
+            &r,
+            "chat_gateway_secret_key_loaded",
+            "1 while the secret key in use is the one on disk, 0 after a failed reload.",
+        );
+        secret_key_loaded.set(1);
+        let build_info = IntGaugeVec::new(
+            Opts::new("chat_gateway_build_info", "The running version; always 1."),
+            &["version"],
+        )
+        .expect("valid metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        r.register(Box::new(build_info))
+            .expect("metric registered once");
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            r.register(Box::new(process))
+                .expect("metric registered once");
+        }
+        // Make the renewal series visible before the first renewal happens.
+        for result in ["ok", "error"] {
+            usersig_renewals.with_label_values(&[result]);
+        }
+        Metrics(Arc::new(Inner {
+            registry: r,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_responses,
+            rate_limited,
+            overhead,
+            upstream_in_flight,
+            usersig_expiry,
+            usersig_renewals,
+            secret_key_loaded,
+            error_codes: BoundedLabels::new(MAX_ERROR_CODES),
+        }))
+    }
+
+    /// One finished request.
+    pub fn request(&self, api: &str, outcome: Outcome, seconds: f64, overhead_seconds: f64) {
+        let m = &self.0;
+        m.requests.with_label_values(&[api, outcome.as_str()]).inc();
+        m.request_duration
+            .with_label_values(&[api])
+            .observe(seconds);
+        m.overhead
+            .with_label_values(&[api])
+            .observe(overhead_seconds);
+    }
+
+    /// One answer from the upstream; `error_code` is `None` when the body had none readable.
+    pub fn upstream_response(&self, api: &str, error_code: Option<i64>, seconds: f64) {
+        let m = &self.0;
+        m.upstream_duration
+            .with_label_values(&[api])
+            .observe(seconds);
+        let label = match error_code {
+            Some(code) => m.error_codes.label(code),
+            None => Arc::from("unparsable"),
+        };
+        m.upstream_responses.with_label_values(&[api, &label]).inc();
+    }
+
+    /// A failed round trip (no answer): only its duration.
+    pub fn upstream_failure(&self, api: &str, seconds: f64) {
+        self.0
+            .upstream_duration
+            .with_label_values(&[api])
+            .observe(seconds);
+    }
+
+    pub fn rate_limited(&self, api: &str, scope: &str) {
+        self.0.rate_limited.with_label_values(&[api, scope]).inc();
+    }
+
+    pub fn upstream_in_flight(&self) -> &IntGauge {
+        &self.0.upstream_in_flight
+    }
+
+    pub fn usersig_renewed(&self, expires_at: u64) {
+        self.0.usersig_expiry.set(expires_at as i64);
+        self.0.usersig_renewals.with_label_values(&["ok"]).inc();
+    }
+
+    pub fn usersig_renewal_failed(&self) {
+        self.0.usersig_renewals.with_label_values(&["error"]).inc();
+    }
+
+    pub fn secret_key_loaded(&self, loaded: bool) {
+        self.0.secret_key_loaded.set(i64::from(loaded));
+    }
+
+    /// The Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let families = self.0.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+            tracing::error!(error = %e, "could not encode metrics");
+        }
+        out
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+}
+
+/// A label set that keeps its first `cap` values and maps the rest to `other`.
+pub struct BoundedLabels {
+    cap: usize,
+    seen: RwLock<HashMap<i64, Arc<str>>>,
+}
+
+impl BoundedLabels {
+    pub fn new(cap: usize) -> Self {
+        BoundedLabels {
+            cap,
+            seen: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn label(&self, code: i64) -> Arc<str> {
+        if let Ok(seen) = self.seen.read() {
+            if let Some(label) = seen.get(&code) {
+                return label.clone();
+            }
+        }
+        let Ok(mut seen) = self.seen.write() else {
+            return Arc::from("other");
+        };
+        let len = seen.len();
+        if let Some(label) = seen.get(&code) {
+            return label.clone();
+        }
+        if len >= self.cap {
+            return Arc::from("other");
+        }
+        let label: Arc<str> = Arc::from(code.to_string());
+        seen.insert(code, label.clone());
+        label
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(m: &Metrics) -> String {
+        String::from_utf8(m.render()).expect("utf8")
+    }
+
+    #[test]
+    fn error_codes_are_capped() {
+        let m = Metrics::new();
+        for code in 0..200 {
+            m.upstream_response("a/b", Some(code), 0.01);
+        }
+        m.upstream_response("a/b", None, 0.01);
+        let text = scrape(&m);
+        let values: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("chat_gateway_upstream_responses_total{"))
+            .filter_map(|l| l.split("error_code=\"").nth(1))
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        assert_eq!(values.len(), 102, "{values:?}");
+        assert!(values.contains("other"));
+        assert!(values.contains("unparsable"));
+        assert!(values.contains("99"));
+        assert!(!values.contains("100"));
+    }
+
+    #[test]
+    fn contract_families_exist() {
+        let m = Metrics::new();
+        m.request("a/b", Outcome::Ok, 0.1, 0.00001);
+        m.upstream_response("a/b", Some(0), 0.1);
+        m.rate_limited("a/b", "group");
+        let text = scrape(&m);
+        for name in [
+            "chat_gateway_requests_total{api=\"a/b\",outcome=\"ok\"} 1",
+            "chat_gateway_request_duration_seconds_bucket",
+            "chat_gateway_upstream_duration_seconds_bucket",
+            "chat_gateway_upstream_responses_total{api=\"a/b\",error_code=\"0\"} 1",
+            "chat_gateway_rate_limited_total{api=\"a/b\",scope=\"group\"} 1",
+            "chat_gateway_overhead_seconds_bucket",
+            "chat_gateway_upstream_requests_in_flight 0",
+            "chat_gateway_usersig_expiry_timestamp_seconds",
+            "chat_gateway_usersig_renewals_total{result=\"ok\"}",
+            "chat_gateway_secret_key_loaded 1",
+            "chat_gateway_build_info{version=",
+        ] {
+            assert!(text.contains(name), "missing {name}");
+        }
+    }
+}
