@@ -1,1 +1,256 @@
-fn main() {}
+//! The `chat-gateway` command: parses the command line, loads config, sets up logging and
+//! hands over to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use chat_gateway::config::{Config, SecretSource};
+use chat_gateway::credentials::{read_secret_env, read_secret_file, unix_now};
+use chat_gateway::usersig::{self, SecretKey};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chat-gateway",
+    version,
+    about = "A signing, validating, rate-limiting gateway in front of Tencent Cloud Chat's REST API"
+)]
+struct Cli {
+    /// Log format: human-readable lines, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway. Without a config file it runs in sandbox mode against an in-process
+    /// Chat emulator.
+    Serve {
+        #[arg(long, env = "CHAT_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file; exit 0 if valid, else list every problem and exit 2.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print a UserSig. The key comes from CHAT_GATEWAY_SECRET_KEY or --secret-key-file.
+    Usersig {
+        #[arg(long)]
+        sdkappid: u64,
+        #[arg(long)]
+        identifier: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 180 * 24 * 3600)]
+        expire: u64,
+        #[arg(long)]
+        secret_key_file: Option<PathBuf>,
+    },
+    /// Run the Chat emulator on its own, for integration tests.
+    Emulator {
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        listen: std::net::SocketAddr,
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        #[arg(long)]
+        sdkappid: u64,
+        /// The app admin account.
+        #[arg(long, default_value = "administrator")]
+        identifier: String,
+        #[arg(long)]
+        secret_key_file: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Usersig {
+            sdkappid,
+            identifier,
+            expire,
+            secret_key_file,
+        } => match cli_key(secret_key_file.as_deref()) {
+            Ok(key) => {
+                println!(
+                    "{}",
+                    usersig::generate(&key, sdkappid, &identifier, unix_now(), expire)
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Serve { config } => block_on(serve(config)),
+        Command::Emulator {
+            listen,
+            tls_cert,
+            tls_key,
+            sdkappid,
+            identifier,
+            secret_key_file,
+        } => block_on(emulator(
+            listen,
+            tls_cert.zip(tls_key),
+            sdkappid,
+            identifier,
+            secret_key_file,
+        )),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("chat-gateway: {message}");
+    ExitCode::FAILURE
+}
+
+fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(future),
+        Err(e) => fail(&format!("cannot start the runtime: {e}")),
+    }
+}
+
+fn cli_key(file: Option<&std::path::Path>) -> Result<SecretKey, String> {
+    match file {
+        Some(path) => read_secret_file(path).map_err(|e| format!("--secret-key-file: {e}")),
+        None => read_secret_env("CHAT_GATEWAY_SECRET_KEY")
+            .map_err(|e| format!("CHAT_GATEWAY_SECRET_KEY: {e} (or pass --secret-key-file)")),
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let problems = match Config::load(path) {
+        Ok(config) => config.check_environment(),
+        Err(problems) => problems.0,
+    };
+    if problems.is_empty() {
+        println!("{}: valid", path.display());
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("{}: {} problem(s)", path.display(), problems.len());
+    for p in &problems {
+        eprintln!("  - {p}");
+    }
+    ExitCode::from(2)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+async fn serve(config: Option<PathBuf>) -> ExitCode {
+    let Some(path) = config else {
+        return match chat_gateway::sandbox::run(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e.to_string()),
+        };
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(problems) => return fail(&format!("{}: {problems}", path.display())),
+    };
+    let key = match &config.chat.secret {
+        SecretSource::File(file) => {
+            read_secret_file(file).map_err(|e| format!("chat.secret_key_file: {e}"))
+        }
+        SecretSource::Env(var) => {
+            read_secret_env(var).map_err(|e| format!("chat.secret_key_env {var}: {e}"))
+        }
+    };
+    let key = match key {
+        Ok(k) => k,
+        Err(e) => return fail(&e),
+    };
+    let bind = |addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))
+    };
+    let listeners = match (
+        bind(config.server.listen).await,
+        bind(config.server.admin_listen).await,
+    ) {
+        (Ok(callers), Ok(admin)) => chat_gateway::Listeners { callers, admin },
+        (Err(e), _) | (_, Err(e)) => return fail(&e),
+    };
+    match chat_gateway::run(config, key, listeners, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+async fn emulator(
+    listen: std::net::SocketAddr,
+    tls: Option<(PathBuf, PathBuf)>,
+    sdkappid: u64,
+    identifier: String,
+    secret_key_file: Option<PathBuf>,
+) -> ExitCode {
+    let key = match cli_key(secret_key_file.as_deref()) {
+        Ok(k) => k,
+        Err(e) => return fail(&e),
+    };
+    let tls = match tls {
+        None => None,
+        Some((cert, key)) => {
+            let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+            match (read(&cert), read(&key)) {
+                (Ok(c), Ok(k)) => match chat_gateway::emulator::tls_config(&c, &k) {
+                    Ok(config) => Some(config),
+                    Err(e) => return fail(&format!("TLS: {e}")),
+                },
+                (Err(e), _) | (_, Err(e)) => return fail(&e),
+            }
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => return fail(&format!("cannot listen on {listen}: {e}")),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%listen, scheme, sdkappid, admin = %identifier, "Chat emulator serving");
+    let emulator = chat_gateway::emulator::Emulator::new(sdkappid, &identifier, key);
+    chat_gateway::emulator::serve(listener, emulator, tls, shutdown_signal()).await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,68 @@
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::credentials::{unix_now, Credentials};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub metrics: Metrics,
+    pub lifecycle: Arc<Lifecycle>,
+    pub credentials: Arc<Credentials>,
+}
+
+impl Admin {
+    pub fn handle<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        }
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => {
+                if self.lifecycle.is_draining() {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                } else if !self.credentials.can_sign(unix_now()) {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "no valid UserSig\n")
+                } else {
+                    text(StatusCode::OK, "ready\n")
+                }
+            }
+            "/metrics" => {
+                let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found; try /healthz, /readyz or /metrics\n",
+            ),
+        }
+    }
+
+    pub async fn serve<B>(
+        self: Arc<Self>,
+        req: Request<B>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        Ok(self.handle(&req))
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,93 @@
+//! Allow-list: only `POST /v4/{service}/{command}` for allowed APIs goes on, before any of the
+//! body is read. The routed `Api` travels on as a request extension.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{ready, Either, Ready};
+use http::{Method, Request};
+use tower::{Layer, Service};
+
+use super::GatewayResponse;
+use crate::api::{api_of_path, ApiTable};
+use crate::error::GatewayError;
+
+#[derive(Debug, Clone)]
+pub struct AllowLayer {
+    table: Arc<ApiTable>,
+}
+
+impl AllowLayer {
+    pub fn new(table: Arc<ApiTable>) -> Self {
+        AllowLayer { table }
+    }
+}
+
+impl<S> Layer<S> for AllowLayer {
+    type Service = Allow<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Allow {
+            inner,
+            table: self.table.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Allow<S> {
+    inner: S,
+    table: Arc<ApiTable>,
+}
+
+impl<S, B> Service<Request<B>> for Allow<S>
+where
+    S: Service<Request<B>, Response = GatewayResponse, Error = GatewayError>,
+{
+    type Response = GatewayResponse;
+    type Error = GatewayError;
+    type Future = Either<Ready<Result<GatewayResponse, GatewayError>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        match self.check(&req) {
+            Ok(api) => {
+                req.extensions_mut().insert(api);
+                Either::Right(self.inner.call(req))
+            }
+            Err(e) => Either::Left(ready(Err(e))),
+        }
+    }
+}
+
+impl<S> Allow<S> {
+    fn check<B>(&self, req: &Request<B>) -> Result<crate::api::Api, GatewayError> {
+        // An HTTP/1 absolute-form target (`POST http://elsewhere/v4/...`) names a host: refuse
+        // it rather than seem to follow it. (HTTP/2 always carries :authority; the upstream
+        // host comes from config either way.)
+        let http1 = req.version() <= http::Version::HTTP_11;
+        if http1 && (req.uri().authority().is_some() || req.uri().scheme().is_some()) {
+            return Err(GatewayError::NotAllowed(
+                "the request target must be a path (/v4/{service}/{command}), not an absolute URL"
+                    .into(),
+            ));
+        }
+        let path = req.uri().path();
+        let Some(name) = api_of_path(path) else {
+            return Err(GatewayError::NotAllowed(
+                "the path must be /v4/{service}/{command} (letters, digits and underscores)".into(),
+            ));
+        };
+        if req.method() != Method::POST {
+            return Err(GatewayError::NotAllowed(format!(
+                "{} is not allowed; Chat REST APIs take POST",
+                req.method()
+            )));
+        }
+        self.table.route(path).ok_or_else(|| {
+            GatewayError::NotAllowed(format!("{name} is not on this gateway's allow-list"))
+        })
+    }
+}

@@ -1,0 +1,150 @@
+//! Observe: the outermost layer. It gives each request an id, and when the final answer is
+//! known (rejections included) records the metrics and writes the one log event per request.
+//! Never logs a URI with its query, a body, or a header value.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{HeaderValue, Request};
+use tower::{Layer, Service};
+
+use super::{GatewayResponse, UpstreamReport};
+use crate::api::ApiTable;
+use crate::envelope::{Reason, REJECTED_HEADER};
+use crate::metrics::{Metrics, Outcome};
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+#[derive(Debug, Clone)]
+pub struct ObserveLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    metrics: Metrics,
+    table: Arc<ApiTable>,
+    /// Request ids are `{prefix}-{counter}`: unique within the process, and across restarts
+    /// thanks to the random prefix.
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl ObserveLayer {
+    pub fn new(metrics: Metrics, table: Arc<ApiTable>) -> Self {
+        ObserveLayer {
+            shared: Arc::new(Shared {
+                metrics,
+                table,
+                prefix: rand::random(),
+                next: AtomicU64::new(1),
+            }),
+        }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, B> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<B>, Response = GatewayResponse, Error = std::convert::Infallible>,
+{
+    type Response = GatewayResponse;
+    type Error = std::convert::Infallible;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let started = Instant::now();
+        let api = self.shared.table.label(req.uri().path());
+        let n = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:08x}-{n:x}", self.shared.prefix);
+        ObserveFuture {
+            inner: self.inner.call(req),
+            started,
+            api,
+            id: Some(id),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        api: Arc<str>,
+        id: Option<String>,
+        shared: Arc<Shared>,
+    }
+}
+
+impl<F> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<GatewayResponse, std::convert::Infallible>>,
+{
+    type Output = Result<GatewayResponse, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut response) = std::task::ready!(this.inner.poll(cx));
+        let elapsed = this.started.elapsed();
+        let report = response.extensions().get::<UpstreamReport>().copied();
+        let rejected = response
+            .headers()
+            .get(REJECTED_HEADER)
+            .and_then(|v| Reason::from_header(v.as_bytes()));
+        let outcome = match (rejected, report) {
+            (Some(reason), _) => Outcome::Rejected(reason),
+            (None, Some(r)) if r.error_code == Some(0) && response.status().is_success() => {
+                Outcome::Ok
+            }
+            _ => Outcome::UpstreamError,
+        };
+        let upstream = report.map(|r| r.elapsed).unwrap_or_default();
+        let overhead = elapsed.saturating_sub(upstream);
+        this.shared.metrics.request(
+            this.api,
+            outcome,
+            elapsed.as_secs_f64(),
+            overhead.as_secs_f64(),
+        );
+        let id = this.id.take().unwrap_or_default();
+        tracing::info!(
+            target: "chat_gateway::access",
+            request_id = %id,
+            api = &**this.api,
+            status = response.status().as_u16(),
+            error_code = report.and_then(|r| r.error_code),
+            outcome = outcome.as_str(),
+            duration_us = elapsed.as_micros() as u64,
+            upstream_us = upstream.as_micros() as u64,
+        );
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        Poll::Ready(Ok(response))
+    }
+}

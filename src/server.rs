@@ -1,0 +1,152 @@
+//! Accept loops (hyper-util's auto builder: HTTP/1.1 and h2c) and graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tower::Service;
+
+use crate::lifecycle::Lifecycle;
+
+/// Longest a caller may take to send its request headers.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the server keeps serving, and then waits, around a shutdown signal.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownTimes {
+    pub drain_delay: Duration,
+    pub shutdown_grace: Duration,
+}
+
+pub fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    builder
+}
+
+/// Serves callers until `signal` resolves, then follows the contract: readiness off at once,
+/// keep serving for the drain delay, stop accepting, let requests in flight finish until the
+/// grace period (counted from the signal) runs out.
+pub async fn serve_callers<S>(
+    listener: TcpListener,
+    service: S,
+    lifecycle: Arc<Lifecycle>,
+    times: ShutdownTimes,
+    signal: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let builder = connection_builder();
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(signal);
+
+    let signalled_at = loop {
+        tokio::select! {
+            biased;
+            _ = &mut signal => break tokio::time::Instant::now(),
+            accepted = listener.accept() => accept(&builder, &graceful, accepted, &service).await,
+        }
+    };
+    lifecycle.start_draining();
+    tracing::info!(drain_delay = ?times.drain_delay, "shutdown signal: readiness off, still serving");
+
+    let drain_end = signalled_at + times.drain_delay;
+    loop {
+        tokio::select! {
+            biased;
+            _ = tokio::time::sleep_until(drain_end) => break,
+            accepted = listener.accept() => accept(&builder, &graceful, accepted, &service).await,
+        }
+    }
+    lifecycle.start_closing();
+    drop(listener);
+    tracing::info!("drain delay over: no new connections; waiting for requests in flight");
+
+    let grace_end = signalled_at + times.shutdown_grace;
+    match tokio::time::timeout_at(grace_end, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections closed"),
+        Err(_) => tracing::warn!("shutdown grace over with requests still in flight"),
+    }
+}
+
+async fn accept<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    accepted: std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>,
+    service: &S,
+) where
+    S: Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let stream = match accepted {
+        Ok((stream, _peer)) => stream,
+        Err(e) => {
+            // Out of file descriptors and the like: pause briefly rather than spin, then go on.
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let conn = builder
+        .serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service.clone()),
+        )
+        .into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "caller connection ended with an error");
+        }
+    });
+}
+
+/// Serves the admin endpoints until `stop` resolves.
+pub async fn serve_admin(
+    listener: TcpListener,
+    admin: Arc<crate::admin::Admin>,
+    stop: impl Future<Output = ()>,
+) {
+    let builder = connection_builder();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let admin = admin.clone();
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| admin.clone().serve(req));
+                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        }
+    }
+}
