@@ -1,0 +1,322 @@
+//! The gateway's own answers: status, envelope, reason header, and that nothing was forwarded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{Full, StreamBody};
+
+use crate::support::*;
+
+const OK: &str = r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
+
+#[tokio::test]
+async fn not_allowed_paths_methods_and_apis() {
+    let upstream = spawn_recording(None, ok_answer(OK)).await;
+    let gw = spawn_gateway(&config_text(&upstream.endpoint(), "", "")).await;
+    for path in [
+        "/v4/group_open_http_svc/create_group",
+        "/v4/group_open_http_svc/get_group_counter/extra",
+        "/v4/group_open_http_svc/%2e%2e",
+        "/v4/group_open_http_svc/../get_group_counter",
+        "/v3/group_open_http_svc/get_group_counter",
+        "/metrics",
+        "/",
+    ] {
+        post(gw.addr, path, r#"{"GroupId":"g"}"#)
+            .await
+            .assert_rejection(200, 60009, "not_allowed");
+    }
+    get(gw.addr, GET)
+        .await
+        .assert_rejection(200, 60009, "not_allowed");
+    let req = Request::put(GET)
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .expect("request");
+    send(gw.addr, req)
+        .await
+        .assert_rejection(200, 60009, "not_allowed");
+    // Absolute-form target naming another host.
+    let req = Request::post("http://169.254.169.254/v4/group_open_http_svc/get_group_counter")
+        .body(Full::new(Bytes::from_static(br#"{"GroupId":"g"}"#)))
+        .expect("request");
+    send(gw.addr, req)
+        .await
+        .assert_rejection(200, 60009, "not_allowed");
+    assert_eq!(upstream.count(), 0, "nothing was forwarded");
+    let metrics = scrape(gw.admin).await;
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"chat_gateway_requests_total{api="other",outcome="not_allowed"}"#
+        ),
+        7.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"chat_gateway_requests_total{api="group_open_http_svc/get_group_counter",outcome="not_allowed"}"#
+        ),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn star_allows_other_apis_but_still_wants_an_object() {
+    let upstream = spawn_recording(None, ok_answer(OK)).await;
+    let gw = spawn_gateway(&config_text(
+        &upstream.endpoint(),
+        "",
+        "[apis]\nallow = [\"*\"]\n",
+    ))
+    .await;
+    let reply = post(gw.addr, "/v4/openim/sendmsg", r#"{"anything":[1,2,3]}"#).await;
+    assert_eq!(reply.error_code(), 0);
+    post(gw.addr, "/v4/openim/sendmsg", "[1]")
+        .await
+        .assert_rejection(200, 60003, "invalid_json");
+    assert_eq!(upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn bodies_that_are_not_json_objects() {
+    let upstream = spawn_recording(None, ok_answer(OK)).await;
+    let gw = spawn_gateway(&config_text(&upstream.endpoint(), "", "")).await;
+    for body in [
+        "",
+        "not json",
+        "[]",
+        "\"GroupId\"",
+        "42",
+        "null",
+        "{\"GroupId\":\"g\"",
+        "{\"GroupId\":\"g\"} x",
+    ] {
+        post(gw.addr, GET, body)
+            .await
+            .assert_rejection(200, 60003, "invalid_json");
+    }
+    post(gw.addr, GET, Bytes::from_static(b"{\"GroupId\":\"\xff\"}"))
+        .await
+        .assert_rejection(200, 60003, "invalid_json");
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_with_and_without_content_length() {
+    let upstream = spawn_recording(None, ok_answer(OK)).await;
+    let gw = spawn_gateway(
+        &config_text(&upstream.endpoint(), "", "")
+            .replace("drain_delay", "max_body_bytes = 1024\ndrain_delay"),
+    )
+    .await;
+    // Exactly the limit passes the size check (and then is judged as JSON).
+    let padded = format!(r#"{{"GroupId":"g","Pad":"{}"}}"#, "x".repeat(1024 - 24));
+    assert_eq!(padded.len(), 1024);
+    assert_eq!(post(gw.addr, GET, padded.clone()).await.error_code(), 0);
+    let over = format!(r#"{{"GroupId":"g","Pad":"{}"}}"#, "x".repeat(1024 - 23));
+    post(gw.addr, GET, over.clone())
+        .await
+        .assert_rejection(200, 10004, "body_too_large");
+    // Chunked: no Content-Length, the limited read refuses it.
+    let chunks: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = over
+        .as_bytes()
+        .chunks(100)
+        .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let req = Request::post(GET)
+        .body(StreamBody::new(futures_util::stream::iter(chunks)))
+        .expect("request");
+    let response = sender.send_request(req).await.expect("response");
+    assert!(!response.headers().contains_key("content-length") || response.status() == 200);
+    assert_eq!(
+        response.headers()["x-chat-gateway-rejected"],
+        "body_too_large"
+    );
+    assert_eq!(
+        upstream.count(),
+        1,
+        "only the body at the limit was forwarded"
+    );
+}
+
+#[tokio::test]
+async fn upstream_unreachable_is_502() {
+    // A port that was just free: nothing listens there.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let gw = spawn_gateway(&config_text(&format!("http://127.0.0.1:{port}"), "", "")).await;
+    let reply = post(gw.addr, GET, r#"{"GroupId":"g"}"#).await;
+    reply.assert_rejection(502, 10002, "upstream_unavailable");
+    assert!(!String::from_utf8_lossy(&reply.body).contains("usersig"));
+}
+
+#[tokio::test]
+async fn upstream_with_an_unknown_ca_is_502() {
+    let ca = TestCa::new();
+    let upstream = spawn_recording(Some(&ca), ok_answer(OK)).await;
+    // The gateway is not told about the test CA.
+    let gw = spawn_gateway(&config_text(&upstream.endpoint(), "", "")).await;
+    post(gw.addr, GET, r#"{"GroupId":"g"}"#)
+        .await
+        .assert_rejection(502, 10002, "upstream_unavailable");
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504_and_sent_once() {
+    let slow: Script = Arc::new(|_| (Duration::from_secs(10), json_response(OK)));
+    let upstream = spawn_recording(None, slow).await;
+    let gw = spawn_gateway(&config_text(&upstream.endpoint(), "", "")).await;
+    let started = std::time::Instant::now();
+    let reply = post(
+        gw.addr,
+        UPDATE,
+        r#"{"GroupId":"g","GroupCounter":[{"Key":"k","Value":1}],"Mode":"Increase"}"#,
+    )
+    .await;
+    reply.assert_rejection(504, 60008, "upstream_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered at request_timeout (2s)"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(upstream.count(), 1, "a timed-out Increase is never resent");
+}
+
+#[tokio::test]
+async fn draining_after_the_delay_on_open_connections() {
+    let emulator = spawn_emulator(None).await;
+    let config = config_text(&emulator.endpoint(), "", "")
+        .replace("drain_delay = \"0s\"", "drain_delay = \"300ms\"");
+    let mut gw = spawn_gateway(&config).await;
+    // A keep-alive connection opened before the signal.
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let body = || Full::new(Bytes::from_static(br#"{"GroupId":"g"}"#));
+    let first = sender
+        .send_request(Request::post(GET).body(body()).expect("request"))
+        .await
+        .expect("response");
+    assert_eq!(first.status(), 200);
+    drop(first);
+
+    gw.signal_shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        get(gw.admin, "/readyz").await.status,
+        503,
+        "readiness off at once"
+    );
+    // Within the drain delay, requests are still served, on new and old connections.
+    assert_eq!(
+        post(gw.addr, GET, r#"{"GroupId":"g"}"#).await.error_code(),
+        0
+    );
+    let again = sender
+        .send_request(Request::post(GET).body(body()).expect("request"))
+        .await
+        .expect("response");
+    assert_eq!(again.status(), 200);
+    drop(again);
+    let served = emulator.emulator.requests();
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // After the delay: an idle keep-alive connection is either closed or answered `draining`;
+    // either way nothing more reaches the upstream.
+    match sender
+        .send_request(Request::post(GET).body(body()).expect("request"))
+        .await
+    {
+        Ok(response) => {
+            assert_eq!(response.status(), 503);
+            assert_eq!(response.headers()["x-chat-gateway-rejected"], "draining");
+        }
+        Err(e) => assert!(
+            e.is_closed() || e.is_canceled() || e.is_incomplete_message(),
+            "{e}"
+        ),
+    }
+    assert_eq!(emulator.emulator.requests(), served);
+    tokio::time::timeout(Duration::from_secs(6), gw.task)
+        .await
+        .expect("exits")
+        .expect("clean");
+}
+
+#[tokio::test]
+async fn draining_answer_from_the_stack() {
+    use chat_gateway::api::ApiTable;
+    use chat_gateway::config::ApiAllowList;
+    use chat_gateway::lifecycle::Lifecycle;
+    use chat_gateway::metrics::Metrics;
+    use tower::ServiceExt;
+
+    let metrics = Metrics::new();
+    let lifecycle = Arc::new(Lifecycle::new());
+    let parts = chat_gateway::stack::StackParts {
+        metrics: metrics.clone(),
+        table: Arc::new(ApiTable::new(&ApiAllowList::counters())),
+        lifecycle: lifecycle.clone(),
+        credentials: chat_gateway::credentials::Credentials::new(
+            SDKAPPID,
+            ADMIN,
+            Duration::from_secs(3600),
+            key(),
+            metrics,
+        ),
+        primary: Arc::from("http://127.0.0.1:9"),
+        max_body_bytes: 65536,
+    };
+    let upstream = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, chat_gateway::error::GatewayError>(json_response(OK))
+    });
+    let service = chat_gateway::stack::build::<Full<Bytes>, _>(&parts, upstream);
+    let request = || {
+        Request::post(GET)
+            .body(Full::new(Bytes::from_static(br#"{"GroupId":"g"}"#)))
+            .expect("request")
+    };
+    let response = service
+        .clone()
+        .oneshot(request())
+        .await
+        .expect("infallible");
+    assert!(response.headers().get("x-chat-gateway-rejected").is_none());
+    lifecycle.start_closing();
+    let response = service.oneshot(request()).await.expect("infallible");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["x-chat-gateway-rejected"], "draining");
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let emulator = spawn_emulator(None).await;
+    let gw = spawn_gateway(&config_text(&emulator.endpoint(), "", "")).await;
+    assert_eq!(get(gw.admin, "/healthz").await.status, 200);
+    assert_eq!(get(gw.admin, "/readyz").await.status, 200);
+    let metrics = get(gw.admin, "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.headers["content-type"]
+        .to_str()
+        .expect("ascii")
+        .starts_with("text/plain"));
+    assert_eq!(get(gw.admin, "/nope").await.status, 404);
+}

@@ -1,0 +1,303 @@
+//! The built binary: sandbox mode, check-config, SIGTERM shutdown, and secret hygiene.
+
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_chat-gateway");
+
+/// Kills the child on drop so a failing test leaves nothing running.
+struct Running(Option<Child>);
+
+impl Running {
+    fn spawn(cmd: &mut Command) -> Self {
+        Running(Some(
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn"),
+        ))
+    }
+    fn pid(&self) -> u32 {
+        self.0.as_ref().expect("child").id()
+    }
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+    /// Waits for exit; returns the code and everything printed.
+    fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
+        let mut child = self.0.take().expect("child");
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut out = String::new();
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        if let Some(mut s) = child.stderr.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        (status.and_then(|s| s.code()), out)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn wait_ready(admin: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(stream) = tokio::net::TcpStream::connect(admin).await {
+            drop(stream);
+            if get(admin, "/readyz").await.status == 200 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "gateway not ready at {admin}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn check_config_lists_every_problem_and_exits_2() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:8080\"\nflavour = \"vanilla\"\n[chat]\nregion = \"atlantis\"\nsecret_key_file = \"/x\"\n",
+    )
+    .expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "server.flavour",
+        "unknown key",
+        "chat.region",
+        "atlantis",
+        "chat.sdkappid",
+        "required",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn check_config_accepts_the_example_and_checks_the_secret_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/gateway.example.toml"
+    ))
+    .expect("example");
+    let secret = dir.path().join("secret-key");
+    std::fs::write(&secret, format!("{SECRET}\n")).expect("write");
+    let text = example.replace(
+        "/var/run/secrets/chat/secret-key",
+        &secret.display().to_string(),
+    );
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, &text).expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    std::fs::write(&secret, "").expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chat.secret_key_file"));
+}
+
+#[test]
+fn usersig_command_prints_a_sig_that_verifies() {
+    let out = Command::new(BIN)
+        .args([
+            "usersig",
+            "--sdkappid",
+            "1400000000",
+            "--identifier",
+            "admin",
+            "--expire",
+            "600",
+        ])
+        .env("CHAT_GATEWAY_SECRET_KEY", SECRET)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let sig = String::from_utf8(out.stdout).expect("utf8");
+    let now = chat_gateway::credentials::unix_now();
+    let doc = chat_gateway::usersig::verify(&key(), sig.trim(), 1400000000, "admin", now)
+        .expect("verifies");
+    assert_eq!(doc.expire, 600);
+    let out = Command::new(BIN)
+        .args(["usersig", "--sdkappid", "1", "--identifier", "admin"])
+        .env_remove("CHAT_GATEWAY_SECRET_KEY")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+}
+
+/// Sandbox mode on its documented ports, answering the README's curl line.
+#[tokio::test]
+async fn sandbox_answers_the_readme_curl_line() {
+    let running = Running::spawn(
+        Command::new(BIN)
+            .arg("serve")
+            .env_remove("CHAT_GATEWAY_CONFIG")
+            .env("RUST_LOG", "trace"),
+    );
+    wait_ready("127.0.0.1:9090".parse().expect("addr")).await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let line = chat_gateway::sandbox::curl_line("127.0.0.1:8080".parse().expect("addr"));
+    assert!(
+        readme.contains(&line),
+        "the README shows the sandbox's curl line:\n{line}"
+    );
+    for expected in [1, 2] {
+        let out = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(&line)
+            .output()
+            .await
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(json["ActionStatus"], "OK", "{json}");
+        assert_eq!(json["GroupCounter"][0]["Value"], expected);
+    }
+    running.signal("-INT");
+    let (code, output) = running.wait(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{output}");
+    assert!(output.contains(&line), "the sandbox prints the curl line");
+    assert!(
+        !output.contains("usersig="),
+        "a UserSig was printed:\n{output}"
+    );
+    assert!(
+        !output.contains("eJ"),
+        "something like a UserSig was printed"
+    );
+}
+
+/// SIGTERM with a slow request in flight: readiness off at once, the request completes, exit 0.
+/// The whole run is at trace level; nothing printed holds the key or a UserSig.
+#[tokio::test]
+async fn sigterm_drains_and_never_prints_secrets() {
+    let slow: Script = std::sync::Arc::new(|_| {
+        (
+            Duration::from_millis(1500),
+            json_response(r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#),
+        )
+    });
+    let upstream = spawn_recording(None, slow).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("key"), SECRET).expect("write");
+    let (port, admin_port) = (free_port(), free_port());
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndrain_delay = \"500ms\"\nshutdown_grace = \"5s\"\n\
+         [chat]\nsdkappid = {SDKAPPID}\nendpoint = \"{}\"\nsecret_key_file = \"{}\"\n",
+        upstream.endpoint(),
+        dir.path().join("key").display()
+    );
+    std::fs::write(dir.path().join("gateway.toml"), config).expect("write");
+    let running = Running::spawn(
+        Command::new(BIN)
+            .args(["--log-format", "json", "serve", "--config"])
+            .arg(dir.path().join("gateway.toml"))
+            .env("RUST_LOG", "trace"),
+    );
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_ready(admin).await;
+
+    let in_flight = tokio::spawn(post(
+        addr,
+        UPDATE,
+        r#"{"GroupId":"g","GroupCounter":[{"Key":"k","Value":1}],"Mode":"Increase"}"#,
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    running.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        get(admin, "/readyz").await.status,
+        503,
+        "readiness off at once"
+    );
+    let reply = in_flight.await.expect("join");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.error_code(), 0, "the request in flight completed");
+    let (code, output) = tokio::task::spawn_blocking(move || running.wait(Duration::from_secs(10)))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0), "{output}");
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+    assert_eq!(upstream.count(), 1);
+
+    let sent_sig = upstream.requests()[0]
+        .query_pairs()
+        .into_iter()
+        .find(|(k, _)| k == "usersig")
+        .map(|(_, v)| v)
+        .expect("usersig");
+    assert!(
+        output.contains("chat_gateway::access"),
+        "the run was logged:\n{output}"
+    );
+    for secret in [SECRET, &sent_sig, "usersig="] {
+        assert!(
+            !output.contains(secret),
+            "printed output holds {secret:.12}..."
+        );
+    }
+}
