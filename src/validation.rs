@@ -1938,12 +1938,18 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_bounded() {
-        let deep = format!(
-            r#"{{"GroupId":"g","x":{}1{}}}"#,
-            "[".repeat(100),
-            "]".repeat(100)
-        );
-        accepts(GET, &deep);
+        // 127 levels of arrays and objects, the request object included, are allowed.
+        let nested = |arrays: usize| {
+            format!(
+                r#"{{"GroupId":"g","x":{}1{}}}"#,
+                "[".repeat(arrays),
+                "]".repeat(arrays)
+            )
+        };
+        accepts(GET, &nested(126));
+        assert_eq!(validate_object(nested(126).as_bytes()), Ok(()));
+        rejects(GET, &nested(127), 60003, "recursion limit exceeded");
+        assert!(validate_object(nested(127).as_bytes()).is_err());
         for open in ["[", "{\"a\":"] {
             let body = format!(r#"{{"GroupId":"g","x":{}"#, open.repeat(100_000));
             rejects(GET, &body, 60003, "not valid JSON");
@@ -2339,6 +2345,14 @@ mod tests {
             Just("{}".to_owned()),
         ];
         let not_string = wrong_type.clone();
+        // An entry must be an object; "{}" is one (an empty entry breaks another rule).
+        let not_object = prop_oneof![
+            Just("1".to_owned()),
+            Just("null".to_owned()),
+            Just("false".to_owned()),
+            Just("[]".to_owned()),
+            Just("\"k\"".to_owned()),
+        ];
         let bad_group_id = prop_oneof![
             Just(String::new()),
             "[ -~]{49,60}",
@@ -2390,7 +2404,7 @@ mod tests {
                 Just("7".to_owned())
             ]
             .prop_map(Break::ListType),
-            (index.clone(), wrong_type.clone()).prop_map(|(i, t)| Break::ItemType(i, t)),
+            (index.clone(), not_object).prop_map(|(i, t)| Break::ItemType(i, t)),
             index.clone().prop_map(Break::KeyEmpty),
             (index.clone(), long_key).prop_map(|(i, k)| Break::KeyTooLong(i, k)),
             (index.clone(), not_string.clone()).prop_map(|(i, t)| Break::KeyType(i, t)),
@@ -2605,7 +2619,12 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
+        // Failures are turned into table tests above rather than saved seed files.
+        #![proptest_config(ProptestConfig {
+            cases: 512,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn valid_requests_pass(valid in arb_valid(), style in arb_style()) {

@@ -1,0 +1,90 @@
+//! Body validation must never panic, and whatever it accepts must really meet the rules when
+//! read back by an independent parser.
+
+#![no_main]
+
+use std::collections::HashSet;
+
+use chat_gateway::validation::{validate_counter, validate_object, CounterApi, Rejection};
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Map, Value};
+
+const APIS: [CounterApi; 3] = [CounterApi::Get, CounterApi::Update, CounterApi::Delete];
+
+fuzz_target!(|body: &[u8]| {
+    for api in APIS {
+        match validate_counter(api, body) {
+            Ok(request) => {
+                let parsed: Value =
+                    serde_json::from_slice(body).expect("an accepted body is valid JSON");
+                let object = parsed.as_object().expect("an accepted body is an object");
+                let group_id = object.get("GroupId").and_then(Value::as_str);
+                assert_eq!(group_id, Some(&*request.group_id));
+                assert_group_id(&request.group_id);
+                if api == CounterApi::Update {
+                    assert_counter(object);
+                } else if let Some(keys) = object.get("GroupCounterKeys") {
+                    let keys = keys.as_array().expect("GroupCounterKeys is an array");
+                    assert_keys(keys.iter().map(|k| k.as_str().expect("keys are strings")));
+                }
+            }
+            Err(rejection) => assert_message(&rejection),
+        }
+    }
+    match validate_object(body) {
+        Ok(()) => {
+            let parsed: Value =
+                serde_json::from_slice(body).expect("an accepted body is valid JSON");
+            assert!(parsed.is_object());
+        }
+        Err(rejection) => assert_message(&rejection),
+    }
+});
+
+fn assert_group_id(id: &str) {
+    assert!(!id.is_empty() && id.len() <= 48);
+    assert!(id.bytes().all(|b| (0x20..=0x7e).contains(&b)));
+    assert!(!id.starts_with("@TGS#_"));
+}
+
+fn assert_counter(object: &Map<String, Value>) {
+    let entries = object
+        .get("GroupCounter")
+        .and_then(Value::as_array)
+        .expect("GroupCounter is an array");
+    assert_keys(entries.iter().map(|entry| {
+        let entry = entry.as_object().expect("entries are objects");
+        let value = entry.get("Value").expect("entries have a Value");
+        // serde_json reads `-0` as a float; everything else accepted is an i64.
+        assert!(value.is_i64() || value.as_f64() == Some(0.0), "{value}");
+        entry
+            .get("Key")
+            .and_then(Value::as_str)
+            .expect("entries have a string Key")
+    }));
+    if let Some(mode) = object.get("Mode") {
+        assert!(matches!(
+            mode.as_str(),
+            Some("Set" | "Increase" | "Decrease")
+        ));
+    }
+}
+
+fn assert_keys<'a>(keys: impl Iterator<Item = &'a str>) {
+    let mut seen = HashSet::new();
+    for key in keys {
+        assert!(!key.is_empty() && key.len() <= 128);
+        assert!(seen.insert(key), "repeated key {key:?}");
+    }
+    assert!((1..=20).contains(&seen.len()));
+}
+
+/// Messages stay short and carry no raw control characters, whatever the input.
+fn assert_message(rejection: &Rejection) {
+    assert!(rejection.info.len() <= 256, "{:?}", rejection.info);
+    assert!(
+        !rejection.info.chars().any(char::is_control),
+        "{:?}",
+        rejection.info
+    );
+}
