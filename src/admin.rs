@@ -10,12 +10,20 @@ use http_body_util::Full;
 use crate::credentials::{unix_now, Credentials};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::rate_limit::RateLimiter;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Admin {
     pub metrics: Metrics,
     pub lifecycle: Arc<Lifecycle>,
     pub credentials: Arc<Credentials>,
+    pub limiter: Arc<dyn RateLimiter>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Admin")
+    }
 }
 
 impl Admin {
@@ -35,6 +43,8 @@ impl Admin {
                 }
             }
             "/metrics" => {
+                // Read at scrape time: the map changes with every new GroupId.
+                self.metrics.tracked_groups(self.limiter.tracked_groups());
                 let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -21,6 +21,18 @@ pub struct Api {
     pub name: Arc<str>,
     /// Set for the three counter APIs, which get payload validation.
     pub counter: Option<CounterApi>,
+    /// A fixed 64-bit key for the name, computed once, so per-API state (the app rate
+    /// limit) is found without hashing the name on every request.
+    pub key: u64,
+}
+
+/// The same key for the same name in every process run.
+fn name_key(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    name.hash(&mut h);
+    h.finish()
 }
 
 pub struct ApiTable {
@@ -80,8 +92,10 @@ impl ApiTable {
         if !self.any {
             return None;
         }
+        let name = self.open_label(name);
         Some(Api {
-            name: self.open_label(name),
+            key: name_key(&name),
+            name,
             counter: None,
         })
     }
@@ -120,6 +134,7 @@ impl Api {
         Api {
             name: Arc::from(name),
             counter: CounterApi::from_api(name),
+            key: name_key(name),
         }
     }
 }

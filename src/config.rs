@@ -88,6 +88,19 @@ pub struct RateLimitConfig {
     pub group_per_second: u32,
     pub group_burst: u32,
     pub app_per_second: u32,
+    pub app_burst: u32,
+    /// GroupIds tracked at once; past it new groups share one bucket until a cleanup.
+    pub max_tracked_groups: usize,
+    /// How often quiet groups are forgotten.
+    pub cleanup_interval: Duration,
+}
+
+impl RateLimitConfig {
+    /// The default app burst: a tenth of a second's worth, so that a full burst plus a second
+    /// at the steady rate stays near Tencent's per-second ceiling.
+    pub fn default_app_burst(app_per_second: u32) -> u32 {
+        (app_per_second / 10).max(1)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -216,7 +229,14 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ("upstream", &["connect_timeout", "request_timeout"]),
     (
         "rate_limit",
-        &["group_per_second", "group_burst", "app_per_second"],
+        &[
+            "group_per_second",
+            "group_burst",
+            "app_per_second",
+            "app_burst",
+            "max_tracked_groups",
+            "cleanup_interval",
+        ],
     ),
     ("auth", &["tokens_file"]),
     ("apis", &["allow"]),
@@ -398,6 +418,9 @@ impl Config {
                 .unwrap_or(Duration::from_secs(5)),
         };
 
+        let app_per_second = r
+            .positive_int(rate, "rate_limit", "app_per_second", 1_000_000)
+            .unwrap_or(200) as u32;
         let rate_limit = RateLimitConfig {
             group_per_second: r
                 .positive_int(rate, "rate_limit", "group_per_second", 1_000_000)
@@ -405,9 +428,19 @@ impl Config {
             group_burst: r
                 .positive_int(rate, "rate_limit", "group_burst", 1_000_000)
                 .unwrap_or(40) as u32,
-            app_per_second: r
-                .positive_int(rate, "rate_limit", "app_per_second", 1_000_000)
-                .unwrap_or(200) as u32,
+            app_per_second,
+            app_burst: r
+                .positive_int(rate, "rate_limit", "app_burst", 1_000_000)
+                .map_or_else(
+                    || RateLimitConfig::default_app_burst(app_per_second),
+                    |b| b as u32,
+                ),
+            max_tracked_groups: r
+                .positive_int(rate, "rate_limit", "max_tracked_groups", 100_000_000)
+                .unwrap_or(100_000) as usize,
+            cleanup_interval: r
+                .duration(rate, "rate_limit", "cleanup_interval", false)
+                .unwrap_or(Duration::from_secs(10)),
         };
 
         let auth = AuthConfig {
@@ -704,6 +737,9 @@ secret_key_file = "/run/secret"
         assert_eq!(c.rate_limit.group_per_second, 20);
         assert_eq!(c.rate_limit.group_burst, 40);
         assert_eq!(c.rate_limit.app_per_second, 200);
+        assert_eq!(c.rate_limit.app_burst, 20);
+        assert_eq!(c.rate_limit.max_tracked_groups, 100_000);
+        assert_eq!(c.rate_limit.cleanup_interval, Duration::from_secs(10));
         assert_eq!(c.apis, ApiAllowList::counters());
         assert_eq!(c.chat.secret, SecretSource::File("/run/secret".into()));
     }
@@ -739,6 +775,32 @@ group_burst = 0
             .expect("region");
         assert_eq!(region.value.as_deref(), Some("\"mars\""));
         assert!(region.why.contains("singapore"));
+    }
+
+    #[test]
+    fn rates_and_bursts_must_be_positive() {
+        for (key, value) in [
+            ("group_per_second", "0"),
+            ("group_burst", "-1"),
+            ("app_per_second", "0"),
+            ("app_burst", "0"),
+            ("max_tracked_groups", "0"),
+            ("cleanup_interval", "\"0s\""),
+            ("group_per_second", "2.5"),
+            ("app_burst", "\"10\""),
+        ] {
+            let text = format!("{MINIMAL}[rate_limit]\n{key} = {value}\n");
+            let problems = Config::parse(&text).expect_err("invalid").0;
+            assert_eq!(problems.len(), 1, "{key} = {value}: {problems:?}");
+            assert_eq!(problems[0].key, format!("rate_limit.{key}"));
+            assert!(
+                problems[0].why.contains("positive")
+                    || problems[0].why.contains("more than zero")
+                    || problems[0].why.contains("string"),
+                "{}",
+                problems[0]
+            );
+        }
     }
 
     #[test]

@@ -25,10 +25,7 @@ pub enum GatewayError {
         retry_after_secs: u64,
     },
     #[error("{api} is over the app-wide rate limit; retry after {retry_after_secs}s")]
-    RateLimitedApp {
-        api: &'static str,
-        retry_after_secs: u64,
-    },
+    RateLimitedApp { api: String, retry_after_secs: u64 },
     #[error("missing or invalid bearer token")]
     Unauthorized,
     #[error("upstream unavailable: {failure}")]
@@ -162,7 +159,7 @@ mod tests {
             ),
             (
                 GatewayError::RateLimitedApp {
-                    api: "a",
+                    api: "a".into(),
                     retry_after_secs: 3,
                 },
                 200,
@@ -205,7 +202,7 @@ mod tests {
         };
         assert_eq!(e.retry_after_secs(), Some(1));
         let e = GatewayError::RateLimitedApp {
-            api: "a",
+            api: "a".into(),
             retry_after_secs: 7,
         };
         assert_eq!(e.retry_after_secs(), Some(7));

@@ -5,10 +5,17 @@
 //! the body, adds the app's credentials and forwards the call over HTTPS:
 //!
 //! ```text
-//! caller ─▶ observe ─▶ rescue ─▶ drain ─▶ allow-list ─▶ body ─▶ validate ─▶ sign ─▶ upstream ─▶ Tencent
-//!           (ids,      (errors   (after    (method,      (size   (JSON,      (query,   (pooled
-//!            metrics,   become    drain     path)         limit)  counter     UserSig)  rustls
-//!            log)       envelopes) delay)                          rules)               client)
+//! caller
+//!   -> observe     request id, metrics, one log event
+//!   -> rescue      typed errors become Tencent envelopes
+//!   -> drain       after the drain delay, new requests are refused
+//!   -> allow-list  POST /v4/{service}/{command}, allowed APIs only
+//!   -> body        size limit, bounded read
+//!   -> validate    a JSON object; counter payload rules
+//!   -> rate limit  per GroupId, then per API for the app
+//!   -> sign        the gateway's own query: sdkappid, identifier, usersig, random
+//!   -> upstream    one attempt over the pooled rustls client
+//!   -> Tencent
 //! ```
 //!
 //! [`run`] takes listeners that are already bound and a shutdown future, so tests can run many
@@ -24,6 +31,7 @@ pub mod error;
 pub mod lifecycle;
 pub mod metrics;
 pub mod middleware;
+pub mod rate_limit;
 pub mod region;
 pub mod sandbox;
 pub mod server;
@@ -77,6 +85,8 @@ pub async fn run(
         config.chat.ca_file.as_deref(),
         config.upstream.connect_timeout,
     )?;
+    let limiter: Arc<dyn rate_limit::RateLimiter> =
+        Arc::new(rate_limit::LocalLimiter::new(&config.rate_limit));
     let parts = stack::StackParts {
         metrics: metrics.clone(),
         table: Arc::new(api::ApiTable::new(&config.apis)),
@@ -84,6 +94,7 @@ pub async fn run(
         credentials: credentials.clone(),
         primary: Arc::from(config.chat.endpoint.base()),
         max_body_bytes: config.server.max_body_bytes,
+        limiter: limiter.clone(),
     };
     let service = stack::build(
         &parts,
@@ -101,9 +112,16 @@ pub async fn run(
         metrics,
         lifecycle: lifecycle.clone(),
         credentials: credentials.clone(),
+        limiter: limiter.clone(),
     });
     let admin_task = tokio::spawn(server::serve_admin(listeners.admin, admin, stopped()));
     let renew_task = tokio::spawn(credentials.renew_in_background(stopped()));
+    let cleanup_task = tokio::spawn(rate_limit::clean_periodically(
+        limiter,
+        config.rate_limit.cleanup_interval,
+        parts.metrics.clone(),
+        stopped(),
+    ));
 
     tracing::info!(
         listen = %listeners.callers.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -126,5 +144,6 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = admin_task.await;
     let _ = renew_task.await;
+    let _ = cleanup_task.await;
     Ok(())
 }

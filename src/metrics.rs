@@ -59,6 +59,7 @@ struct Inner {
     usersig_expiry: IntGauge,
     usersig_renewals: IntCounterVec,
     secret_key_loaded: IntGauge,
+    tracked_groups: IntGauge,
     error_codes: BoundedLabels,
 }
 
@@ -165,6 +166,11 @@ impl Metrics {
             "1 while the secret key in use is the one on disk, 0 after a failed reload.",
         );
         secret_key_loaded.set(1);
+        let tracked_groups = gauge(
+            &r,
+            "chat_gateway_rate_limit_tracked_groups",
+            "GroupIds whose rate-limit state is kept (quiet ones are forgotten at each cleanup).",
+        );
         let build_info = IntGaugeVec::new(
             Opts::new("chat_gateway_build_info", "The running version; always 1."),
             &["version"],
@@ -197,6 +203,7 @@ impl Metrics {
             usersig_expiry,
             usersig_renewals,
             secret_key_loaded,
+            tracked_groups,
             error_codes: BoundedLabels::new(MAX_ERROR_CODES),
         }))
     }
@@ -249,6 +256,10 @@ impl Metrics {
 
     pub fn usersig_renewal_failed(&self) {
         self.0.usersig_renewals.with_label_values(&["error"]).inc();
+    }
+
+    pub fn tracked_groups(&self, n: usize) {
+        self.0.tracked_groups.set(n as i64);
     }
 
     pub fn secret_key_loaded(&self, loaded: bool) {

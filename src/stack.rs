@@ -18,13 +18,15 @@ use crate::middleware::allow::AllowLayer;
 use crate::middleware::body::BodyLayer;
 use crate::middleware::drain::DrainLayer;
 use crate::middleware::observe::ObserveLayer;
+use crate::middleware::rate_limit::RateLimitLayer;
 use crate::middleware::rescue::RescueLayer;
 use crate::middleware::sign::SignLayer;
 use crate::middleware::validate::ValidateLayer;
 use crate::middleware::GatewayResponse;
+use crate::rate_limit::RateLimiter;
 
 /// What the layers share; made once when the gateway starts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StackParts {
     pub metrics: Metrics,
     pub table: Arc<ApiTable>,
@@ -33,6 +35,7 @@ pub struct StackParts {
     /// `https://host[:port]` of the primary upstream.
     pub primary: Arc<str>,
     pub max_body_bytes: usize,
+    pub limiter: Arc<dyn RateLimiter>,
 }
 
 /// Builds the pipeline over `upstream`, the service that sends one attempt (the pooled
@@ -69,6 +72,11 @@ where
         .layer(BodyLayer::new(parts.max_body_bytes))
         // A JSON object; counter payloads keep Tencent's rules.
         .layer(ValidateLayer)
+        // Per GroupId, then per API for the app: only valid requests spend tokens.
+        .layer(RateLimitLayer::new(
+            parts.limiter.clone(),
+            parts.metrics.clone(),
+        ))
         // Caller query and credential headers out; sdkappid, identifier, usersig, random in.
         .layer(SignLayer::new(
             parts.credentials.clone(),

@@ -4,6 +4,7 @@ pub mod allow;
 pub mod body;
 pub mod drain;
 pub mod observe;
+pub mod rate_limit;
 pub mod rescue;
 pub mod sign;
 pub mod validate;

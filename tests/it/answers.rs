@@ -284,6 +284,11 @@ async fn draining_answer_from_the_stack() {
         ),
         primary: Arc::from("http://127.0.0.1:9"),
         max_body_bytes: 65536,
+        limiter: Arc::new(chat_gateway::rate_limit::LocalLimiter::new(
+            &chat_gateway::config::Config::parse(&config_text("http://127.0.0.1:9", "", ""))
+                .expect("config")
+                .rate_limit,
+        )),
     };
     let upstream = tower::service_fn(|_req: Request<Full<Bytes>>| async {
         Ok::<_, chat_gateway::error::GatewayError>(json_response(OK))

@@ -3,4 +3,6 @@
 mod answers;
 mod binary;
 mod forwarding;
+mod rate_limit;
 mod support;
+mod validation;

@@ -1,0 +1,430 @@
+//! Rate limits: per GroupId (so one hot live-stream group cannot spend the app's budget) and
+//! per API for the whole app (Tencent allows each counter API 200 calls per second).
+//!
+//! GCRA limiters from `governor`. The pipeline sees only the [`RateLimiter`] trait, so a shared
+//! backend (a distributed store for a fleet of sidecars) can be added without touching it.
+
+use std::hash::BuildHasher;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::StateStore;
+use governor::Quota;
+
+use crate::api::Api;
+use crate::config::RateLimitConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Group,
+    App,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Group => "group",
+            Scope::App => "app",
+        }
+    }
+}
+
+/// A refused request: which limit, and when a retry can pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub scope: Scope,
+    pub retry_after: Duration,
+}
+
+impl Refusal {
+    /// `Retry-After` in whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        secs.max(1)
+    }
+}
+
+/// Takes a token for one request, or says which limit refused it. Group first, then app: a
+/// request refused for its group spends nothing of the app's budget.
+pub trait RateLimiter: Send + Sync + 'static {
+    fn check(&self, api: &Api, group: Option<&str>) -> Result<(), Refusal>;
+    /// Drops the state of groups that have been quiet long enough to be indistinguishable from
+    /// new ones; returns how many groups are still tracked.
+    fn cleanup(&self) -> usize;
+    fn tracked_groups(&self) -> usize;
+}
+
+/// Group keys are keyed 64-bit hashes of the GroupId: no allocation per request, 8 bytes per
+/// key, and with a per-process random hash key nobody can aim for a collision.
+type GroupKey = u64;
+
+/// The bucket that groups share once `max_tracked_groups` are tracked.
+const OVERFLOW: GroupKey = u64::MAX;
+
+/// Keys here are already hashes: hashing them again would only cost time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed with this; fold anything else in all the same.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyStore = DashMapStateStore<u64, std::hash::BuildHasherDefault<PassThrough>>;
+
+/// The group state store: governor's DashMap store with a cap on its size. Past the cap, new
+/// groups share one overflow bucket (at the per-group rate) until a cleanup makes room; groups
+/// already tracked keep their own.
+#[derive(Debug)]
+pub struct CappedStore {
+    map: KeyStore,
+    cap: usize,
+}
+
+impl StateStore for CappedStore {
+    type Key = GroupKey;
+
+    fn measure_and_replace<T, F, E>(&self, key: &GroupKey, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let key = if self.map.len() < self.cap || self.map.contains_key(key) {
+            key
+        } else {
+            &OVERFLOW
+        };
+        StateStore::measure_and_replace(&self.map, key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<GroupKey> for CappedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        ShrinkableKeyedStateStore::retain_recent(&self.map, drop_below);
+    }
+    fn shrink_to_fit(&self) {
+        self.map.shrink_to_fit();
+    }
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+type GroupLimiter<C> =
+    governor::RateLimiter<GroupKey, CappedStore, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type AppLimiter<C> = governor::RateLimiter<u64, KeyStore, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// The in-process limiter.
+pub struct LocalLimiter<C: Clock = DefaultClock> {
+    groups: GroupLimiter<C>,
+    /// One bucket per API (by its name's key); the names are bounded by the allow-list's labels.
+    apps: AppLimiter<C>,
+    hasher: std::hash::RandomState,
+    clock: C,
+}
+
+impl<C: Clock> std::fmt::Debug for LocalLimiter<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalLimiter")
+            .field("tracked_groups", &self.groups.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn quota(per_second: u32, burst: u32) -> Quota {
+    // The config guarantees positive values; 1 stands in should that ever change.
+    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(rate).allow_burst(burst)
+}
+
+impl LocalLimiter<DefaultClock> {
+    pub fn new(config: &RateLimitConfig) -> Self {
+        LocalLimiter::with_clock(config, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> LocalLimiter<C> {
+    pub fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
+        let store = CappedStore {
+            map: KeyStore::default(),
+            cap: config.max_tracked_groups,
+        };
+        LocalLimiter {
+            groups: governor::RateLimiter::new(
+                quota(config.group_per_second, config.group_burst),
+                store,
+                clock.clone(),
+            ),
+            apps: governor::RateLimiter::new(
+                quota(config.app_per_second, config.app_burst),
+                KeyStore::default(),
+                clock.clone(),
+            ),
+            hasher: std::hash::RandomState::new(),
+            clock,
+        }
+    }
+
+    fn group_key(&self, group: &str) -> GroupKey {
+        let key = self.hasher.hash_one(group);
+        // Keep the overflow key for the overflow bucket.
+        if key == OVERFLOW {
+            key - 1
+        } else {
+            key
+        }
+    }
+}
+
+impl<C> RateLimiter for LocalLimiter<C>
+where
+    C: Clock + Clone + Send + Sync + 'static,
+    C::Instant: Send + Sync,
+{
+    fn check(&self, api: &Api, group: Option<&str>) -> Result<(), Refusal> {
+        if let Some(group) = group {
+            if let Err(not_until) = self.groups.check_key(&self.group_key(group)) {
+                return Err(Refusal {
+                    scope: Scope::Group,
+                    retry_after: not_until.wait_time_from(self.clock.now()),
+                });
+            }
+        }
+        self.apps.check_key(&api.key).map_err(|not_until| Refusal {
+            scope: Scope::App,
+            retry_after: not_until.wait_time_from(self.clock.now()),
+        })
+    }
+
+    fn cleanup(&self) -> usize {
+        self.groups.retain_recent();
+        self.groups.shrink_to_fit();
+        self.apps.retain_recent();
+        self.groups.len()
+    }
+
+    fn tracked_groups(&self) -> usize {
+        self.groups.len()
+    }
+}
+
+/// Runs `cleanup` every `interval` until `stop` resolves, reporting the tracked count.
+pub async fn clean_periodically(
+    limiter: Arc<dyn RateLimiter>,
+    interval: Duration,
+    metrics: crate::metrics::Metrics,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticker.tick() => {
+                let tracked = limiter.cleanup();
+                metrics.tracked_groups(tracked);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ApiTable;
+    use crate::config::ApiAllowList;
+    use governor::clock::FakeRelativeClock;
+
+    fn config(group_rate: u32, group_burst: u32, app_rate: u32, app_burst: u32) -> RateLimitConfig {
+        RateLimitConfig {
+            group_per_second: group_rate,
+            group_burst,
+            app_per_second: app_rate,
+            app_burst,
+            max_tracked_groups: 1_000_000,
+            cleanup_interval: Duration::from_secs(10),
+        }
+    }
+
+    fn api() -> Api {
+        ApiTable::new(&ApiAllowList::counters())
+            .route("/v4/group_open_http_svc/update_group_counter")
+            .expect("allowed")
+    }
+
+    #[test]
+    fn exactly_burst_pass_then_retry_after_one_interval() {
+        let clock = FakeRelativeClock::default();
+        let limiter = LocalLimiter::with_clock(&config(2, 5, 1000, 1000), clock.clone());
+        for i in 0..5 {
+            assert_eq!(limiter.check(&api(), Some("g")), Ok(()), "request {i}");
+        }
+        let refusal = limiter
+            .check(&api(), Some("g"))
+            .expect_err("over the burst");
+        assert_eq!(refusal.scope, Scope::Group);
+        assert_eq!(refusal.retry_after, Duration::from_millis(500), "1/rate");
+        assert_eq!(refusal.retry_after_secs(), 1);
+        clock.advance(Duration::from_millis(499));
+        assert!(limiter.check(&api(), Some("g")).is_err());
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(
+            limiter.check(&api(), Some("g")),
+            Ok(()),
+            "one more after 1/rate"
+        );
+        assert!(limiter.check(&api(), Some("g")).is_err());
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let clock = FakeRelativeClock::default();
+        // One request per 4 seconds.
+        let limiter = LocalLimiter::with_clock(
+            &RateLimitConfig {
+                group_per_second: 1,
+                ..config(1, 1, 1000, 1000)
+            },
+            clock.clone(),
+        );
+        assert!(limiter.check(&api(), Some("g")).is_ok());
+        let refusal = limiter.check(&api(), Some("g")).expect_err("refused");
+        assert_eq!(refusal.retry_after_secs(), 1);
+        clock.advance(Duration::from_millis(100));
+        let refusal = limiter.check(&api(), Some("g")).expect_err("refused");
+        assert_eq!(refusal.retry_after, Duration::from_millis(900));
+        assert_eq!(refusal.retry_after_secs(), 1);
+        let r = Refusal {
+            scope: Scope::Group,
+            retry_after: Duration::from_millis(2001),
+        };
+        assert_eq!(r.retry_after_secs(), 3);
+        let r = Refusal {
+            scope: Scope::Group,
+            retry_after: Duration::ZERO,
+        };
+        assert_eq!(r.retry_after_secs(), 1);
+    }
+
+    #[test]
+    fn groups_are_independent() {
+        let clock = FakeRelativeClock::default();
+        let limiter = LocalLimiter::with_clock(&config(1, 2, 1000, 1000), clock);
+        assert!(limiter.check(&api(), Some("a")).is_ok());
+        assert!(limiter.check(&api(), Some("a")).is_ok());
+        assert!(limiter.check(&api(), Some("a")).is_err());
+        assert!(limiter.check(&api(), Some("b")).is_ok());
+        assert!(limiter.check(&api(), Some("b")).is_ok());
+        assert!(limiter.check(&api(), Some("b")).is_err());
+    }
+
+    #[test]
+    fn app_limit_caps_the_sum_over_groups() {
+        let clock = FakeRelativeClock::default();
+        let limiter = LocalLimiter::with_clock(&config(100, 100, 10, 10), clock.clone());
+        let passed = (0..50)
+            .filter(|i| limiter.check(&api(), Some(&format!("group-{i}"))).is_ok())
+            .count();
+        assert_eq!(passed, 10);
+        let refusal = limiter.check(&api(), Some("fresh")).expect_err("app limit");
+        assert_eq!(refusal.scope, Scope::App);
+        assert_eq!(refusal.retry_after, Duration::from_millis(100));
+        // Another API has its own app budget.
+        let get = ApiTable::new(&ApiAllowList::counters())
+            .route("/v4/group_open_http_svc/get_group_counter")
+            .expect("allowed");
+        assert!(limiter.check(&get, Some("x")).is_ok());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(
+            (0..50)
+                .filter(|_| limiter.check(&api(), None).is_ok())
+                .count(),
+            10,
+            "refills at the app rate"
+        );
+    }
+
+    #[test]
+    fn a_group_refusal_spends_no_app_token() {
+        let clock = FakeRelativeClock::default();
+        let limiter = LocalLimiter::with_clock(&config(1, 1, 1, 2), clock);
+        assert!(limiter.check(&api(), Some("hot")).is_ok());
+        for _ in 0..10 {
+            assert_eq!(
+                limiter.check(&api(), Some("hot")).map_err(|r| r.scope),
+                Err(Scope::Group)
+            );
+        }
+        assert!(
+            limiter.check(&api(), Some("cold")).is_ok(),
+            "the app still had a token"
+        );
+    }
+
+    #[test]
+    fn tracked_groups_fall_back_after_cleanup() {
+        let clock = FakeRelativeClock::default();
+        let limiter =
+            LocalLimiter::with_clock(&config(20, 40, 1_000_000, 1_000_000), clock.clone());
+        for i in 0..100_000 {
+            assert!(limiter.check(&api(), Some(&format!("live-{i}"))).is_ok());
+        }
+        assert_eq!(limiter.tracked_groups(), 100_000);
+        // Still recent: nothing is dropped.
+        assert_eq!(limiter.cleanup(), 100_000);
+        // One quiet second later every group is as good as new.
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(limiter.cleanup(), 0);
+    }
+
+    #[test]
+    fn past_the_cap_new_groups_share_one_bucket() {
+        let clock = FakeRelativeClock::default();
+        let limiter = LocalLimiter::with_clock(
+            &RateLimitConfig {
+                max_tracked_groups: 3,
+                ..config(1, 2, 1000, 1000)
+            },
+            clock.clone(),
+        );
+        for g in ["a", "b", "c"] {
+            assert!(limiter.check(&api(), Some(g)).is_ok());
+        }
+        assert_eq!(limiter.tracked_groups(), 3);
+        // New groups land in the overflow bucket (burst 2), tracked as one more key.
+        assert!(limiter.check(&api(), Some("d")).is_ok());
+        assert!(limiter.check(&api(), Some("e")).is_ok());
+        assert_eq!(
+            limiter.check(&api(), Some("f")).map_err(|r| r.scope),
+            Err(Scope::Group)
+        );
+        assert_eq!(limiter.tracked_groups(), 4);
+        // Tracked groups keep their own bucket.
+        assert!(limiter.check(&api(), Some("a")).is_ok());
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(limiter.cleanup(), 0);
+        assert!(
+            limiter.check(&api(), Some("f")).is_ok(),
+            "room again after cleanup"
+        );
+    }
+}
