@@ -54,6 +54,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub drain_delay: Duration,
     pub shutdown_grace: Duration,
+    /// Requests in flight at once; past it, the `overloaded` answer.
+    pub max_in_flight: usize,
+    /// Longest a caller may take to send its request headers.
+    pub header_read_timeout: Duration,
+    /// Longest a caller may take to send its body.
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -210,6 +216,9 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "max_body_bytes",
             "drain_delay",
             "shutdown_grace",
+            "max_in_flight",
+            "header_read_timeout",
+            "body_read_timeout",
         ],
     ),
     (
@@ -297,6 +306,15 @@ impl Config {
             shutdown_grace: r
                 .duration(server, "server", "shutdown_grace", false)
                 .unwrap_or(Duration::from_secs(20)),
+            max_in_flight: r
+                .positive_int(server, "server", "max_in_flight", 1_000_000)
+                .unwrap_or(1024) as usize,
+            header_read_timeout: r
+                .duration(server, "server", "header_read_timeout", false)
+                .unwrap_or(Duration::from_secs(10)),
+            body_read_timeout: r
+                .duration(server, "server", "body_read_timeout", false)
+                .unwrap_or(Duration::from_secs(10)),
         };
         if server.listen == server.admin_listen && server.listen.port() != 0 {
             r.problem(
@@ -505,11 +523,11 @@ impl Config {
             }
         }
         if let Some(path) = &self.auth.tokens_file {
-            if let Err(e) = std::fs::metadata(path) {
+            if let Err(e) = crate::auth::Tokens::load(path) {
                 problems.push(Problem {
                     key: "auth.tokens_file".into(),
                     value: Some(format!("{:?}", path.display().to_string())),
-                    why: format!("cannot read: {e}"),
+                    why: e.to_string(),
                 });
             }
         }

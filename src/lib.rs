@@ -9,10 +9,13 @@
 //!   -> observe     request id, metrics, one log event
 //!   -> rescue      typed errors become Tencent envelopes
 //!   -> drain       after the drain delay, new requests are refused
+//!   -> shed        a bound on requests in flight; overload is refused at once
+//!   -> auth        bearer tokens, when configured
 //!   -> allow-list  POST /v4/{service}/{command}, allowed APIs only
 //!   -> body        size limit, bounded read
 //!   -> validate    a JSON object; counter payload rules
 //!   -> rate limit  per GroupId, then per API for the app
+//!   -> retry       a second attempt only when the first never reached Tencent
 //!   -> sign        the gateway's own query: sdkappid, identifier, usersig, random
 //!   -> upstream    one attempt over the pooled rustls client
 //!   -> Tencent
@@ -23,6 +26,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod emulator;
@@ -39,6 +43,7 @@ pub mod stack;
 pub mod upstream;
 pub mod usersig;
 pub mod validation;
+pub mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -47,7 +52,6 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::credentials::Credentials;
-use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::usersig::SecretKey;
 
@@ -62,6 +66,8 @@ pub struct Listeners {
 pub enum RunError {
     #[error(transparent)]
     Client(#[from] upstream::ClientSetupError),
+    #[error("auth.tokens_file: {0}")]
+    Tokens(#[from] auth::TokensError),
 }
 
 /// Runs the gateway until `shutdown` resolves and the shutdown sequence of the contract is
@@ -72,30 +78,16 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let metrics = Metrics::new();
-    let lifecycle = Arc::new(Lifecycle::new());
-    let credentials = Credentials::new(
-        config.chat.sdkappid,
-        &config.chat.identifier,
-        config.chat.usersig_ttl,
-        key,
-        metrics.clone(),
-    );
+    let parts = stack::StackParts::from_config(&config, key)?;
     let client = upstream::build_client(
         config.chat.ca_file.as_deref(),
         config.upstream.connect_timeout,
     )?;
-    let limiter: Arc<dyn rate_limit::RateLimiter> =
-        Arc::new(rate_limit::LocalLimiter::new(&config.rate_limit));
-    let parts = stack::StackParts {
-        metrics: metrics.clone(),
-        table: Arc::new(api::ApiTable::new(&config.apis)),
-        lifecycle: lifecycle.clone(),
-        credentials: credentials.clone(),
-        primary: Arc::from(config.chat.endpoint.base()),
-        max_body_bytes: config.server.max_body_bytes,
-        limiter: limiter.clone(),
-    };
+    let (metrics, credentials, lifecycle) = (
+        parts.metrics.clone(),
+        parts.credentials.clone(),
+        parts.lifecycle.clone(),
+    );
     let service = stack::build(
         &parts,
         upstream::UpstreamService::new(client, config.upstream.request_timeout, metrics.clone()),
@@ -109,19 +101,39 @@ pub async fn run(
         }
     };
     let admin = Arc::new(admin::Admin {
-        metrics,
+        metrics: metrics.clone(),
         lifecycle: lifecycle.clone(),
         credentials: credentials.clone(),
-        limiter: limiter.clone(),
+        limiter: parts.limiter.clone(),
     });
-    let admin_task = tokio::spawn(server::serve_admin(listeners.admin, admin, stopped()));
-    let renew_task = tokio::spawn(credentials.renew_in_background(stopped()));
-    let cleanup_task = tokio::spawn(rate_limit::clean_periodically(
-        limiter,
-        config.rate_limit.cleanup_interval,
-        parts.metrics.clone(),
-        stopped(),
-    ));
+    let mut tasks = vec![
+        tokio::spawn(server::serve_admin(listeners.admin, admin, stopped())),
+        tokio::spawn(credentials.clone().renew_in_background(stopped())),
+        tokio::spawn(rate_limit::clean_periodically(
+            parts.limiter.clone(),
+            config.rate_limit.cleanup_interval,
+            metrics.clone(),
+            stopped(),
+        )),
+    ];
+    if let config::SecretSource::File(path) = &config.chat.secret {
+        tasks.push(tokio::spawn(watch::watch(
+            path.clone(),
+            watch::POLL_INTERVAL,
+            move |path| reload_secret(path, &credentials, &metrics),
+            stopped(),
+        )));
+    }
+    if let (Some(path), Some(authenticator)) =
+        (&config.auth.tokens_file, parts.authenticator.clone())
+    {
+        tasks.push(tokio::spawn(watch::watch(
+            path.clone(),
+            watch::POLL_INTERVAL,
+            move |path| authenticator.reload(path),
+            stopped(),
+        )));
+    }
 
     tracing::info!(
         listen = %listeners.callers.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -136,14 +148,32 @@ pub async fn run(
         server::ShutdownTimes {
             drain_delay: config.server.drain_delay,
             shutdown_grace: config.server.shutdown_grace,
+            header_read_timeout: config.server.header_read_timeout,
         },
         shutdown,
     )
     .await;
 
     let _ = stop_tx.send(true);
-    let _ = admin_task.await;
-    let _ = renew_task.await;
-    let _ = cleanup_task.await;
+    for task in tasks {
+        let _ = task.await;
+    }
     Ok(())
+}
+
+/// A changed secret key file: the next UserSig uses the new key at once. An empty or
+/// unreadable file keeps the old key (and says why, never what it holds).
+fn reload_secret(path: &std::path::Path, credentials: &Credentials, metrics: &Metrics) {
+    match credentials::read_secret_file(path) {
+        Ok(key) => {
+            credentials.set_key(key);
+            credentials.renew(credentials::unix_now());
+            metrics.secret_key_loaded(true);
+            tracing::info!("secret key file changed: reloaded, and signed a new UserSig with it");
+        }
+        Err(e) => {
+            metrics.secret_key_loaded(false);
+            tracing::warn!(error = %e, "secret key file changed but could not be used; the previous key stays in use");
+        }
+    }
 }

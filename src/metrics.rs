@@ -60,6 +60,8 @@ struct Inner {
     usersig_renewals: IntCounterVec,
     secret_key_loaded: IntGauge,
     tracked_groups: IntGauge,
+    upstream_retries: IntCounterVec,
+    circuit_open: IntGauge,
     error_codes: BoundedLabels,
 }
 
@@ -171,6 +173,20 @@ impl Metrics {
             "chat_gateway_rate_limit_tracked_groups",
             "GroupIds whose rate-limit state is kept (quiet ones are forgotten at each cleanup).",
         );
+        let upstream_retries = counter(
+            &r,
+            "chat_gateway_upstream_retries_total",
+            "Second attempts and failovers, by reason: connect_failover (primary unreachable, sent to the backup), usersig_expired (70001: renewed and resent), circuit_open (sent straight to the backup).",
+            &["reason"],
+        );
+        for reason in ["connect_failover", "usersig_expired", "circuit_open"] {
+            upstream_retries.with_label_values(&[reason]);
+        }
+        let circuit_open = gauge(
+            &r,
+            "chat_gateway_upstream_circuit_open",
+            "1 while requests skip the primary host after repeated connect failures.",
+        );
         let build_info = IntGaugeVec::new(
             Opts::new("chat_gateway_build_info", "The running version; always 1."),
             &["version"],
@@ -204,6 +220,8 @@ impl Metrics {
             usersig_renewals,
             secret_key_loaded,
             tracked_groups,
+            upstream_retries,
+            circuit_open,
             error_codes: BoundedLabels::new(MAX_ERROR_CODES),
         }))
     }
@@ -260,6 +278,14 @@ impl Metrics {
 
     pub fn tracked_groups(&self, n: usize) {
         self.0.tracked_groups.set(n as i64);
+    }
+
+    pub fn upstream_retry(&self, reason: &str) {
+        self.0.upstream_retries.with_label_values(&[reason]).inc();
+    }
+
+    pub fn circuit_open(&self, open: bool) {
+        self.0.circuit_open.set(i64::from(open));
     }
 
     pub fn secret_key_loaded(&self, loaded: bool) {

@@ -83,6 +83,9 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send) -> Result<(), Sandbo
             // A sandbox has no load balancer to wait for: stop promptly on Ctrl-C.
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(5),
+            max_in_flight: 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
         },
         chat: ChatConfig {
             sdkappid: SANDBOX_SDKAPPID,

@@ -18,26 +18,41 @@ use tower::Service;
 
 use crate::lifecycle::Lifecycle;
 
-/// Longest a caller may take to send its request headers.
+/// Longest a caller may take to send its request headers, unless configured.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most header fields in one request.
+pub const MAX_HEADERS: usize = 64;
+/// Largest request head (request line and headers) buffered for HTTP/1.1, and largest header
+/// list for HTTP/2. Larger ones are refused by the HTTP layer (431) before any of our code runs.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// How long the server keeps serving, and then waits, around a shutdown signal.
 #[derive(Debug, Clone, Copy)]
 pub struct ShutdownTimes {
     pub drain_delay: Duration,
     pub shutdown_grace: Duration,
+    /// Also the HTTP/1.1 header-read deadline of caller connections.
+    pub header_read_timeout: Duration,
 }
 
 pub fn connection_builder() -> auto::Builder<TokioExecutor> {
+    connection_builder_with(HEADER_READ_TIMEOUT)
+}
+
+/// HTTP/1.1 and h2c with bounded heads and a deadline for the headers.
+pub fn connection_builder_with(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout)
+        .max_headers(MAX_HEADERS)
+        .max_buf_size(MAX_HEAD_BYTES.max(8192))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(256);
     builder
 }
@@ -58,7 +73,7 @@ pub async fn serve_callers<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let builder = connection_builder();
+    let builder = connection_builder_with(times.header_read_timeout);
     let graceful = GracefulShutdown::new();
     tokio::pin!(signal);
 

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -10,20 +11,26 @@ use http_body_util::Full;
 use tower::{Service, ServiceBuilder};
 
 use crate::api::ApiTable;
+use crate::auth::{Authenticator, Tokens, TokensError};
+use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::error::GatewayError;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::middleware::allow::AllowLayer;
+use crate::middleware::auth::AuthLayer;
 use crate::middleware::body::BodyLayer;
 use crate::middleware::drain::DrainLayer;
 use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::RateLimitLayer;
 use crate::middleware::rescue::RescueLayer;
+use crate::middleware::retry::{RetryLayer, Targets};
+use crate::middleware::shed::ShedLayer;
 use crate::middleware::sign::SignLayer;
 use crate::middleware::validate::ValidateLayer;
 use crate::middleware::GatewayResponse;
-use crate::rate_limit::RateLimiter;
+use crate::rate_limit::{LocalLimiter, RateLimiter};
+use crate::usersig::SecretKey;
 
 /// What the layers share; made once when the gateway starts.
 #[derive(Clone)]
@@ -32,10 +39,54 @@ pub struct StackParts {
     pub table: Arc<ApiTable>,
     pub lifecycle: Arc<Lifecycle>,
     pub credentials: Arc<Credentials>,
-    /// `https://host[:port]` of the primary upstream.
-    pub primary: Arc<str>,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
+    pub max_in_flight: usize,
     pub limiter: Arc<dyn RateLimiter>,
+    /// `None`: callers are not authenticated.
+    pub authenticator: Option<Arc<Authenticator>>,
+    /// Primary and backup upstream, and the circuit between them.
+    pub targets: Arc<Targets>,
+}
+
+impl StackParts {
+    /// Everything the layers share, made from a checked config and the secret key. Signs the
+    /// first UserSig and reads the tokens file.
+    pub fn from_config(config: &Config, key: SecretKey) -> Result<StackParts, TokensError> {
+        let metrics = Metrics::new();
+        let credentials = Credentials::new(
+            config.chat.sdkappid,
+            &config.chat.identifier,
+            config.chat.usersig_ttl,
+            key,
+            metrics.clone(),
+        );
+        let authenticator = match &config.auth.tokens_file {
+            Some(path) => Some(Authenticator::new(Tokens::load(path)?)),
+            None => None,
+        };
+        let targets = Targets::new(
+            Arc::from(config.chat.endpoint.base()),
+            config
+                .chat
+                .backup_endpoint
+                .as_ref()
+                .map(|b| Arc::from(b.base())),
+            metrics.clone(),
+        );
+        Ok(StackParts {
+            table: Arc::new(ApiTable::new(&config.apis)),
+            lifecycle: Arc::new(Lifecycle::new()),
+            credentials,
+            max_body_bytes: config.server.max_body_bytes,
+            body_read_timeout: config.server.body_read_timeout,
+            max_in_flight: config.server.max_in_flight,
+            limiter: Arc::new(LocalLimiter::new(&config.rate_limit)),
+            authenticator,
+            targets,
+            metrics,
+        })
+    }
 }
 
 /// Builds the pipeline over `upstream`, the service that sends one attempt (the pooled
@@ -66,10 +117,17 @@ where
         .layer(RescueLayer)
         // After the drain delay, new requests on open connections are refused.
         .layer(DrainLayer::new(parts.lifecycle.clone()))
+        // A bound on requests in flight: overload is refused at once, never queued.
+        .layer(ShedLayer::new(parts.max_in_flight))
+        // Bearer tokens (shared-service mode), before anything else about the request.
+        .layer(AuthLayer::new(parts.authenticator.clone()))
         // Method and path, before a byte of the body is read.
         .layer(AllowLayer::new(parts.table.clone()))
-        // Size limit: Content-Length first, then a bounded read.
-        .layer(BodyLayer::new(parts.max_body_bytes))
+        // Size limit: Content-Length first, then a bounded read within a deadline.
+        .layer(BodyLayer::new(
+            parts.max_body_bytes,
+            parts.body_read_timeout,
+        ))
         // A JSON object; counter payloads keep Tencent's rules.
         .layer(ValidateLayer)
         // Per GroupId, then per API for the app: only valid requests spend tokens.
@@ -77,10 +135,16 @@ where
             parts.limiter.clone(),
             parts.metrics.clone(),
         ))
+        // A second attempt only when the first provably never reached Tencent (or 70001).
+        .layer(RetryLayer::new(
+            parts.targets.clone(),
+            parts.credentials.clone(),
+            parts.metrics.clone(),
+        ))
         // Caller query and credential headers out; sdkappid, identifier, usersig, random in.
         .layer(SignLayer::new(
             parts.credentials.clone(),
-            parts.primary.clone(),
+            parts.targets.primary(),
         ))
         // One attempt over the pooled rustls client, within request_timeout.
         .service(upstream)

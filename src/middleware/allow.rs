@@ -74,6 +74,23 @@ impl<S> Allow<S> {
                     .into(),
             ));
         }
+        // The upstream host comes only from config, but a request with an ambiguous or
+        // malformed Host is refused rather than passed along to a layer that might trust it.
+        let mut hosts = req.headers().get_all(http::header::HOST).iter();
+        let host_ok = match (hosts.next(), hosts.next()) {
+            (None, _) => true,
+            (Some(_), Some(_)) => false,
+            (Some(host), None) => host
+                .to_str()
+                .ok()
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty()),
+        };
+        if !host_ok {
+            return Err(GatewayError::NotAllowed(
+                "the Host header must appear at most once and name a host".into(),
+            ));
+        }
         let path = req.uri().path();
         let Some(name) = api_of_path(path) else {
             return Err(GatewayError::NotAllowed(

@@ -1,7 +1,9 @@
 //! Body: refuse what is too large before reading it (Content-Length), then read at most
-//! `max_body_bytes` (chunked bodies), so memory stays flat whatever a caller sends.
+//! `max_body_bytes` (chunked bodies) within `body_read_timeout`, so memory stays flat and no
+//! slow caller holds a request open for ever.
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -15,11 +17,12 @@ use crate::error::GatewayError;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLayer {
     max_bytes: usize,
+    timeout: Duration,
 }
 
 impl BodyLayer {
-    pub fn new(max_bytes: usize) -> Self {
-        BodyLayer { max_bytes }
+    pub fn new(max_bytes: usize, timeout: Duration) -> Self {
+        BodyLayer { max_bytes, timeout }
     }
 }
 
@@ -29,6 +32,7 @@ impl<S> Layer<S> for BodyLayer {
         ReadBody {
             inner,
             max_bytes: self.max_bytes,
+            timeout: self.timeout,
         }
     }
 }
@@ -37,6 +41,7 @@ impl<S> Layer<S> for BodyLayer {
 pub struct ReadBody<S> {
     inner: S,
     max_bytes: usize,
+    timeout: Duration,
 }
 
 impl<S, B> Service<Request<B>> for ReadBody<S>
@@ -59,6 +64,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let max = self.max_bytes;
+        let timeout = self.timeout;
         // Take the service that was driven to readiness; leave a clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -72,12 +78,19 @@ where
             if declared.is_some_and(|n| n > max as u64) {
                 return Err(GatewayError::BodyTooLarge { limit: max });
             }
-            let bytes = match Limited::new(body, max).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            let read = tokio::time::timeout(timeout, Limited::new(body, max).collect());
+            let bytes = match read.await {
+                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                     return Err(GatewayError::BodyTooLarge { limit: max });
                 }
                 Err(_) => {
+                    return Err(GatewayError::InvalidJson(format!(
+                        "the request body did not arrive within {}",
+                        humantime::format_duration(timeout)
+                    )));
+                }
+                Ok(Err(_)) => {
                     return Err(GatewayError::InvalidJson(
                         "the request body could not be read to its end".into(),
                     ));

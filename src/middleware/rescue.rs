@@ -82,6 +82,12 @@ pub fn answer(error: &GatewayError) -> GatewayResponse {
             .headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    if matches!(error, GatewayError::Unauthorized) {
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+    }
     if let Some(elapsed) = error.upstream_elapsed() {
         response.extensions_mut().insert(UpstreamReport {
             error_code: None,

@@ -263,33 +263,12 @@ async fn draining_after_the_delay_on_open_connections() {
 
 #[tokio::test]
 async fn draining_answer_from_the_stack() {
-    use chat_gateway::api::ApiTable;
-    use chat_gateway::config::ApiAllowList;
-    use chat_gateway::lifecycle::Lifecycle;
-    use chat_gateway::metrics::Metrics;
     use tower::ServiceExt;
 
-    let metrics = Metrics::new();
-    let lifecycle = Arc::new(Lifecycle::new());
-    let parts = chat_gateway::stack::StackParts {
-        metrics: metrics.clone(),
-        table: Arc::new(ApiTable::new(&ApiAllowList::counters())),
-        lifecycle: lifecycle.clone(),
-        credentials: chat_gateway::credentials::Credentials::new(
-            SDKAPPID,
-            ADMIN,
-            Duration::from_secs(3600),
-            key(),
-            metrics,
-        ),
-        primary: Arc::from("http://127.0.0.1:9"),
-        max_body_bytes: 65536,
-        limiter: Arc::new(chat_gateway::rate_limit::LocalLimiter::new(
-            &chat_gateway::config::Config::parse(&config_text("http://127.0.0.1:9", "", ""))
-                .expect("config")
-                .rate_limit,
-        )),
-    };
+    let config = chat_gateway::config::Config::parse(&config_text("http://127.0.0.1:9", "", ""))
+        .expect("config");
+    let parts = chat_gateway::stack::StackParts::from_config(&config, key()).expect("parts");
+    let lifecycle = parts.lifecycle.clone();
     let upstream = tower::service_fn(|_req: Request<Full<Bytes>>| async {
         Ok::<_, chat_gateway::error::GatewayError>(json_response(OK))
     });
