@@ -437,18 +437,18 @@ impl Config {
         };
 
         let app_per_second = r
-            .positive_int(rate, "rate_limit", "app_per_second", 1_000_000)
+            .positive_int(rate, "rate_limit", "app_per_second", 1_000_000_000)
             .unwrap_or(200) as u32;
         let rate_limit = RateLimitConfig {
             group_per_second: r
-                .positive_int(rate, "rate_limit", "group_per_second", 1_000_000)
+                .positive_int(rate, "rate_limit", "group_per_second", 1_000_000_000)
                 .unwrap_or(20) as u32,
             group_burst: r
-                .positive_int(rate, "rate_limit", "group_burst", 1_000_000)
+                .positive_int(rate, "rate_limit", "group_burst", 1_000_000_000)
                 .unwrap_or(40) as u32,
             app_per_second,
             app_burst: r
-                .positive_int(rate, "rate_limit", "app_burst", 1_000_000)
+                .positive_int(rate, "rate_limit", "app_burst", 1_000_000_000)
                 .map_or_else(
                     || RateLimitConfig::default_app_burst(app_per_second),
                     |b| b as u32,

@@ -23,7 +23,7 @@ const ROUND_TRIP_BUCKETS: &[f64] = &[
 ];
 /// The gateway's own work per request: microseconds.
 const OVERHEAD_BUCKETS: &[f64] = &[
-    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01,
+    0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 ];
 
 /// How a request ended, as the `outcome` label says.
@@ -32,6 +32,8 @@ pub enum Outcome {
     Ok,
     UpstreamError,
     Rejected(Reason),
+    /// The caller went away before its answer was ready.
+    ClientClosed,
 }
 
 impl Outcome {
@@ -40,6 +42,7 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Rejected(reason) => reason.as_str(),
+            Outcome::ClientClosed => "client_closed",
         }
     }
 }
@@ -236,6 +239,18 @@ impl Metrics {
         m.overhead
             .with_label_values(&[api])
             .observe(overhead_seconds);
+    }
+
+    /// A request whose caller left before the answer: counted, timed, but not in the overhead
+    /// histogram (how much of its time was the upstream's is unknown).
+    pub fn client_closed(&self, api: &str, seconds: f64) {
+        let m = &self.0;
+        m.requests
+            .with_label_values(&[api, Outcome::ClientClosed.as_str()])
+            .inc();
+        m.request_duration
+            .with_label_values(&[api])
+            .observe(seconds);
     }
 
     /// One answer from the upstream; `error_code` is `None` when the body had none readable.

@@ -113,6 +113,28 @@ where
             parts.metrics.clone(),
             parts.table.clone(),
         ))
+        .service(build_unobserved(parts, upstream))
+}
+
+/// The pipeline below the observe layer: no request id, metrics or log event. Benches use it
+/// to show what observing costs.
+pub fn build_unobserved<B, U>(
+    parts: &StackParts,
+    upstream: U,
+) -> impl Service<Request<B>, Response = GatewayResponse, Error = Infallible, Future: Send>
+       + Clone
+       + Send
+       + 'static
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    U: Service<Request<Full<Bytes>>, Response = GatewayResponse, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    U::Future: Send,
+{
+    ServiceBuilder::new()
         // The one place where typed errors become Tencent envelopes with the reason header.
         .layer(RescueLayer)
         // After the drain delay, new requests on open connections are refused.

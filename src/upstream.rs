@@ -155,7 +155,10 @@ impl Service<Request<Full<Bytes>>> for UpstreamService {
                     Err(GatewayError::UpstreamTimeout(elapsed))
                 }
                 Ok(Err(failure)) => {
-                    metrics.upstream_failure(&api, elapsed.as_secs_f64());
+                    // A failed connect never reached Tencent: it is no round trip to time.
+                    if failure != UpstreamFailure::Connect {
+                        metrics.upstream_failure(&api, elapsed.as_secs_f64());
+                    }
                     tracing::warn!(api = &*api, failure = %failure, "upstream request failed");
                     Err(GatewayError::UpstreamUnavailable { failure, elapsed })
                 }

@@ -91,6 +91,8 @@ where
 }
 
 pin_project_lite::pin_project! {
+    /// When dropped before its answer (the caller hung up), it still records the request, as
+    /// `client_closed`: an `Increase` in flight may have been applied, so it must leave a trace.
     pub struct ObserveFuture<F> {
         #[pin]
         inner: F,
@@ -98,6 +100,24 @@ pin_project_lite::pin_project! {
         api: Arc<str>,
         id: Option<String>,
         shared: Arc<Shared>,
+    }
+
+    impl<F> PinnedDrop for ObserveFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(id) = this.id.take() {
+                let elapsed = this.started.elapsed();
+                this.shared.metrics.client_closed(this.api, elapsed.as_secs_f64());
+                tracing::info!(
+                    target: "chat_gateway::access",
+                    request_id = %id,
+                    api = &**this.api,
+                    outcome = Outcome::ClientClosed.as_str(),
+                    duration_us = elapsed.as_micros() as u64,
+                    "the caller closed the connection before the answer"
+                );
+            }
+        }
     }
 }
 

@@ -304,3 +304,24 @@ async fn admin_endpoints() {
         .starts_with("text/plain"));
     assert_eq!(get(gw.admin, "/nope").await.status, 404);
 }
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_is_still_counted() {
+    let slow: Script = Arc::new(|_| (Duration::from_secs(3), json_response(OK)));
+    let upstream = spawn_recording(None, slow).await;
+    let gw = spawn_gateway(&config_text(&upstream.endpoint(), "", "")).await;
+    let body = r#"{"GroupId":"g","GroupCounter":[{"Key":"k","Value":1}],"Mode":"Increase"}"#;
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(300), post(gw.addr, UPDATE, body)).await;
+    assert!(gave_up.is_err(), "the caller gave up first");
+    let series = r#"chat_gateway_requests_total{api="group_open_http_svc/update_group_counter",outcome="client_closed"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while metric(&scrape(gw.admin).await, series) != 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "client_closed not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(upstream.count(), 1);
+}

@@ -2,7 +2,10 @@
 
 mod answers;
 mod binary;
+mod faults;
 mod forwarding;
+mod observability;
 mod rate_limit;
+mod soak;
 mod support;
 mod validation;

@@ -1,0 +1,136 @@
+//! The whole pipeline in-process (caller request to the upstream future, with a no-op upstream
+//! that answers a fixed OK envelope), with and without the observe layer (metrics and the log
+//! event), and each stage on its own, so that a regression shows where it is.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chat_gateway::config::Config;
+use chat_gateway::error::GatewayError;
+use chat_gateway::metrics::Outcome;
+use chat_gateway::middleware::sign::upstream_uri;
+use chat_gateway::middleware::{GatewayResponse, UpstreamReport};
+use chat_gateway::stack::{self, StackParts};
+use chat_gateway::usersig::SecretKey;
+use chat_gateway::validation::{validate_counter, CounterApi};
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use tower::{Service, ServiceExt};
+
+const BODY: &[u8] =
+    br#"{"GroupId":"live-1","GroupCounter":[{"Key":"likes","Value":1}],"Mode":"Increase"}"#;
+const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","GroupCounter":[{"Key":"likes","Value":1}]}"#;
+const PATH: &str = "/v4/group_open_http_svc/update_group_counter";
+
+fn parts() -> StackParts {
+    let config = Config::parse(
+        r#"
+[chat]
+sdkappid = 1400000000
+endpoint = "https://127.0.0.1:18443"
+secret_key_file = "/unused"
+[rate_limit]
+group_per_second = 1000000000
+group_burst = 1000000000
+app_per_second = 1000000000
+app_burst = 1000000000
+"#,
+    )
+    .unwrap_or_else(|p| panic!("bench config: {p}"));
+    let key = SecretKey::new("5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e")
+        .unwrap_or_else(|_| panic!("bench key"));
+    StackParts::from_config(&config, key).unwrap_or_else(|e| panic!("parts: {e}"))
+}
+
+/// Answers at once, the way a pooled client does when the answer is ready: with the report
+/// the real upstream service attaches.
+fn noop_upstream(
+) -> impl Service<Request<Full<Bytes>>, Response = GatewayResponse, Error = GatewayError, Future: Send>
+       + Clone
+       + Send
+       + 'static {
+    tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        let mut response = http::Response::new(Full::new(Bytes::from_static(OK)));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        response.extensions_mut().insert(UpstreamReport {
+            error_code: Some(0),
+            elapsed: std::time::Duration::ZERO,
+            answered: true,
+        });
+        Ok::<_, GatewayError>(response)
+    })
+}
+
+fn request() -> Request<Full<Bytes>> {
+    Request::post(PATH)
+        .header("content-type", "application/json")
+        .header("content-length", BODY.len())
+        .body(Full::new(Bytes::from_static(BODY)))
+        .unwrap_or_else(|_| panic!("request"))
+}
+
+fn pipeline(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|_| panic!("runtime"));
+    let parts = parts();
+    let observed = stack::build::<Full<Bytes>, _>(&parts, noop_upstream());
+    let unobserved = stack::build_unobserved::<Full<Bytes>, _>(&parts, noop_upstream());
+    c.bench_function("pipeline/whole (metrics on)", |b| {
+        b.to_async(&runtime).iter(|| {
+            let svc = observed.clone();
+            async move { black_box(svc.oneshot(request()).await) }
+        })
+    });
+    c.bench_function("pipeline/whole (metrics off)", |b| {
+        b.to_async(&runtime).iter(|| {
+            let svc = unobserved.clone();
+            async move { black_box(svc.oneshot(request()).await) }
+        })
+    });
+
+    // Stage by stage.
+    c.bench_function("stage/body_read", |b| {
+        b.to_async(&runtime).iter(|| async {
+            black_box(
+                http_body_util::Limited::new(Full::new(Bytes::from_static(BODY)), 65536)
+                    .collect()
+                    .await
+                    .map(|c| c.to_bytes()),
+            )
+        })
+    });
+    c.bench_function("stage/validation", |b| {
+        b.iter(|| black_box(validate_counter(CounterApi::Update, black_box(BODY)).is_ok()))
+    });
+    let api = parts.table.route(PATH).unwrap_or_else(|| panic!("allowed"));
+    c.bench_function("stage/limit_check", |b| {
+        b.iter(|| black_box(parts.limiter.check(&api, Some(black_box("live-1"))).is_ok()))
+    });
+    let base: Arc<str> = Arc::from("https://127.0.0.1:18443");
+    c.bench_function("stage/signing", |b| {
+        b.iter(|| {
+            let current = parts.credentials.current();
+            black_box(upstream_uri(&base, PATH, current.query_prefix()))
+        })
+    });
+    c.bench_function("stage/metrics", |b| {
+        b.iter(|| {
+            parts
+                .metrics
+                .request(&api.name, Outcome::Ok, black_box(0.001), black_box(0.00001));
+            parts
+                .metrics
+                .upstream_response(&api.name, Some(0), black_box(0.001));
+        })
+    });
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
