@@ -91,6 +91,16 @@ fn local_config(variant: &Path, dir: &Path, edits: &[(&str, &str)]) -> PathBuf {
     for (key, value) in [("secret_key_file", secret)].iter().chain(edits) {
         text = set_string(&text, key, value);
     }
+    // The shared variant authenticates callers: its tokens file, too, comes from a Secret.
+    if text.lines().any(|l| l.starts_with("tokens_file")) {
+        let tokens = dir.join("tokens");
+        std::fs::write(&tokens, "example-caller-token\n").expect("writing the tokens file");
+        text = set_string(
+            &text,
+            "tokens_file",
+            tokens.to_str().expect("UTF-8 temp path"),
+        );
+    }
     let config = dir.join("gateway.toml");
     std::fs::write(&config, text).expect("writing the temp config");
     config
@@ -141,11 +151,19 @@ fn dockerfile_entrypoint_serves_the_mounted_config() {
 fn manifests_mount_what_the_config_and_the_image_expect() {
     for variant in variants() {
         let manifest = read(&variant.join("deployment.yaml"));
-        let secret_file = get_string(&read(&variant.join("gateway.toml")), "secret_key_file");
-        let secret_dir = Path::new(&secret_file)
-            .parent()
-            .expect("secret_key_file in a folder");
-        for mount in [CONFIG_IN_IMAGE, secret_dir.to_str().expect("UTF-8 path")] {
+        let toml = read(&variant.join("gateway.toml"));
+        let mut files = vec![get_string(&toml, "secret_key_file")];
+        if toml.lines().any(|l| l.starts_with("tokens_file")) {
+            files.push(get_string(&toml, "tokens_file"));
+        }
+        let dirs: Vec<String> = files
+            .iter()
+            .map(|f| {
+                let dir = Path::new(f).parent().expect("a file in a folder");
+                dir.to_str().expect("UTF-8 path").to_string()
+            })
+            .collect();
+        for mount in std::iter::once(CONFIG_IN_IMAGE).chain(dirs.iter().map(String::as_str)) {
             let line = format!("mountPath: {mount}\n");
             assert!(
                 manifest.contains(&line),
