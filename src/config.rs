@@ -60,6 +60,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     /// Longest a caller may take to send its body.
     pub body_read_timeout: Duration,
+    /// Runtime threads: 0 = one per core, 1 = a single-threaded runtime.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -219,6 +221,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "max_in_flight",
             "header_read_timeout",
             "body_read_timeout",
+            "worker_threads",
         ],
     ),
     (
@@ -315,6 +318,20 @@ impl Config {
             body_read_timeout: r
                 .duration(server, "server", "body_read_timeout", false)
                 .unwrap_or(Duration::from_secs(10)),
+            worker_threads: match server.get("worker_threads") {
+                None => 0,
+                Some(v) => match v.as_integer() {
+                    Some(n) if (0..=256).contains(&n) => n as usize,
+                    _ => {
+                        r.problem(
+                            "server.worker_threads",
+                            Some(v.to_string()),
+                            "must be an integer from 0 (one per core) to 256",
+                        );
+                        0
+                    }
+                },
+            },
         };
         if server.listen == server.admin_listen && server.listen.port() != 0 {
             r.problem(

@@ -93,7 +93,14 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        Command::Serve { config } => block_on(serve(config)),
+        Command::Serve { config: None } => block_on(sandbox()),
+        Command::Serve { config: Some(path) } => match Config::load(&path) {
+            Ok(config) => {
+                let workers = config.server.worker_threads;
+                block_on_workers(serve(config), workers)
+            }
+            Err(problems) => fail(&format!("{}: {problems}", path.display())),
+        },
         Command::Emulator {
             listen,
             tls_cert,
@@ -130,10 +137,28 @@ fn fail(message: &str) -> ExitCode {
 }
 
 fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    block_on_workers(future, 0)
+}
+
+/// `workers` 1: one thread does everything (a current-thread runtime: the cheapest for a
+/// sidecar given one core); more: a multi-thread runtime; 0: one worker per core.
+fn block_on_workers(
+    future: impl std::future::Future<Output = ExitCode>,
+    workers: usize,
+) -> ExitCode {
+    let runtime = match workers {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    match runtime {
         Ok(runtime) => runtime.block_on(future),
         Err(e) => fail(&format!("cannot start the runtime: {e}")),
     }
@@ -179,17 +204,14 @@ async fn shutdown_signal() {
     }
 }
 
-async fn serve(config: Option<PathBuf>) -> ExitCode {
-    let Some(path) = config else {
-        return match chat_gateway::sandbox::run(shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e.to_string()),
-        };
-    };
-    let config = match Config::load(&path) {
-        Ok(c) => c,
-        Err(problems) => return fail(&format!("{}: {problems}", path.display())),
-    };
+async fn sandbox() -> ExitCode {
+    match chat_gateway::sandbox::run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
     let key = match &config.chat.secret {
         SecretSource::File(file) => {
             read_secret_file(file).map_err(|e| format!("chat.secret_key_file: {e}"))

@@ -86,6 +86,7 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send) -> Result<(), Sandbo
             max_in_flight: 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
+            worker_threads: 0,
         },
         chat: ChatConfig {
             sdkappid: SANDBOX_SDKAPPID,
