@@ -122,12 +122,10 @@ fn pipeline(c: &mut Criterion) {
     });
     c.bench_function("stage/metrics", |b| {
         b.iter(|| {
-            parts
-                .metrics
-                .request(&api.name, Outcome::Ok, black_box(0.001), black_box(0.00001));
-            parts
-                .metrics
-                .upstream_response(&api.name, Some(0), black_box(0.001));
+            let m = api.metrics(&parts.metrics);
+            m.request(Outcome::Ok, black_box(0.001), black_box(0.00001));
+            m.upstream_duration(black_box(0.001));
+            parts.metrics.upstream_error_code(&api.name, Some(0));
         })
     });
 }

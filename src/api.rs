@@ -3,9 +3,10 @@
 //! Only `/v4/{service}/{command}` paths made of letters, digits and underscores are ever
 //! routed, so no caller-chosen path, `..`, or percent-encoding can reach the upstream.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::config::{is_api_name, ApiAllowList};
+use crate::metrics::{ApiMetrics, Metrics};
 use crate::validation::CounterApi;
 
 /// Distinct API names labelled as themselves under `allow = ["*"]`.
@@ -14,9 +15,12 @@ const MAX_OPEN_API_LABELS: usize = 100;
 /// The label of requests for APIs that are not allowed.
 pub const OTHER: &str = "other";
 
-/// A routed request's API.
+/// A routed request's API: cheap to clone (one `Arc`).
 #[derive(Debug, Clone)]
-pub struct Api {
+pub struct Api(Arc<ApiInfo>);
+
+#[derive(Debug)]
+pub struct ApiInfo {
     /// `service/command`; also the `api` label.
     pub name: Arc<str>,
     /// Set for the three counter APIs, which get payload validation.
@@ -24,6 +28,24 @@ pub struct Api {
     /// A fixed 64-bit key for the name, computed once, so per-API state (the app rate
     /// limit) is found without hashing the name on every request.
     pub key: u64,
+    /// This API's metric series, looked up once rather than per request.
+    handles: OnceLock<ApiMetrics>,
+}
+
+impl std::ops::Deref for Api {
+    type Target = ApiInfo;
+    fn deref(&self) -> &ApiInfo {
+        &self.0
+    }
+}
+
+impl Api {
+    /// The metric series labelled with this API, resolved on first use.
+    pub fn metrics(&self, metrics: &Metrics) -> &ApiMetrics {
+        self.0
+            .handles
+            .get_or_init(|| metrics.api_metrics(&self.0.name))
+    }
 }
 
 /// The same key for the same name in every process run.
@@ -38,9 +60,10 @@ fn name_key(name: &str) -> u64 {
 pub struct ApiTable {
     any: bool,
     listed: Vec<Api>,
-    /// Labels for APIs allowed only through `"*"`, capped.
-    open: std::sync::RwLock<Vec<Arc<str>>>,
-    other: Arc<str>,
+    /// APIs allowed only through `"*"`, each labelled as itself up to a cap.
+    open: std::sync::RwLock<Vec<Api>>,
+    /// Every other path, and open APIs past the cap.
+    other: Api,
 }
 
 impl std::fmt::Debug for ApiTable {
@@ -79,7 +102,7 @@ impl ApiTable {
             any,
             listed,
             open: std::sync::RwLock::new(Vec::new()),
-            other: Arc::from(OTHER),
+            other: Api::new(OTHER),
         }
     }
 
@@ -92,50 +115,44 @@ impl ApiTable {
         if !self.any {
             return None;
         }
-        let name = self.open_label(name);
-        Some(Api {
-            key: name_key(&name),
-            name,
-            counter: None,
-        })
+        Some(self.open_api(name))
     }
 
-    /// The `api` label for a request path: the API's name when allowed, else `other`.
-    pub fn label(&self, path: &str) -> Arc<str> {
-        match self.route(path) {
-            Some(api) => api.name,
-            None => self.other.clone(),
-        }
+    /// What a request path is labelled with: its API when allowed, else `other`.
+    pub fn label(&self, path: &str) -> Api {
+        self.route(path).unwrap_or_else(|| self.other.clone())
     }
 
-    fn open_label(&self, name: &str) -> Arc<str> {
+    /// An API allowed through `"*"`; past the cap it shares the `other` label (and app limit).
+    fn open_api(&self, name: &str) -> Api {
         if let Ok(open) = self.open.read() {
-            if let Some(label) = open.iter().find(|l| &***l == name) {
-                return label.clone();
+            if let Some(api) = open.iter().find(|a| &*a.name == name) {
+                return api.clone();
             }
         }
         let Ok(mut open) = self.open.write() else {
             return self.other.clone();
         };
-        if let Some(label) = open.iter().find(|l| &***l == name) {
-            return label.clone();
+        if let Some(api) = open.iter().find(|a| &*a.name == name) {
+            return api.clone();
         }
         if open.len() >= MAX_OPEN_API_LABELS {
             return self.other.clone();
         }
-        let label: Arc<str> = Arc::from(name);
-        open.push(label.clone());
-        label
+        let api = Api::new(name);
+        open.push(api.clone());
+        api
     }
 }
 
 impl Api {
     fn new(name: &str) -> Self {
-        Api {
+        Api(Arc::new(ApiInfo {
             name: Arc::from(name),
             counter: CounterApi::from_api(name),
             key: name_key(name),
-        }
+            handles: OnceLock::new(),
+        }))
     }
 }
 
@@ -162,7 +179,7 @@ mod tests {
             "",
         ] {
             assert!(table.route(path).is_none(), "{path} routed");
-            assert_eq!(&*table.label(path), "other");
+            assert_eq!(&*table.label(path).name, "other");
         }
     }
 
@@ -182,7 +199,7 @@ mod tests {
             table.route(&format!("/v4/svc/cmd{i}")).expect("allowed");
         }
         let labels: std::collections::HashSet<String> = (0..300)
-            .map(|i| table.label(&format!("/v4/svc/cmd{i}")).to_string())
+            .map(|i| table.label(&format!("/v4/svc/cmd{i}")).name.to_string())
             .collect();
         assert!(labels.len() <= MAX_OPEN_API_LABELS + 1);
         assert!(labels.contains("other"));

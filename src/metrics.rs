@@ -37,12 +37,68 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in [`Outcome::index`] order.
+    pub fn all() -> impl Iterator<Item = Outcome> {
+        [Outcome::Ok, Outcome::UpstreamError, Outcome::ClientClosed]
+            .into_iter()
+            .chain(Reason::ALL.into_iter().map(Outcome::Rejected))
+    }
+
+    pub fn index(self) -> usize {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::UpstreamError => 1,
+            Outcome::ClientClosed => 2,
+            Outcome::Rejected(reason) => 3 + reason as usize,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::UpstreamError => "upstream_error",
             Outcome::Rejected(reason) => reason.as_str(),
             Outcome::ClientClosed => "client_closed",
+        }
+    }
+}
+
+/// The series of one API, resolved once: recording a request is then a few atomic adds, with
+/// no label hashing or registry lock.
+#[derive(Debug)]
+pub struct ApiMetrics {
+    /// Indexed by [`Outcome::index`].
+    outcomes: Vec<prometheus::IntCounter>,
+    duration: prometheus::Histogram,
+    overhead: prometheus::Histogram,
+    upstream_duration: prometheus::Histogram,
+    rate_limited_group: prometheus::IntCounter,
+    rate_limited_app: prometheus::IntCounter,
+}
+
+impl ApiMetrics {
+    /// One finished request.
+    pub fn request(&self, outcome: Outcome, seconds: f64, overhead_seconds: f64) {
+        self.outcomes[outcome.index()].inc();
+        self.duration.observe(seconds);
+        self.overhead.observe(overhead_seconds);
+    }
+
+    /// A request whose caller left before the answer: counted, timed, but not in the overhead
+    /// histogram (how much of its time was the upstream's is unknown).
+    pub fn client_closed(&self, seconds: f64) {
+        self.outcomes[Outcome::ClientClosed.index()].inc();
+        self.duration.observe(seconds);
+    }
+
+    pub fn upstream_duration(&self, seconds: f64) {
+        self.upstream_duration.observe(seconds);
+    }
+
+    pub fn rate_limited(&self, scope: &str) {
+        match scope {
+            "group" => self.rate_limited_group.inc(),
+            _ => self.rate_limited_app.inc(),
         }
     }
 }
@@ -229,53 +285,29 @@ impl Metrics {
         }))
     }
 
-    /// One finished request.
-    pub fn request(&self, api: &str, outcome: Outcome, seconds: f64, overhead_seconds: f64) {
+    /// Resolves the series of one API (see [`crate::api::Api::metrics`], which caches them).
+    pub fn api_metrics(&self, api: &str) -> ApiMetrics {
         let m = &self.0;
-        m.requests.with_label_values(&[api, outcome.as_str()]).inc();
-        m.request_duration
-            .with_label_values(&[api])
-            .observe(seconds);
-        m.overhead
-            .with_label_values(&[api])
-            .observe(overhead_seconds);
+        ApiMetrics {
+            outcomes: Outcome::all()
+                .map(|o| m.requests.with_label_values(&[api, o.as_str()]))
+                .collect(),
+            duration: m.request_duration.with_label_values(&[api]),
+            overhead: m.overhead.with_label_values(&[api]),
+            upstream_duration: m.upstream_duration.with_label_values(&[api]),
+            rate_limited_group: m.rate_limited.with_label_values(&[api, "group"]),
+            rate_limited_app: m.rate_limited.with_label_values(&[api, "app"]),
+        }
     }
 
-    /// A request whose caller left before the answer: counted, timed, but not in the overhead
-    /// histogram (how much of its time was the upstream's is unknown).
-    pub fn client_closed(&self, api: &str, seconds: f64) {
+    /// The ErrorCode of one upstream answer (`None`: unreadable).
+    pub fn upstream_error_code(&self, api: &str, error_code: Option<i64>) {
         let m = &self.0;
-        m.requests
-            .with_label_values(&[api, Outcome::ClientClosed.as_str()])
-            .inc();
-        m.request_duration
-            .with_label_values(&[api])
-            .observe(seconds);
-    }
-
-    /// One answer from the upstream; `error_code` is `None` when the body had none readable.
-    pub fn upstream_response(&self, api: &str, error_code: Option<i64>, seconds: f64) {
-        let m = &self.0;
-        m.upstream_duration
-            .with_label_values(&[api])
-            .observe(seconds);
         let label = match error_code {
             Some(code) => m.error_codes.label(code),
             None => Arc::from("unparsable"),
         };
         m.upstream_responses.with_label_values(&[api, &label]).inc();
-    }
-
-    /// A failed round trip (no answer): only its duration.
-    pub fn upstream_failure(&self, api: &str, seconds: f64) {
-        self.0
-            .upstream_duration
-            .with_label_values(&[api])
-            .observe(seconds);
-    }
-
-    pub fn rate_limited(&self, api: &str, scope: &str) {
-        self.0.rate_limited.with_label_values(&[api, scope]).inc();
     }
 
     pub fn upstream_in_flight(&self) -> &IntGauge {
@@ -370,9 +402,9 @@ mod tests {
     fn error_codes_are_capped() {
         let m = Metrics::new();
         for code in 0..200 {
-            m.upstream_response("a/b", Some(code), 0.01);
+            m.upstream_error_code("a/b", Some(code));
         }
-        m.upstream_response("a/b", None, 0.01);
+        m.upstream_error_code("a/b", None);
         let text = scrape(&m);
         let values: std::collections::HashSet<&str> = text
             .lines()
@@ -390,9 +422,11 @@ mod tests {
     #[test]
     fn contract_families_exist() {
         let m = Metrics::new();
-        m.request("a/b", Outcome::Ok, 0.1, 0.00001);
-        m.upstream_response("a/b", Some(0), 0.1);
-        m.rate_limited("a/b", "group");
+        let api = m.api_metrics("a/b");
+        api.request(Outcome::Ok, 0.1, 0.00001);
+        api.upstream_duration(0.1);
+        api.rate_limited("group");
+        m.upstream_error_code("a/b", Some(0));
         let text = scrape(&m);
         for name in [
             "chat_gateway_requests_total{api=\"a/b\",outcome=\"ok\"} 1",

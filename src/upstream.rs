@@ -137,12 +137,15 @@ impl Service<Request<Full<Bytes>>> for UpstreamService {
         let client = self.client.clone();
         let metrics = self.metrics.clone();
         let timeout = self.request_timeout;
-        let api = req
-            .extensions()
-            .get::<Api>()
-            .map(|a| a.name.clone())
-            .unwrap_or_else(|| Arc::from(crate::api::OTHER));
+        // The allow-list always sets the API; a bare request (a test's) is labelled `other`.
+        let api = req.extensions().get::<Api>().cloned();
         Box::pin(async move {
+            let name: &str = api.as_ref().map_or(crate::api::OTHER, |a| &a.name);
+            let time_round_trip = |seconds: f64| {
+                if let Some(api) = &api {
+                    api.metrics(&metrics).upstream_duration(seconds);
+                }
+            };
             let started = Instant::now();
             let in_flight = InFlight::enter(&metrics);
             let result = tokio::time::timeout(timeout, round_trip(&client, req)).await;
@@ -150,21 +153,22 @@ impl Service<Request<Full<Bytes>>> for UpstreamService {
             let elapsed = started.elapsed();
             match result {
                 Err(_) => {
-                    metrics.upstream_failure(&api, elapsed.as_secs_f64());
-                    tracing::warn!(api = &*api, timeout = ?timeout, "upstream did not answer in time");
+                    time_round_trip(elapsed.as_secs_f64());
+                    tracing::warn!(api = name, timeout = ?timeout, "upstream did not answer in time");
                     Err(GatewayError::UpstreamTimeout(elapsed))
                 }
                 Ok(Err(failure)) => {
                     // A failed connect never reached Tencent: it is no round trip to time.
                     if failure != UpstreamFailure::Connect {
-                        metrics.upstream_failure(&api, elapsed.as_secs_f64());
+                        time_round_trip(elapsed.as_secs_f64());
                     }
-                    tracing::warn!(api = &*api, failure = %failure, "upstream request failed");
+                    tracing::warn!(api = name, failure = %failure, "upstream request failed");
                     Err(GatewayError::UpstreamUnavailable { failure, elapsed })
                 }
                 Ok(Ok(mut response)) => {
                     let error_code = error_code(response.body_bytes());
-                    metrics.upstream_response(&api, error_code, elapsed.as_secs_f64());
+                    time_round_trip(elapsed.as_secs_f64());
+                    metrics.upstream_error_code(name, error_code);
                     let response = response.finish(UpstreamReport {
                         error_code,
                         elapsed,

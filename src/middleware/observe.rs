@@ -13,7 +13,7 @@ use http::{HeaderValue, Request};
 use tower::{Layer, Service};
 
 use super::{GatewayResponse, UpstreamReport};
-use crate::api::ApiTable;
+use crate::api::{Api, ApiTable};
 use crate::envelope::{Reason, REJECTED_HEADER};
 use crate::metrics::{Metrics, Outcome};
 
@@ -97,7 +97,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         started: Instant,
-        api: Arc<str>,
+        api: Api,
         id: Option<String>,
         shared: Arc<Shared>,
     }
@@ -107,11 +107,13 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if let Some(id) = this.id.take() {
                 let elapsed = this.started.elapsed();
-                this.shared.metrics.client_closed(this.api, elapsed.as_secs_f64());
+                this.api
+                    .metrics(&this.shared.metrics)
+                    .client_closed(elapsed.as_secs_f64());
                 tracing::info!(
                     target: "chat_gateway::access",
                     request_id = %id,
-                    api = &**this.api,
+                    api = &*this.api.name,
                     outcome = Outcome::ClientClosed.as_str(),
                     duration_us = elapsed.as_micros() as u64,
                     "the caller closed the connection before the answer"
@@ -145,8 +147,7 @@ where
         };
         let upstream = report.map(|r| r.elapsed).unwrap_or_default();
         let overhead = elapsed.saturating_sub(upstream);
-        this.shared.metrics.request(
-            this.api,
+        this.api.metrics(&this.shared.metrics).request(
             outcome,
             elapsed.as_secs_f64(),
             overhead.as_secs_f64(),
@@ -155,7 +156,7 @@ where
         tracing::info!(
             target: "chat_gateway::access",
             request_id = %id,
-            api = &**this.api,
+            api = &*this.api.name,
             status = response.status().as_u16(),
             error_code = report.and_then(|r| r.error_code),
             outcome = outcome.as_str(),

@@ -78,7 +78,8 @@ where
         match self.limiter.check(api, group) {
             Ok(()) => Either::Right(self.inner.call(req)),
             Err(refusal) => {
-                self.metrics.rate_limited(&api.name, refusal.scope.as_str());
+                api.metrics(&self.metrics)
+                    .rate_limited(refusal.scope.as_str());
                 let retry_after_secs = refusal.retry_after_secs();
                 let error = match refusal.scope {
                     Scope::Group => GatewayError::RateLimitedGroup {
