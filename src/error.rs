@@ -13,6 +13,10 @@ use crate::envelope::Reason;
 pub enum GatewayError {
     #[error("{0}")]
     NotAllowed(String),
+    /// A `CONNECT` request: refused like any wrong method, but never with a 2xx status, which
+    /// would tell the client a tunnel was opened.
+    #[error("CONNECT is not allowed; Chat REST APIs take POST")]
+    Connect,
     #[error("{0}")]
     InvalidJson(String),
     #[error("the body is larger than {limit} bytes")]
@@ -60,7 +64,7 @@ pub enum UpstreamFailure {
 impl GatewayError {
     pub fn reason(&self) -> Reason {
         match self {
-            GatewayError::NotAllowed(_) => Reason::NotAllowed,
+            GatewayError::NotAllowed(_) | GatewayError::Connect => Reason::NotAllowed,
             GatewayError::InvalidJson(_) => Reason::InvalidJson,
             GatewayError::BodyTooLarge { .. } => Reason::BodyTooLarge,
             GatewayError::Validation { .. } => Reason::Validation,
@@ -78,6 +82,7 @@ impl GatewayError {
     pub fn status_and_code(&self) -> (StatusCode, u32) {
         match self {
             GatewayError::NotAllowed(_) => (StatusCode::OK, 60009),
+            GatewayError::Connect => (StatusCode::METHOD_NOT_ALLOWED, 60009),
             GatewayError::InvalidJson(_) => (StatusCode::OK, 60003),
             GatewayError::BodyTooLarge { .. } => (StatusCode::OK, 10004),
             GatewayError::Validation { code, .. } => (StatusCode::OK, *code),
@@ -166,6 +171,7 @@ mod tests {
                 60007,
                 "rate_limit_app",
             ),
+            (GatewayError::Connect, 405, 60009, "not_allowed"),
             (GatewayError::Unauthorized, 401, 60004, "unauthorized"),
             (
                 GatewayError::UpstreamUnavailable {

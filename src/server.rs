@@ -14,6 +14,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 use tower::Service;
 
 use crate::lifecycle::Lifecycle;
@@ -75,13 +76,16 @@ pub async fn serve_callers<S>(
 {
     let builder = connection_builder_with(times.header_read_timeout);
     let graceful = GracefulShutdown::new();
+    // The connections' tasks, so that whatever is still running when the grace period is
+    // over can be stopped: run() returning means nothing of the gateway is left.
+    let mut connections = JoinSet::new();
     tokio::pin!(signal);
 
     let signalled_at = loop {
         tokio::select! {
             biased;
             _ = &mut signal => break tokio::time::Instant::now(),
-            accepted = listener.accept() => accept(&builder, &graceful, accepted, &service).await,
+            accepted = listener.accept() => accept(&builder, &graceful, &mut connections, accepted, &service).await,
         }
     };
     lifecycle.start_draining();
@@ -92,7 +96,7 @@ pub async fn serve_callers<S>(
         tokio::select! {
             biased;
             _ = tokio::time::sleep_until(drain_end) => break,
-            accepted = listener.accept() => accept(&builder, &graceful, accepted, &service).await,
+            accepted = listener.accept() => accept(&builder, &graceful, &mut connections, accepted, &service).await,
         }
     }
     lifecycle.start_closing();
@@ -102,13 +106,21 @@ pub async fn serve_callers<S>(
     let grace_end = signalled_at + times.shutdown_grace;
     match tokio::time::timeout_at(grace_end, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections closed"),
-        Err(_) => tracing::warn!("shutdown grace over with requests still in flight"),
+        Err(_) => {
+            tracing::warn!(
+                connections = connections.len(),
+                "shutdown grace over with requests still in flight: closing their connections"
+            );
+        }
     }
+    connections.abort_all();
+    while connections.join_next().await.is_some() {}
 }
 
 async fn accept<S>(
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
+    connections: &mut JoinSet<()>,
     accepted: std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)>,
     service: &S,
 ) where
@@ -135,7 +147,9 @@ async fn accept<S>(
         )
         .into_owned();
     let conn = graceful.watch(conn);
-    tokio::spawn(async move {
+    // Reap finished connections as new ones come, so the set stays as large as what is open.
+    while connections.try_join_next().is_some() {}
+    connections.spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "caller connection ended with an error");
         }

@@ -30,7 +30,47 @@ pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 /// How much of an answer is read to find its ErrorCode.
 const ERROR_CODE_PREFIX: usize = 4096;
 
-pub type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpsClient = Client<TimeoutConnector<HttpsConnector<HttpConnector>>, Full<Bytes>>;
+
+/// Bounds the whole connection set-up (DNS, TCP connect and TLS handshake) by
+/// `connect_timeout`: hyper's own connect timeout covers only the TCP connect, so a peer that
+/// accepts and then stalls the handshake would otherwise hold the request until
+/// `request_timeout`, and not count as the connect failure it is.
+#[derive(Debug, Clone)]
+pub struct TimeoutConnector<C> {
+    inner: C,
+    timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("connection set-up took longer than {0:?}")]
+pub struct ConnectTimedOut(Duration);
+
+impl<C> Service<http::Uri> for TimeoutConnector<C>
+where
+    C: Service<http::Uri> + Send,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = C::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = BoxFuture<Result<C::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let timeout = self.timeout;
+        let connecting = self.inner.call(uri);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, connecting).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimedOut(timeout)) as Self::Error),
+            }
+        })
+    }
+}
 
 /// Reads PEM certificates; the error says why in words, never with file content.
 pub fn read_ca_file(
@@ -95,7 +135,10 @@ pub fn build_client(
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(50))
         .pool_max_idle_per_host(64)
-        .build(https))
+        .build(TimeoutConnector {
+            inner: https,
+            timeout: connect_timeout,
+        }))
 }
 
 /// Sends one attempt and reads the answer within `request_timeout`.

@@ -64,6 +64,9 @@ where
 
 impl<S> Allow<S> {
     fn check<B>(&self, req: &Request<B>) -> Result<crate::api::Api, GatewayError> {
+        if req.method() == Method::CONNECT {
+            return Err(GatewayError::Connect);
+        }
         // An HTTP/1 absolute-form target (`POST http://elsewhere/v4/...`) names a host: refuse
         // it rather than seem to follow it. (HTTP/2 always carries :authority; the upstream
         // host comes from config either way.)

@@ -279,3 +279,62 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(backup: bool, cool_down: Duration) -> Arc<Targets> {
+        Targets::with_circuit(
+            Arc::from("https://primary"),
+            backup.then(|| Arc::from("https://backup")),
+            3,
+            cool_down,
+            Metrics::new(),
+        )
+    }
+
+    #[test]
+    fn opens_after_threshold_and_probes_the_primary_after_the_cool_down() {
+        let t = targets(true, Duration::from_millis(200));
+        for _ in 0..2 {
+            t.primary_failed_to_connect();
+        }
+        assert!(!t.circuit_open(), "below the threshold");
+        t.primary_failed_to_connect();
+        assert!(t.circuit_open(), "open at the threshold");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(
+            !t.circuit_open(),
+            "the primary is tried again after the cool-down"
+        );
+        // One failure of the probe does not reopen it: the count started again.
+        t.primary_failed_to_connect();
+        assert!(!t.circuit_open());
+        t.primary_failed_to_connect();
+        t.primary_failed_to_connect();
+        assert!(t.circuit_open(), "reopens after the threshold again");
+        t.primary_answered();
+        assert!(!t.circuit_open(), "a success closes it");
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let t = targets(true, Duration::from_secs(30));
+        t.primary_failed_to_connect();
+        t.primary_failed_to_connect();
+        t.primary_answered();
+        t.primary_failed_to_connect();
+        t.primary_failed_to_connect();
+        assert!(!t.circuit_open());
+    }
+
+    #[test]
+    fn without_a_backup_the_circuit_never_opens() {
+        let t = targets(false, Duration::from_secs(30));
+        for _ in 0..10 {
+            t.primary_failed_to_connect();
+        }
+        assert!(!t.circuit_open());
+    }
+}
