@@ -126,8 +126,14 @@ impl Credentials {
         self.current.load().expires_at > now
     }
 
-    /// Signs anew with the current key.
+    /// Signs anew with the current key. A clock that reads before 1970 cannot date a sig:
+    /// the current one stays, and the failure is counted.
     pub fn renew(&self, now: u64) {
+        if now == 0 {
+            self.metrics.usersig_renewal_failed();
+            tracing::error!("the system clock reads before 1970: the UserSig was not renewed");
+            return;
+        }
         let key = self.key.load();
         let signed = sign(&key, self.sdkappid, &self.identifier, self.ttl, now);
         self.metrics.usersig_renewed(signed.expires_at);
@@ -254,5 +260,30 @@ mod tests {
         ));
         std::fs::write(&path, "abc\n").expect("write");
         assert!(read_secret_file(&path).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod renewal_failure_tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_before_1970_keeps_the_current_sig_and_counts_a_failure() {
+        let metrics = Metrics::new();
+        let creds = Credentials::new(
+            1,
+            "admin",
+            Duration::from_secs(120),
+            SecretKey::new("k").expect("key"),
+            metrics.clone(),
+        );
+        let before = creds.current().issued_at;
+        creds.renew(0);
+        assert_eq!(creds.current().issued_at, before);
+        let text = String::from_utf8(metrics.render()).expect("utf8");
+        assert!(
+            text.contains("chat_gateway_usersig_renewals_total{result=\"error\"} 1"),
+            "{text}"
+        );
     }
 }
