@@ -17,17 +17,18 @@ use crate::credentials::Credentials;
 use crate::error::GatewayError;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::middleware::allow::AllowLayer;
-use crate::middleware::auth::AuthLayer;
+use crate::middleware::allow::Allow;
+use crate::middleware::auth::Authenticate;
 use crate::middleware::body::BodyLayer;
-use crate::middleware::drain::DrainLayer;
+use crate::middleware::check::CheckLayer;
+use crate::middleware::drain::Drain;
 use crate::middleware::observe::ObserveLayer;
-use crate::middleware::rate_limit::RateLimitLayer;
+use crate::middleware::rate_limit::Limit;
 use crate::middleware::rescue::RescueLayer;
 use crate::middleware::retry::{RetryLayer, Targets};
 use crate::middleware::shed::ShedLayer;
 use crate::middleware::sign::SignLayer;
-use crate::middleware::validate::ValidateLayer;
+use crate::middleware::validate::Validate;
 use crate::middleware::GatewayResponse;
 use crate::rate_limit::{LocalLimiter, RateLimiter};
 use crate::usersig::SecretKey;
@@ -138,25 +139,27 @@ where
         // The one place where typed errors become Tencent envelopes with the reason header.
         .layer(RescueLayer)
         // After the drain delay, new requests on open connections are refused.
-        .layer(DrainLayer::new(parts.lifecycle.clone()))
+        .layer(CheckLayer::new(Drain::new(parts.lifecycle.clone())))
         // A bound on requests in flight: overload is refused at once, never queued.
         .layer(ShedLayer::new(parts.max_in_flight))
         // Bearer tokens (shared-service mode), before anything else about the request.
-        .layer(AuthLayer::new(parts.authenticator.clone()))
+        .layer(CheckLayer::new(Authenticate::new(
+            parts.authenticator.clone(),
+        )))
         // Method and path, before a byte of the body is read.
-        .layer(AllowLayer::new(parts.table.clone()))
+        .layer(CheckLayer::new(Allow::new(parts.table.clone())))
         // Size limit: Content-Length first, then a bounded read within a deadline.
         .layer(BodyLayer::new(
             parts.max_body_bytes,
             parts.body_read_timeout,
         ))
         // A JSON object; counter payloads keep Tencent's rules.
-        .layer(ValidateLayer)
+        .layer(CheckLayer::new(Validate))
         // Per GroupId, then per API for the app: only valid requests spend tokens.
-        .layer(RateLimitLayer::new(
+        .layer(CheckLayer::new(Limit::new(
             parts.limiter.clone(),
             parts.metrics.clone(),
-        ))
+        )))
         // A second attempt only when the first provably never reached Tencent (or 70001).
         .layer(RetryLayer::new(
             parts.targets.clone(),

@@ -2,68 +2,32 @@
 //! body is read. The routed `Api` travels on as a request extension.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::future::{ready, Either, Ready};
 use http::{Method, Request};
-use tower::{Layer, Service};
 
-use super::GatewayResponse;
-use crate::api::{api_of_path, ApiTable};
+use super::check::Check;
+use crate::api::{api_of_path, Api, ApiTable};
 use crate::error::GatewayError;
 
 #[derive(Debug, Clone)]
-pub struct AllowLayer {
+pub struct Allow {
     table: Arc<ApiTable>,
 }
 
-impl AllowLayer {
+impl<B> Check<B> for Allow {
+    fn check(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
+        let api = self.route(req)?;
+        req.extensions_mut().insert(api);
+        Ok(())
+    }
+}
+
+impl Allow {
     pub fn new(table: Arc<ApiTable>) -> Self {
-        AllowLayer { table }
-    }
-}
-
-impl<S> Layer<S> for AllowLayer {
-    type Service = Allow<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Allow {
-            inner,
-            table: self.table.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Allow<S> {
-    inner: S,
-    table: Arc<ApiTable>,
-}
-
-impl<S, B> Service<Request<B>> for Allow<S>
-where
-    S: Service<Request<B>, Response = GatewayResponse, Error = GatewayError>,
-{
-    type Response = GatewayResponse;
-    type Error = GatewayError;
-    type Future = Either<Ready<Result<GatewayResponse, GatewayError>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        Allow { table }
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match self.check(&req) {
-            Ok(api) => {
-                req.extensions_mut().insert(api);
-                Either::Right(self.inner.call(req))
-            }
-            Err(e) => Either::Left(ready(Err(e))),
-        }
-    }
-}
-
-impl<S> Allow<S> {
-    fn check<B>(&self, req: &Request<B>) -> Result<crate::api::Api, GatewayError> {
+    fn route<B>(&self, req: &Request<B>) -> Result<Api, GatewayError> {
         if req.method() == Method::CONNECT {
             return Err(GatewayError::Connect);
         }

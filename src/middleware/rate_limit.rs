@@ -2,97 +2,56 @@
 //! that could succeed spend tokens; before signing, so refused ones cost Tencent nothing.
 
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::future::{ready, Either, Ready};
 use http::Request;
-use tower::{Layer, Service};
 
+use super::check::Check;
 use super::validate::CounterFacts;
-use super::GatewayResponse;
 use crate::api::Api;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::rate_limit::{RateLimiter, Scope};
 
 #[derive(Clone)]
-pub struct RateLimitLayer {
+pub struct Limit {
     limiter: Arc<dyn RateLimiter>,
     metrics: Metrics,
 }
 
-impl RateLimitLayer {
+impl Limit {
     pub fn new(limiter: Arc<dyn RateLimiter>, metrics: Metrics) -> Self {
-        RateLimitLayer { limiter, metrics }
+        Limit { limiter, metrics }
     }
 }
 
-impl std::fmt::Debug for RateLimitLayer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RateLimitLayer")
-    }
-}
-
-impl<S> Layer<S> for RateLimitLayer {
-    type Service = Limit<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Limit {
-            inner,
-            limiter: self.limiter.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Limit<S> {
-    inner: S,
-    limiter: Arc<dyn RateLimiter>,
-    metrics: Metrics,
-}
-
-impl<S> std::fmt::Debug for Limit<S> {
+impl std::fmt::Debug for Limit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Limit")
     }
 }
 
-impl<S, B> Service<Request<B>> for Limit<S>
-where
-    S: Service<Request<B>, Response = GatewayResponse, Error = GatewayError>,
-{
-    type Response = GatewayResponse;
-    type Error = GatewayError;
-    type Future = Either<Ready<Result<GatewayResponse, GatewayError>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+impl<B> Check<B> for Limit {
+    fn check(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
+        // The allow-list always routes first; without an API there is nothing to charge.
         let Some(api) = req.extensions().get::<Api>() else {
-            // The allow-list always routes first; without an API there is nothing to charge.
-            return Either::Right(self.inner.call(req));
+            return Ok(());
         };
         let group = req.extensions().get::<CounterFacts>().map(|f| &*f.group_id);
-        match self.limiter.check(api, group) {
-            Ok(()) => Either::Right(self.inner.call(req)),
-            Err(refusal) => {
-                api.metrics(&self.metrics)
-                    .rate_limited(refusal.scope.as_str());
-                let retry_after_secs = refusal.retry_after_secs();
-                let error = match refusal.scope {
-                    Scope::Group => GatewayError::RateLimitedGroup {
-                        group: group.unwrap_or_default().to_string(),
-                        retry_after_secs,
-                    },
-                    Scope::App => GatewayError::RateLimitedApp {
-                        api: api.name.to_string(),
-                        retry_after_secs,
-                    },
-                };
-                Either::Left(ready(Err(error)))
-            }
-        }
+        let Err(refusal) = self.limiter.check(api, group) else {
+            return Ok(());
+        };
+        api.metrics(&self.metrics)
+            .rate_limited(refusal.scope.as_str());
+        let retry_after_secs = refusal.retry_after_secs();
+        Err(match refusal.scope {
+            Scope::Group => GatewayError::RateLimitedGroup {
+                group: group.unwrap_or_default().to_string(),
+                retry_after_secs,
+            },
+            Scope::App => GatewayError::RateLimitedApp {
+                api: api.name.to_string(),
+                retry_after_secs,
+            },
+        })
     }
 }
