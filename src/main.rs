@@ -141,11 +141,16 @@ fn block_on(future: impl std::future::Future<Output = ExitCode>) -> ExitCode {
 }
 
 /// `workers` 1: one thread does everything (a current-thread runtime: the cheapest for a
-/// sidecar given one core); more: a multi-thread runtime; 0: one worker per core.
+/// sidecar given one core); more: a multi-thread runtime; 0: one worker per core the process
+/// may run on (its CPU affinity), so a gateway pinned to one core gets the single thread.
 fn block_on_workers(
     future: impl std::future::Future<Output = ExitCode>,
     workers: usize,
 ) -> ExitCode {
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(0, |n| n.get()),
+        n => n,
+    };
     let runtime = match workers {
         1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
