@@ -82,6 +82,7 @@ pub async fn run(
     let client = upstream::build_client(
         config.chat.ca_file.as_deref(),
         config.upstream.connect_timeout,
+        config.server.max_in_flight,
     )?;
     let (metrics, credentials, lifecycle) = (
         parts.metrics.clone(),

@@ -96,10 +96,13 @@ pub enum ClientSetupError {
 }
 
 /// The pooled client: public web roots plus `ca_file`, TLS 1.2 and 1.3, HTTP/2 when the server
-/// offers it by ALPN, keep-alive, connect timeout.
+/// offers it by ALPN, keep-alive, connect timeout. Up to `max_idle` connections stay open per
+/// host: as many as requests may be in flight, so that a burst of slow answers does not end
+/// in closing and re-opening (re-handshaking) connections.
 pub fn build_client(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
+    max_idle: usize,
 ) -> Result<HttpsClient, ClientSetupError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -134,7 +137,7 @@ pub fn build_client(
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(50))
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(max_idle)
         .build(TimeoutConnector {
             inner: https,
             timeout: connect_timeout,
@@ -144,7 +147,9 @@ pub fn build_client(
 /// Sends one attempt and reads the answer within `request_timeout`.
 #[derive(Clone)]
 pub struct UpstreamService {
-    client: HttpsClient,
+    /// Shared, not cloned per request: a client clone copies its connector, pool handle,
+    /// executor and timers.
+    client: Arc<HttpsClient>,
     request_timeout: Duration,
     metrics: Metrics,
 }
@@ -160,7 +165,7 @@ impl std::fmt::Debug for UpstreamService {
 impl UpstreamService {
     pub fn new(client: HttpsClient, request_timeout: Duration, metrics: Metrics) -> Self {
         UpstreamService {
-            client,
+            client: Arc::new(client),
             request_timeout,
             metrics,
         }

@@ -147,14 +147,17 @@ pub struct Retry<S> {
     metrics: Metrics,
 }
 
-/// A copy of the request for a second attempt (the body is shared, not copied).
+/// A copy of the request for a second attempt: what signing and sending use (method, path,
+/// the headers to forward, the API), with the body shared, not copied.
 fn copy(req: &Request<Bytes>) -> Request<Bytes> {
     let mut copy = Request::new(req.body().clone());
     *copy.method_mut() = req.method().clone();
     *copy.uri_mut() = req.uri().clone();
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
-    *copy.extensions_mut() = req.extensions().clone();
+    if let Some(api) = req.extensions().get::<crate::api::Api>() {
+        copy.extensions_mut().insert(api.clone());
+    }
     copy
 }
 
