@@ -10,11 +10,6 @@ use chat_gateway::config::{Config, SecretSource};
 use chat_gateway::credentials::{read_secret_env, read_secret_file, unix_now};
 use chat_gateway::usersig::{self, SecretKey};
 
-/// A request makes dozens of small, short-lived allocations; mimalloc serves them at about half
-/// the cost of the system allocator (measured with the load script in benches/load).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "chat-gateway",
