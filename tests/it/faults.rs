@@ -549,46 +549,9 @@ async fn pooled_connection_closed_while_idle_is_not_a_failure() {
 // Certificates
 // ---------------------------------------------------------------------------------------------
 
-/// A test CA and a server certificate it signed for `names`, valid in `validity` (rcgen's
-/// long default when `None`).
-/// A calendar day: year, month, day.
-type Day = (i32, u8, u8);
-
 fn ca_with_leaf(names: &[&str], validity: Option<(Day, Day)>) -> TestCa {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "chat-gateway fault CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::CrlSign,
-    ];
-    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-    let server_key = rcgen::KeyPair::generate().expect("server key");
-    let mut params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-            .expect("params");
-    if let Some(((y0, m0, d0), (y1, m1, d1))) = validity {
-        params.not_before = rcgen::date_time_ymd(y0, m0, d0);
-        params.not_after = rcgen::date_time_ymd(y1, m1, d1);
-    }
-    let server = params
-        .signed_by(&server_key, &ca, &ca_key)
-        .expect("server cert");
-    let server_config = chat_gateway::emulator::tls_config(
-        server.pem().as_bytes(),
-        server_key.serialize_pem().as_bytes(),
-    )
-    .expect("tls config");
-    let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write ca");
-    TestCa {
-        dir,
-        ca_pem: ca.pem(),
-        server_config,
-    }
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    TestCa::issue(&names, validity)
 }
 
 #[tokio::test]
@@ -1463,19 +1426,7 @@ async fn stuck_request_then_shutdown() -> (
     assert!(config.contains("drain_delay = \"0s\""));
     let mut gw = spawn_gateway(&config).await;
     let addr = gw.addr;
-    let caller = tokio::spawn(async move {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let req = Request::post(UPDATE)
-            .header("host", "gw")
-            .body(Full::new(Bytes::from(increase("stuck"))))
-            .expect("request");
-        let result = sender.send_request(req).await;
-        (result.map(|r| r.status()), Instant::now())
-    });
+    let caller = spawn_stuck_caller(addr);
     eventually(
         Duration::from_secs(10),
         "the request is held upstream",
@@ -1551,19 +1502,7 @@ async fn binary_shutdown_with_a_stuck_upstream_exits_at_grace_and_closes_the_cal
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     wait_ready(admin).await;
-    let caller = tokio::spawn(async move {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(conn);
-        let req = Request::post(UPDATE)
-            .header("host", "gw")
-            .body(Full::new(Bytes::from(increase("stuck"))))
-            .expect("request");
-        let result = sender.send_request(req).await;
-        (result.map(|r| r.status()), Instant::now())
-    });
+    let caller = spawn_stuck_caller(addr);
     eventually(
         Duration::from_secs(10),
         "the request is held upstream",
@@ -1926,4 +1865,24 @@ async fn the_binary_never_prints_or_answers_a_secret_under_faults() {
             );
         }
     }
+}
+
+/// Sends an Increase that the upstream will hold; resolves to how the caller's request ended
+/// and when.
+fn spawn_stuck_caller(
+    addr: SocketAddr,
+) -> tokio::task::JoinHandle<(Result<http::StatusCode, hyper::Error>, Instant)> {
+    tokio::spawn(async move {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        let req = Request::post(UPDATE)
+            .header("host", "gw")
+            .body(Full::new(Bytes::from(increase("stuck"))))
+            .expect("request");
+        let result = sender.send_request(req).await;
+        (result.map(|r| r.status()), Instant::now())
+    })
 }

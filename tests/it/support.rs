@@ -31,6 +31,9 @@ pub fn key() -> SecretKey {
     SecretKey::new(SECRET).expect("key")
 }
 
+/// A calendar day: year, month, day.
+pub type Day = (i32, u8, u8);
+
 /// A CA made for one test, and a server certificate it signed for 127.0.0.1 and localhost.
 pub struct TestCa {
     pub dir: tempfile::TempDir,
@@ -44,6 +47,12 @@ impl TestCa {
     }
 
     pub fn with_server_names(names: Vec<String>) -> Self {
+        Self::issue(&names, None)
+    }
+
+    /// A new CA and a server certificate it signed for `names`, valid from the first day to
+    /// the second (rcgen's long default when `None`).
+    pub fn issue(names: &[String], validity: Option<(Day, Day)>) -> Self {
         let ca_key = rcgen::KeyPair::generate().expect("ca key");
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -56,8 +65,12 @@ impl TestCa {
         ];
         let ca = ca_params.self_signed(&ca_key).expect("ca cert");
         let server_key = rcgen::KeyPair::generate().expect("server key");
-        let server = rcgen::CertificateParams::new(names)
-            .expect("params")
+        let mut params = rcgen::CertificateParams::new(names.to_vec()).expect("params");
+        if let Some(((y0, m0, d0), (y1, m1, d1))) = validity {
+            params.not_before = rcgen::date_time_ymd(y0, m0, d0);
+            params.not_after = rcgen::date_time_ymd(y1, m1, d1);
+        }
+        let server = params
             .signed_by(&server_key, &ca, &ca_key)
             .expect("server cert");
         let server_config = emulator::tls_config(
