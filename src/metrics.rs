@@ -166,7 +166,6 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 
 impl Metrics {
     // The definitions are constants: a failure here is a programming error caught by every test.
-    #[allow(clippy::expect_used)]
     pub fn new() -> Self {
         let r = Registry::new();
         let requests = counter(

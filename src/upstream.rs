@@ -220,7 +220,6 @@ impl Service<Request<Full<Bytes>>> for UpstreamService {
                     let response = response.finish(UpstreamReport {
                         error_code,
                         elapsed,
-                        answered: true,
                     });
                     Ok(response)
                 }

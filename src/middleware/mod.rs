@@ -33,6 +33,4 @@ pub struct UpstreamReport {
     pub error_code: Option<i64>,
     /// Time spent waiting on the upstream (all attempts).
     pub elapsed: Duration,
-    /// Whether an answer came back (false for timeouts and connection failures).
-    pub answered: bool,
 }

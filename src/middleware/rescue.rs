@@ -92,7 +92,6 @@ pub fn answer(error: &GatewayError) -> GatewayResponse {
         response.extensions_mut().insert(UpstreamReport {
             error_code: None,
             elapsed,
-            answered: false,
         });
     }
     response
