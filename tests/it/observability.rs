@@ -172,8 +172,6 @@ fn scripted() -> Script {
 }
 
 // Outcomes of the contract not measured here:
-// - `unauthorized` (caller authentication) and `overloaded` (load shedding) are not
-//   implemented yet: add a case for each here when they are.
 // - `draining` needs a shutdown in progress; answers.rs covers its answer.
 
 #[tokio::test]
@@ -281,6 +279,49 @@ async fn upstream_unavailable_is_counted_once() {
         moves.upstream_responses.is_empty(),
         "no answer, no ErrorCode: {moves:#?}"
     );
+}
+
+#[tokio::test]
+async fn unauthorized_is_counted_once() {
+    let upstream = spawn_recording(None, scripted()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "caller-token\n").expect("write tokens");
+    let gw = spawn_gateway(&config_text(
+        &upstream.endpoint(),
+        "",
+        &format!("[auth]\ntokens_file = {:?}\n", tokens.display().to_string()),
+    ))
+    .await;
+    let (reply, moves) = around(gw.admin, post_in_time(gw.addr, GET, r#"{"GroupId":"g"}"#)).await;
+    reply.assert_rejection(401, 60004, "unauthorized");
+    assert_counted_once(&moves, &reply, GET_API, "unauthorized", false);
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn overloaded_is_counted_once() {
+    // One request in flight at most; the first is held by a slow upstream.
+    let upstream = spawn_recording(None, scripted()).await;
+    let gw = spawn_gateway(
+        &config_text(&upstream.endpoint(), "", "")
+            .replace("drain_delay", "max_in_flight = 1\ndrain_delay"),
+    )
+    .await;
+    let addr = gw.addr;
+    let held = tokio::spawn(async move { post(addr, GET, r#"{"GroupId":"g-slow"}"#).await });
+    let deadline = std::time::Instant::now() + ANSWER_WITHIN;
+    while upstream.count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (reply, moves) = around(gw.admin, post_in_time(gw.addr, GET, r#"{"GroupId":"g"}"#)).await;
+    reply.assert_rejection(503, 60018, "overloaded");
+    assert_counted_once(&moves, &reply, GET_API, "overloaded", false);
+    held.abort();
 }
 
 /// Exhausts a bucket, then measures the next request, which must be refused for `reason`.
