@@ -330,8 +330,32 @@ impl<'de> Members<'de> {
         self.known & bit != 0
     }
 
-    fn other(&mut self, name: Cow<'de, str>) {
-        self.others.push(name);
+    /// Takes member `name` (`bit` 0 for an unknown one). Gives the name back when its value is
+    /// for the caller to read; otherwise skips the value here: an unknown member is noted for
+    /// [`Members::check`], a repeated known one is reported.
+    fn claim<A: MapAccess<'de>>(
+        &mut self,
+        map: &mut A,
+        ctx: &mut Ctx,
+        path: Path<'_>,
+        name: Cow<'de, str>,
+        bit: u8,
+    ) -> Result<Option<Cow<'de, str>>, A::Error> {
+        if bit != 0 && self.first(bit) {
+            return Ok(Some(name));
+        }
+        if bit != 0 {
+            ctx.invalid(|| duplicate_member(&name, path));
+        }
+        map.next_value_seed(Field {
+            ctx,
+            path: Path::Member(&path, &name),
+            handler: Skip,
+        })?;
+        if bit == 0 {
+            self.others.push(name);
+        }
+        Ok(None)
     }
 
     /// Reports a repeated unknown member. Sorting keeps this O(n log n) for large objects.
@@ -547,12 +571,8 @@ fn skip_map<'de, A: MapAccess<'de>>(
 ) -> Result<(), A::Error> {
     let mut members = Members::default();
     while let Some(name) = map.next_key_seed(Name)? {
-        map.next_value_seed(Field {
-            ctx: &mut *ctx,
-            path: Path::Member(&path, &name),
-            handler: Skip,
-        })?;
-        members.other(name);
+        // Every member is unknown here (bit 0): skipped, and noted for the duplicate check.
+        members.claim(&mut map, &mut *ctx, path, name, 0)?;
     }
     members.check(ctx, path);
     Ok(())
@@ -598,22 +618,11 @@ impl<'de> Handler<'de> for Top {
                 (CounterApi::Get | CounterApi::Delete, "GroupCounterKeys") => GROUP_COUNTER_KEYS,
                 _ => 0,
             };
-            let member = Path::Member(&path, &name);
             let ctx = &mut *ctx;
-            if bit == 0 || !members.first(bit) {
-                if bit != 0 {
-                    ctx.invalid(|| duplicate_member(&name, path));
-                }
-                map.next_value_seed(Field {
-                    ctx,
-                    path: member,
-                    handler: Skip,
-                })?;
-                if bit == 0 {
-                    members.other(name);
-                }
+            let Some(name) = members.claim(&mut map, ctx, path, name, bit)? else {
                 continue;
-            }
+            };
+            let member = Path::Member(&path, &name);
             match bit {
                 GROUP_ID => {
                     group_id = map.next_value_seed(Field {
@@ -776,22 +785,11 @@ impl<'de> Handler<'de> for Entry {
                 "Value" => VALUE,
                 _ => 0,
             };
-            let member = Path::Member(&path, &name);
             let ctx = &mut *ctx;
-            if bit == 0 || !members.first(bit) {
-                if bit != 0 {
-                    ctx.invalid(|| duplicate_member(&name, path));
-                }
-                map.next_value_seed(Field {
-                    ctx,
-                    path: member,
-                    handler: Skip,
-                })?;
-                if bit == 0 {
-                    members.other(name);
-                }
+            let Some(name) = members.claim(&mut map, ctx, path, name, bit)? else {
                 continue;
-            }
+            };
+            let member = Path::Member(&path, &name);
             if bit == KEY {
                 key = map.next_value_seed(Field {
                     ctx,

@@ -192,30 +192,7 @@ request_timeout = "2s"
 }
 
 pub async fn spawn_gateway(config: &str) -> GatewayHandle {
-    let config = Config::parse(config).unwrap_or_else(|p| panic!("test config: {p}"));
-    let callers = TcpListener::bind(config.server.listen).await.expect("bind");
-    let admin = TcpListener::bind(config.server.admin_listen)
-        .await
-        .expect("bind");
-    let addr = callers.local_addr().expect("addr");
-    let admin_addr = admin.local_addr().expect("addr");
-    let (stop, stopped) = Stopper::new();
-    let task = tokio::spawn(async move {
-        chat_gateway::run(
-            config,
-            key(),
-            chat_gateway::Listeners { callers, admin },
-            stopped,
-        )
-        .await
-        .expect("gateway run");
-    });
-    GatewayHandle {
-        addr,
-        admin: admin_addr,
-        stop,
-        task,
-    }
+    spawn_gateway_with_key(config, key()).await
 }
 
 /// One request as a scripted upstream saw it.
