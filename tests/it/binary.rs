@@ -301,3 +301,74 @@ async fn sigterm_drains_and_never_prints_secrets() {
         );
     }
 }
+
+/// Two processes, as another team would run them: `chat-gateway emulator` on its own, and
+/// `chat-gateway serve` finding its config through `CHAT_GATEWAY_CONFIG` (no `--config`).
+#[tokio::test]
+async fn standalone_emulator_behind_a_gateway_configured_by_env() {
+    let dir = tempfile::tempdir().expect("dir");
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{SECRET}\n")).expect("write");
+    let emulator_port = free_port();
+    let emulator = Running::spawn(
+        Command::new(BIN)
+            .args([
+                "emulator",
+                "--listen",
+                &format!("127.0.0.1:{emulator_port}"),
+            ])
+            .args([
+                "--sdkappid",
+                &SDKAPPID.to_string(),
+                "--identifier",
+                "ops-admin",
+            ])
+            .arg("--secret-key-file")
+            .arg(&key_file),
+    );
+    let (port, admin_port) = (free_port(), free_port());
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndrain_delay = \"0s\"\n\
+         [chat]\nsdkappid = {SDKAPPID}\nidentifier = \"ops-admin\"\nendpoint = \"http://127.0.0.1:{emulator_port}\"\nsecret_key_file = \"{}\"\n",
+        key_file.display()
+    );
+    std::fs::write(dir.path().join("gateway.toml"), config).expect("write");
+    let gateway = Running::spawn(
+        Command::new(BIN)
+            .arg("serve")
+            .env("CHAT_GATEWAY_CONFIG", dir.path().join("gateway.toml")),
+    );
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_ready(admin).await;
+    // The emulator may still be starting: poll until it answers through the gateway.
+    let body = r#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":2}],"Mode":"Increase"}"#;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reply = loop {
+        let reply = post(addr, UPDATE, body).await;
+        if reply.rejected() != Some("upstream_unavailable") {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "the emulator never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(reply.error_code(), 0, "{:?}", reply.body);
+    assert_eq!(reply.json()["GroupCounter"][0]["Value"], 2);
+    let reply = post(addr, GET, r#"{"GroupId":"g"}"#).await;
+    assert_eq!(
+        reply.json()["GroupCounter"][0]["Value"],
+        2,
+        "the emulator kept the counter"
+    );
+    gateway.signal("-TERM");
+    emulator.signal("-TERM");
+    let (code, output) = tokio::task::spawn_blocking(move || gateway.wait(Duration::from_secs(10)))
+        .await
+        .expect("join");
+    assert_eq!(code, Some(0), "{output}");
+    let (code, output) =
+        tokio::task::spawn_blocking(move || emulator.wait(Duration::from_secs(10)))
+            .await
+            .expect("join");
+    assert_eq!(code, Some(0), "{output}");
+}

@@ -255,12 +255,9 @@ async fn connect_stall_is_502_at_connect_timeout_and_fails_over() {
     assert_eq!(retries(&m, "connect_failover"), 1.0);
 }
 
-/// An https upstream that accepts TCP but never completes the TLS handshake. The README says
-/// `connect_timeout` covers "TCP and TLS set-up", so the answer is 502 at connect_timeout.
-#[tokio::test]
-async fn tls_handshake_stall_is_502_at_connect_timeout() {
-    let upstream = spawn_raw_upstream(raw_script(|mut c| async move {
-        // Swallow the ClientHello and whatever follows; never answer.
+/// Accepts TCP, swallows the ClientHello and whatever follows, and never answers.
+async fn spawn_tls_staller() -> RawUpstream {
+    spawn_raw_upstream(raw_script(|mut c| async move {
         let mut sink = [0u8; 4096];
         while let Ok(n) = c.stream.read(&mut sink).await {
             if n == 0 {
@@ -268,7 +265,14 @@ async fn tls_handshake_stall_is_502_at_connect_timeout() {
             }
         }
     }))
-    .await;
+    .await
+}
+
+/// An https upstream that accepts TCP but never completes the TLS handshake. The README says
+/// `connect_timeout` covers "TCP and TLS set-up", so the answer is 502 at connect_timeout.
+#[tokio::test]
+async fn tls_handshake_stall_is_502_at_connect_timeout() {
+    let upstream = spawn_tls_staller().await;
     let ca = TestCa::new();
     let gw = spawn_gateway(&with_timeouts(
         config_text(&format!("https://{}", upstream.addr), &ca_line(&ca), ""),
@@ -294,15 +298,7 @@ async fn tls_handshake_stall_is_502_at_connect_timeout() {
 /// TLS-handshake failure").
 #[tokio::test]
 async fn tls_handshake_stall_fails_over_to_the_backup() {
-    let primary = spawn_raw_upstream(raw_script(|mut c| async move {
-        let mut sink = [0u8; 4096];
-        while let Ok(n) = c.stream.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
-    }))
-    .await;
+    let primary = spawn_tls_staller().await;
     let ca = TestCa::new();
     let backup = spawn_emulator(Some(&ca)).await;
     let gw = spawn_gateway(&with_timeouts(
