@@ -89,6 +89,9 @@ pub enum SecretSource {
 pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Requests sent to Tencent at once (over HTTP/1.1, the most connections per host); more
+    /// wait for a free slot within `request_timeout`.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -238,7 +241,10 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "ca_file",
         ],
     ),
-    ("upstream", &["connect_timeout", "request_timeout"]),
+    (
+        "upstream",
+        &["connect_timeout", "request_timeout", "max_in_flight"],
+    ),
     (
         "rate_limit",
         &[
@@ -451,6 +457,9 @@ impl Config {
             request_timeout: r
                 .duration(upstream, "upstream", "request_timeout", false)
                 .unwrap_or(Duration::from_secs(5)),
+            max_in_flight: r
+                .positive_int(upstream, "upstream", "max_in_flight", 100_000)
+                .unwrap_or(128) as usize,
         };
 
         let app_per_second = r
@@ -769,6 +778,7 @@ secret_key_file = "/run/secret"
         );
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
         assert_eq!(c.upstream.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.upstream.max_in_flight, 128);
         assert_eq!(c.rate_limit.group_per_second, 20);
         assert_eq!(c.rate_limit.group_burst, 40);
         assert_eq!(c.rate_limit.app_per_second, 200);
@@ -835,6 +845,22 @@ group_burst = 0
                 "{}",
                 problems[0]
             );
+        }
+    }
+
+    #[test]
+    fn upstream_max_in_flight_is_a_bounded_positive_integer() {
+        let text = format!("{MINIMAL}[upstream]\nmax_in_flight = 16\n");
+        assert_eq!(
+            Config::parse(&text).expect("valid").upstream.max_in_flight,
+            16
+        );
+        for value in ["0", "-3", "100001", "\"64\""] {
+            let text = format!("{MINIMAL}[upstream]\nmax_in_flight = {value}\n");
+            let problems = Config::parse(&text).expect_err("invalid").0;
+            assert_eq!(problems.len(), 1, "{value}: {problems:?}");
+            assert_eq!(problems[0].key, "upstream.max_in_flight");
+            assert!(problems[0].why.contains("positive"), "{}", problems[0]);
         }
     }
 

@@ -82,7 +82,7 @@ pub async fn run(
     let client = upstream::build_client(
         config.chat.ca_file.as_deref(),
         config.upstream.connect_timeout,
-        config.server.max_in_flight,
+        config.upstream.max_in_flight,
     )?;
     let (metrics, credentials, lifecycle) = (
         parts.metrics.clone(),
@@ -91,7 +91,12 @@ pub async fn run(
     );
     let service = stack::build(
         &parts,
-        upstream::UpstreamService::new(client, config.upstream.request_timeout, metrics.clone()),
+        upstream::UpstreamService::new(
+            client,
+            config.upstream.request_timeout,
+            config.upstream.max_in_flight,
+            metrics.clone(),
+        ),
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -115,6 +115,7 @@ struct Inner {
     rate_limited: IntCounterVec,
     overhead: HistogramVec,
     upstream_in_flight: IntGauge,
+    upstream_waiting: IntGauge,
     usersig_expiry: IntGauge,
     usersig_renewals: IntCounterVec,
     secret_key_loaded: IntGauge,
@@ -209,6 +210,11 @@ impl Metrics {
             "chat_gateway_upstream_requests_in_flight",
             "Requests sent to Tencent and not yet answered.",
         );
+        let upstream_waiting = gauge(
+            &r,
+            "chat_gateway_upstream_requests_waiting",
+            "Requests waiting for a free upstream slot (upstream.max_in_flight are in flight).",
+        );
         let usersig_expiry = gauge(
             &r,
             "chat_gateway_usersig_expiry_timestamp_seconds",
@@ -274,6 +280,7 @@ impl Metrics {
             rate_limited,
             overhead,
             upstream_in_flight,
+            upstream_waiting,
             usersig_expiry,
             usersig_renewals,
             secret_key_loaded,
@@ -311,6 +318,10 @@ impl Metrics {
 
     pub fn upstream_in_flight(&self) -> &IntGauge {
         &self.0.upstream_in_flight
+    }
+
+    pub fn upstream_waiting(&self) -> &IntGauge {
+        &self.0.upstream_waiting
     }
 
     pub fn usersig_renewed(&self, expires_at: u64) {
@@ -435,6 +446,7 @@ mod tests {
             "chat_gateway_rate_limited_total{api=\"a/b\",scope=\"group\"} 1",
             "chat_gateway_overhead_seconds_bucket",
             "chat_gateway_upstream_requests_in_flight 0",
+            "chat_gateway_upstream_requests_waiting 0",
             "chat_gateway_usersig_expiry_timestamp_seconds",
             "chat_gateway_usersig_renewals_total{result=\"ok\"}",
             "chat_gateway_secret_key_loaded 1",

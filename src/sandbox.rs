@@ -104,6 +104,7 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send) -> Result<(), Sandbo
         upstream: UpstreamConfig {
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
+            max_in_flight: 128,
         },
         rate_limit: RateLimitConfig {
             group_per_second: 20,

@@ -16,6 +16,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::Service;
 
 use crate::api::Api;
@@ -97,8 +98,8 @@ pub enum ClientSetupError {
 
 /// The pooled client: public web roots plus `ca_file`, TLS 1.2 and 1.3, HTTP/2 when the server
 /// offers it by ALPN, keep-alive, connect timeout. Up to `max_idle` connections stay open per
-/// host: as many as requests may be in flight, so that a burst of slow answers does not end
-/// in closing and re-opening (re-handshaking) connections.
+/// host: as many as attempts may be under way (`upstream.max_in_flight`), so that a burst of
+/// slow answers does not end in closing and re-opening (re-handshaking) connections.
 pub fn build_client(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
@@ -144,12 +145,17 @@ pub fn build_client(
         }))
 }
 
-/// Sends one attempt and reads the answer within `request_timeout`.
+/// Sends one attempt and reads the answer within `request_timeout`, with at most
+/// `upstream.max_in_flight` attempts under way at once.
 #[derive(Clone)]
 pub struct UpstreamService {
     /// Shared, not cloned per request: a client clone copies its connector, pool handle,
     /// executor and timers.
     client: Arc<HttpsClient>,
+    /// One permit per attempt under way. Over HTTP/1.1 each attempt holds a connection, so
+    /// this is also the most connections open per host: without it, a thousand callers make a
+    /// thousand TLS connections (~40 KB of buffers each) where a few dozen carry the load.
+    slots: Arc<Semaphore>,
     request_timeout: Duration,
     metrics: Metrics,
 }
@@ -163,13 +169,37 @@ impl std::fmt::Debug for UpstreamService {
 }
 
 impl UpstreamService {
-    pub fn new(client: HttpsClient, request_timeout: Duration, metrics: Metrics) -> Self {
+    pub fn new(
+        client: HttpsClient,
+        request_timeout: Duration,
+        max_in_flight: usize,
+        metrics: Metrics,
+    ) -> Self {
         UpstreamService {
             client: Arc::new(client),
+            slots: Arc::new(Semaphore::new(max_in_flight)),
             request_timeout,
             metrics,
         }
     }
+}
+
+/// Waits up to `limit` for a free attempt slot. `None` when none freed in time: the request
+/// was never sent, so the caller may safely try again.
+async fn take_slot(
+    slots: &Arc<Semaphore>,
+    limit: Duration,
+    metrics: &Metrics,
+) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = slots.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    let waiting = metrics.upstream_waiting().clone();
+    waiting.inc();
+    let permit = tokio::time::timeout(limit, slots.clone().acquire_owned()).await;
+    waiting.dec();
+    // The semaphore is never closed, so an acquire error cannot happen; treat it as no slot.
+    permit.ok().and_then(Result::ok)
 }
 
 impl Service<Request<Full<Bytes>>> for UpstreamService {
@@ -183,6 +213,7 @@ impl Service<Request<Full<Bytes>>> for UpstreamService {
 
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
         let client = self.client.clone();
+        let slots = self.slots.clone();
         let metrics = self.metrics.clone();
         let timeout = self.request_timeout;
         // The allow-list always sets the API; a bare request (a test's) is labelled `other`.
@@ -194,10 +225,17 @@ impl Service<Request<Full<Bytes>>> for UpstreamService {
                     api.metrics(&metrics).upstream_duration(seconds);
                 }
             };
+            // A request waits for a slot at most request_timeout; the attempt then gets its
+            // own request_timeout, which is what the setting promises ("send to last byte").
+            let Some(slot) = take_slot(&slots, timeout, &metrics).await else {
+                tracing::warn!(api = name, timeout = ?timeout, "no upstream slot freed in time; not sent");
+                return Err(GatewayError::Overloaded);
+            };
             let started = Instant::now();
             let in_flight = InFlight::enter(&metrics);
             let result = tokio::time::timeout(timeout, round_trip(&client, req)).await;
             drop(in_flight);
+            drop(slot);
             let elapsed = started.elapsed();
             match result {
                 Err(_) => {

@@ -1408,6 +1408,163 @@ async fn overload_with_a_stalled_upstream_is_refused_fast() {
     conn.abort();
 }
 
+/// `config_text` with `upstream.max_in_flight` set.
+fn with_upstream_slots(config: String, slots: usize) -> String {
+    config.replacen(
+        "[upstream]\n",
+        &format!("[upstream]\nmax_in_flight = {slots}\n"),
+        1,
+    )
+}
+
+/// Answers every request on the connection after `delay`, keeping it open; records the most
+/// requests it was holding at once across all connections.
+fn answers_after(delay: Duration, busy: Arc<AtomicUsize>, peak: Arc<AtomicUsize>) -> RawScript {
+    raw_script(move |mut c| {
+        let (busy, peak) = (busy.clone(), peak.clone());
+        async move {
+            let mut buf = Vec::new();
+            while let Some(req) = read_raw_request(&mut c.stream, &mut buf).await {
+                c.log.record(&req);
+                let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                busy.fetch_sub(1, Ordering::SeqCst);
+                if c.stream.write_all(&raw_json_response(OK)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn upstream_max_in_flight_bounds_connections_and_the_rest_wait_their_turn() {
+    let (busy, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let upstream = spawn_raw_upstream(answers_after(
+        Duration::from_millis(500),
+        busy,
+        peak.clone(),
+    ))
+    .await;
+    let gw = spawn_gateway(&with_upstream_slots(
+        with_timeouts(config_text(&upstream.endpoint(), "", ""), "1s", "5s"),
+        2,
+    ))
+    .await;
+    let started = Instant::now();
+    let callers: Vec<_> = (0..6)
+        .map(|i| {
+            let addr = gw.addr;
+            tokio::spawn(
+                async move { post_in_time(addr, UPDATE, increase(&format!("q-{i}"))).await },
+            )
+        })
+        .collect();
+    let m = loop {
+        // While four wait, the gauge says so.
+        let m = scrape_in_time(gw.admin).await;
+        if metric(&m, "chat_gateway_upstream_requests_waiting") == 4.0 {
+            break m;
+        }
+        assert!(
+            started.elapsed() < Duration::from_millis(450),
+            "four never seen waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(metric(&m, "chat_gateway_upstream_requests_in_flight"), 2.0);
+    for caller in callers {
+        let reply = caller.await.expect("join");
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.json()["ErrorCode"], 0);
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1450),
+        "six requests through two slots take three rounds of 500ms: {took:?}"
+    );
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "never more than 2 at once upstream"
+    );
+    assert!(
+        upstream.log.accepted() <= 2,
+        "at most 2 connections opened: {}",
+        upstream.log.accepted()
+    );
+    assert_eq!(upstream.log.count(), 6, "each request sent once");
+    let m = scrape_in_time(gw.admin).await;
+    assert_eq!(metric(&m, "chat_gateway_upstream_requests_waiting"), 0.0);
+}
+
+/// With one slot and an upstream that never answers, the slot frees only when its holder times
+/// out: the second caller in the queue gets it then (and times out in turn), and the third is
+/// refused once it has waited request_timeout, never having been sent.
+#[tokio::test]
+async fn no_upstream_slot_within_request_timeout_is_overloaded_and_never_sent() {
+    let upstream = spawn_raw_upstream(never_answers()).await;
+    let gw = spawn_gateway(&with_upstream_slots(
+        with_timeouts(config_text(&upstream.endpoint(), "", ""), "1s", "1s"),
+        1,
+    ))
+    .await;
+    let spawn_post = |group: &'static str| {
+        let addr = gw.addr;
+        tokio::spawn(async move { post_in_time(addr, UPDATE, increase(group)).await })
+    };
+    let waiting = |n: f64| {
+        let admin = gw.admin;
+        move || async move {
+            metric(
+                &scrape_in_time(admin).await,
+                "chat_gateway_upstream_requests_waiting",
+            ) == n
+        }
+    };
+    let first = spawn_post("holds-the-slot");
+    eventually(Duration::from_secs(5), "first request upstream", || async {
+        upstream.log.count() == 1
+    })
+    .await;
+    let second = spawn_post("next-in-line");
+    eventually(Duration::from_millis(500), "second waiting", waiting(1.0)).await;
+    let started = Instant::now();
+    let third = post_in_time(gw.addr, UPDATE, increase("refused")).await;
+    let took = started.elapsed();
+    third.assert_rejection(503, 60018, "overloaded");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(1500),
+        "waited request_timeout (1s) for a slot, then refused: {took:?}"
+    );
+    first
+        .await
+        .expect("join")
+        .assert_rejection(504, 60008, "upstream_timeout");
+    second
+        .await
+        .expect("join")
+        .assert_rejection(504, 60008, "upstream_timeout");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent: Vec<String> = upstream
+        .log
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(sent, [increase("holds-the-slot"), increase("next-in-line")]);
+    let m = scrape_in_time(gw.admin).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"chat_gateway_requests_total{api="group_open_http_svc/update_group_counter",outcome="overloaded"}"#
+        ),
+        1.0
+    );
+    assert_eq!(metric(&m, "chat_gateway_upstream_requests_waiting"), 0.0);
+}
+
 /// A gateway with a request in flight that the upstream never answers, shut down with
 /// drain_delay 0s and shutdown_grace 1s. Returns the gateway's and the caller's tasks.
 async fn stuck_request_then_shutdown() -> (
