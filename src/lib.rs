@@ -32,6 +32,7 @@ pub mod credentials;
 pub mod emulator;
 pub mod envelope;
 pub mod error;
+pub mod heap;
 pub mod lifecycle;
 pub mod metrics;
 pub mod middleware;

@@ -96,6 +96,8 @@ fn main() -> ExitCode {
         Command::Serve { config: None } => block_on(sandbox()),
         Command::Serve { config: Some(path) } => match Config::load(&path) {
             Ok(config) => {
+                let heap = chat_gateway::heap::keep_freed_memory();
+                tracing::debug!(?heap, "malloc trim settings");
                 let workers = config.server.worker_threads;
                 block_on_workers(serve(config), workers)
             }
