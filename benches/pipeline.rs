@@ -110,7 +110,7 @@ fn pipeline(c: &mut Criterion) {
     });
     let api = parts.table.route(PATH).unwrap_or_else(|| panic!("allowed"));
     c.bench_function("stage/limit_check", |b| {
-        b.iter(|| black_box(parts.limiter.check(&api, Some(black_box("live-1"))).is_ok()))
+        b.iter(|| black_box(parts.limiter.check(&api, Some(black_box("live-1"))).ready()))
     });
     let base: Arc<str> = Arc::from("https://127.0.0.1:18443");
     c.bench_function("stage/signing", |b| {

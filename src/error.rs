@@ -96,6 +96,20 @@ impl GatewayError {
         }
     }
 
+    /// Whether this failure provably never reached Tencent (nothing was written to it), so that
+    /// sending the same request again, to this host or another, cannot apply it twice. Only a
+    /// connect-class failure (DNS, TCP connect, TLS handshake) qualifies: a timeout or a broken
+    /// connection after the request was written may have been applied.
+    pub fn never_reached_upstream(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::UpstreamUnavailable {
+                failure: UpstreamFailure::Connect,
+                ..
+            }
+        )
+    }
+
     /// Time spent waiting on the upstream before this error, if it got that far.
     pub fn upstream_elapsed(&self) -> Option<Duration> {
         match self {
@@ -198,6 +212,27 @@ mod tests {
             );
             assert_eq!(error.reason().as_str(), reason);
         }
+    }
+
+    #[test]
+    fn only_connect_failures_never_reached_upstream() {
+        let unavailable = |failure| GatewayError::UpstreamUnavailable {
+            failure,
+            elapsed: Duration::ZERO,
+        };
+        assert!(unavailable(UpstreamFailure::Connect).never_reached_upstream());
+        for failure in [
+            UpstreamFailure::Io,
+            UpstreamFailure::BadResponse,
+            UpstreamFailure::ResponseTooLarge,
+            UpstreamFailure::NoCredentials,
+        ] {
+            assert!(
+                !unavailable(failure).never_reached_upstream(),
+                "{failure:?}"
+            );
+        }
+        assert!(!GatewayError::UpstreamTimeout(Duration::ZERO).never_reached_upstream());
     }
 
     #[test]

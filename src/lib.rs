@@ -63,13 +63,8 @@ pub struct Listeners {
     pub admin: TcpListener,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Client(#[from] upstream::ClientSetupError),
-    #[error("auth.tokens_file: {0}")]
-    Tokens(#[from] auth::TokensError),
-}
+/// What can stop the gateway from starting.
+pub type RunError = stack::BuildError;
 
 /// Runs the gateway until `shutdown` resolves and the shutdown sequence of the contract is
 /// done.
@@ -79,25 +74,11 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let parts = stack::StackParts::from_config(&config, key)?;
-    let client = upstream::build_client(
-        config.chat.ca_file.as_deref(),
-        config.upstream.connect_timeout,
-        config.upstream.max_in_flight,
-    )?;
+    let (parts, service) = stack::gateway(&config, key)?;
     let (metrics, credentials, lifecycle) = (
         parts.metrics.clone(),
         parts.credentials.clone(),
         parts.lifecycle.clone(),
-    );
-    let service = stack::build(
-        &parts,
-        upstream::UpstreamService::new(
-            client,
-            config.upstream.request_timeout,
-            config.upstream.max_in_flight,
-            metrics.clone(),
-        ),
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -23,14 +23,16 @@ use crate::middleware::body::BodyLayer;
 use crate::middleware::check::CheckLayer;
 use crate::middleware::drain::Drain;
 use crate::middleware::observe::ObserveLayer;
-use crate::middleware::rate_limit::Limit;
+use crate::middleware::rate_limit::LimitLayer;
 use crate::middleware::rescue::RescueLayer;
-use crate::middleware::retry::{RetryLayer, Targets};
+use crate::middleware::retry::RetryLayer;
 use crate::middleware::shed::ShedLayer;
 use crate::middleware::sign::SignLayer;
 use crate::middleware::validate::Validate;
 use crate::middleware::GatewayResponse;
-use crate::rate_limit::{LocalLimiter, RateLimiter};
+use crate::rate_limit::{self, RateLimiter};
+use crate::upstream::targets::Targets;
+use crate::upstream::{build_client, ClientSetupError, UpstreamService};
 use crate::usersig::SecretKey;
 
 /// What the layers share; made once when the gateway starts.
@@ -48,6 +50,50 @@ pub struct StackParts {
     pub authenticator: Option<Arc<Authenticator>>,
     /// Primary and backup upstream, and the circuit between them.
     pub targets: Arc<Targets>,
+}
+
+/// What can stop the gateway from being assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Client(#[from] ClientSetupError),
+    #[error("auth.tokens_file: {0}")]
+    Tokens(#[from] TokensError),
+}
+
+/// The whole gateway from a checked config: the shared parts (for the admin listener and the
+/// background tasks) and the pipeline over the pooled rustls client.
+pub fn gateway(
+    config: &Config,
+    key: SecretKey,
+) -> Result<
+    (
+        StackParts,
+        impl Service<
+                Request<hyper::body::Incoming>,
+                Response = GatewayResponse,
+                Error = Infallible,
+                Future: Send,
+            > + Clone
+            + Send
+            + 'static,
+    ),
+    BuildError,
+> {
+    let parts = StackParts::from_config(config, key)?;
+    let client = build_client(
+        config.chat.ca_file.as_deref(),
+        config.upstream.connect_timeout,
+        config.upstream.max_in_flight,
+    )?;
+    let upstream = UpstreamService::new(
+        client,
+        config.upstream.request_timeout,
+        config.upstream.max_in_flight,
+        parts.metrics.clone(),
+    );
+    let service = build(&parts, upstream);
+    Ok((parts, service))
 }
 
 impl StackParts {
@@ -82,7 +128,7 @@ impl StackParts {
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
             max_in_flight: config.server.max_in_flight,
-            limiter: Arc::new(LocalLimiter::new(&config.rate_limit)),
+            limiter: rate_limit::from_config(&config.rate_limit),
             authenticator,
             targets,
             metrics,
@@ -156,10 +202,10 @@ where
         // A JSON object; counter payloads keep Tencent's rules.
         .layer(CheckLayer::new(Validate))
         // Per GroupId, then per API for the app: only valid requests spend tokens.
-        .layer(CheckLayer::new(Limit::new(
+        .layer(LimitLayer::new(
             parts.limiter.clone(),
             parts.metrics.clone(),
-        )))
+        ))
         // A second attempt only when the first provably never reached Tencent (or 70001).
         .layer(RetryLayer::new(
             parts.targets.clone(),

@@ -1,57 +1,207 @@
 //! Rate limit: per GroupId, then per API for the whole app. After validation, so only requests
 //! that could succeed spend tokens; before signing, so refused ones cost Tencent nothing.
+//!
+//! The check is a future (a shared backend asks the network). A decision made at once goes
+//! straight to the inner service; only one that waits keeps the request and a clone of the
+//! inner service in the named response future.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use http::Request;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 
-use super::check::Check;
 use super::validate::CounterFacts;
+use super::GatewayResponse;
 use crate::api::Api;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::rate_limit::{RateLimiter, Scope};
+use crate::rate_limit::{Decision, RateLimiter, Refusal, Scope};
 
 #[derive(Clone)]
-pub struct Limit {
+pub struct LimitLayer {
     limiter: Arc<dyn RateLimiter>,
     metrics: Metrics,
 }
 
-impl Limit {
+impl LimitLayer {
     pub fn new(limiter: Arc<dyn RateLimiter>, metrics: Metrics) -> Self {
-        Limit { limiter, metrics }
+        LimitLayer { limiter, metrics }
     }
 }
 
-impl std::fmt::Debug for Limit {
+impl std::fmt::Debug for LimitLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LimitLayer")
+    }
+}
+
+impl<S> Layer<S> for LimitLayer {
+    type Service = Limit<S>;
+    fn layer(&self, inner: S) -> Limit<S> {
+        Limit {
+            inner,
+            limiter: self.limiter.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Limit<S> {
+    inner: S,
+    limiter: Arc<dyn RateLimiter>,
+    metrics: Metrics,
+}
+
+impl<S> std::fmt::Debug for Limit<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Limit")
     }
 }
 
-impl<B> Check<B> for Limit {
-    fn check(&self, req: &mut Request<B>) -> Result<(), GatewayError> {
+/// A marker extension: this call's tokens were already taken (a coalesced batch takes them
+/// itself before it is built), so the limit layer lets it through.
+#[derive(Debug, Clone, Copy)]
+pub struct TokensTaken;
+
+/// The typed error for a refusal, counted in the rate-limited metric.
+pub fn refused(
+    api: &Api,
+    group: Option<&str>,
+    refusal: Refusal,
+    metrics: &Metrics,
+) -> GatewayError {
+    api.metrics(metrics).rate_limited(refusal.scope.as_str());
+    let retry_after_secs = refusal.retry_after_secs();
+    match refusal.scope {
+        Scope::Group => GatewayError::RateLimitedGroup {
+            group: group.unwrap_or_default().to_string(),
+            retry_after_secs,
+        },
+        Scope::App => GatewayError::RateLimitedApp {
+            api: api.name.to_string(),
+            retry_after_secs,
+        },
+    }
+}
+
+pin_project! {
+    #[project = LimitProj]
+    pub enum LimitFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Waiting {
+            #[pin]
+            decision: Decision,
+            request: Option<Request<B>>,
+            inner: S,
+            metrics: Metrics,
+        },
+        Calling {
+            #[pin]
+            call: S::Future,
+        },
+        Refused {
+            error: Option<GatewayError>,
+        },
+    }
+}
+
+impl<S, B> Future for LimitFuture<S, B>
+where
+    S: Service<Request<B>, Response = GatewayResponse, Error = GatewayError>,
+{
+    type Output = Result<GatewayResponse, GatewayError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project() {
+                LimitProj::Calling { call } => return call.poll(cx),
+                LimitProj::Refused { error } => {
+                    return Poll::Ready(Err(error.take().unwrap_or(GatewayError::Overloaded)))
+                }
+                LimitProj::Waiting {
+                    decision,
+                    request,
+                    inner,
+                    metrics,
+                } => {
+                    let result = ready!(decision.poll(cx));
+                    let Some(request) = request.take() else {
+                        return Poll::Ready(Err(GatewayError::Overloaded));
+                    };
+                    let next = match result {
+                        Ok(()) => LimitFuture::Calling {
+                            call: inner.call(request),
+                        },
+                        Err(refusal) => LimitFuture::Refused {
+                            error: Some(refusal_of(&request, refusal, metrics)),
+                        },
+                    };
+                    self.set(next);
+                }
+            }
+        }
+    }
+}
+
+fn refusal_of<B>(req: &Request<B>, refusal: Refusal, metrics: &Metrics) -> GatewayError {
+    let group = req.extensions().get::<CounterFacts>().map(|f| &*f.group_id);
+    match req.extensions().get::<Api>() {
+        Some(api) => refused(api, group, refusal, metrics),
+        // Never reached: only routed requests are checked.
+        None => GatewayError::Overloaded,
+    }
+}
+
+impl<S, B> Service<Request<B>> for Limit<S>
+where
+    S: Service<Request<B>, Response = GatewayResponse, Error = GatewayError> + Clone,
+{
+    type Response = GatewayResponse;
+    type Error = GatewayError;
+    type Future = LimitFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         // The allow-list always routes first; without an API there is nothing to charge.
         let Some(api) = req.extensions().get::<Api>() else {
-            return Ok(());
+            return LimitFuture::Calling {
+                call: self.inner.call(req),
+            };
         };
+        if req.extensions().get::<TokensTaken>().is_some() {
+            return LimitFuture::Calling {
+                call: self.inner.call(req),
+            };
+        }
         let group = req.extensions().get::<CounterFacts>().map(|f| &*f.group_id);
-        let Err(refusal) = self.limiter.check(api, group) else {
-            return Ok(());
-        };
-        api.metrics(&self.metrics)
-            .rate_limited(refusal.scope.as_str());
-        let retry_after_secs = refusal.retry_after_secs();
-        Err(match refusal.scope {
-            Scope::Group => GatewayError::RateLimitedGroup {
-                group: group.unwrap_or_default().to_string(),
-                retry_after_secs,
+        let mut decision = self.limiter.check(api, group);
+        match decision.ready() {
+            Some(Ok(())) => LimitFuture::Calling {
+                call: self.inner.call(req),
             },
-            Scope::App => GatewayError::RateLimitedApp {
-                api: api.name.to_string(),
-                retry_after_secs,
+            Some(Err(refusal)) => LimitFuture::Refused {
+                error: Some(refusal_of(&req, refusal, &self.metrics)),
             },
-        })
+            None => {
+                // The inner service was made ready for this call: keep that one, leave a clone.
+                let clone = self.inner.clone();
+                LimitFuture::Waiting {
+                    decision,
+                    request: Some(req),
+                    inner: std::mem::replace(&mut self.inner, clone),
+                    metrics: self.metrics.clone(),
+                }
+            }
+        }
     }
 }

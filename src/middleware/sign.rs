@@ -15,11 +15,7 @@ use tower::{Layer, Service};
 use super::GatewayResponse;
 use crate::credentials::Credentials;
 use crate::error::GatewayError;
-
-/// Request extension: which upstream base (`https://host[:port]`) an attempt goes to; the
-/// primary endpoint when absent.
-#[derive(Debug, Clone)]
-pub struct UpstreamBase(pub Arc<str>);
+use crate::upstream::targets::UpstreamBase;
 
 #[derive(Debug, Clone)]
 pub struct SignLayer {

@@ -630,7 +630,7 @@ async fn refused_primary_fails_over_then_the_circuit_opens() {
     assert_eq!(metric(&m, "chat_gateway_upstream_circuit_open"), 0.0);
 
     // Failures 2..=5 in a row: each fails over; the fifth opens the circuit.
-    let threshold = chat_gateway::middleware::retry::CIRCUIT_THRESHOLD as usize;
+    let threshold = chat_gateway::upstream::targets::CIRCUIT_THRESHOLD as usize;
     for n in 2..=threshold {
         let reply = post_in_time(gw.addr, UPDATE, increase("failover")).await;
         ok(&reply, n);

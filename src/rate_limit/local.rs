@@ -1,13 +1,8 @@
-//! Rate limits: per GroupId (so one hot live-stream group cannot spend the app's budget) and
-//! per API for the whole app (Tencent allows each counter API 200 calls per second).
-//!
-//! GCRA limiters from `governor`. The pipeline sees only the [`RateLimiter`] trait, so a shared
-//! backend (a distributed store for a fleet of sidecars) can be added without touching it.
+//! The in-process limiter: GCRA buckets from `governor`, one per GroupId (capped, cleaned on a
+//! timer) and one per API for the app. Decides at once, without I/O.
 
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
@@ -16,48 +11,9 @@ use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::StateStore;
 use governor::Quota;
 
+use super::{Decision, RateLimiter, Refusal, Scope};
 use crate::api::Api;
 use crate::config::RateLimitConfig;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    Group,
-    App,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Group => "group",
-            Scope::App => "app",
-        }
-    }
-}
-
-/// A refused request: which limit, and when a retry can pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
-    pub scope: Scope,
-    pub retry_after: Duration,
-}
-
-impl Refusal {
-    /// `Retry-After` in whole seconds, rounded up, at least 1.
-    pub fn retry_after_secs(&self) -> u64 {
-        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
-        secs.max(1)
-    }
-}
-
-/// Takes a token for one request, or says which limit refused it. Group first, then app: a
-/// request refused for its group spends nothing of the app's budget.
-pub trait RateLimiter: Send + Sync + 'static {
-    fn check(&self, api: &Api, group: Option<&str>) -> Result<(), Refusal>;
-    /// Drops the state of groups that have been quiet long enough to be indistinguishable from
-    /// new ones; returns how many groups are still tracked.
-    fn cleanup(&self) -> usize;
-    fn tracked_groups(&self) -> usize;
-}
 
 /// Group keys are keyed 64-bit hashes of the GroupId: no allocation per request, 8 bytes per
 /// key, and with a per-process random hash key nobody can aim for a collision.
@@ -194,12 +150,14 @@ impl<C: Clock + Clone> LocalLimiter<C> {
     }
 }
 
-impl<C> RateLimiter for LocalLimiter<C>
+impl<C> LocalLimiter<C>
 where
     C: Clock + Clone + Send + Sync + 'static,
     C::Instant: Send + Sync,
 {
-    fn check(&self, api: &Api, group: Option<&str>) -> Result<(), Refusal> {
+    /// Takes a token for one call now, or says which limit refused it. Group first, then app:
+    /// a call refused for its group spends nothing of the app's budget.
+    pub fn check_now(&self, api: &Api, group: Option<&str>) -> Result<(), Refusal> {
         if let Some(group) = group {
             if let Err(not_until) = self.groups.check_key(&self.group_key(group)) {
                 return Err(Refusal {
@@ -212,6 +170,16 @@ where
             scope: Scope::App,
             retry_after: not_until.wait_time_from(self.clock.now()),
         })
+    }
+}
+
+impl<C> RateLimiter for LocalLimiter<C>
+where
+    C: Clock + Clone + Send + Sync + 'static,
+    C::Instant: Send + Sync,
+{
+    fn check(&self, api: &Api, group: Option<&str>) -> Decision {
+        Decision::now(self.check_now(api, group))
     }
 
     fn cleanup(&self) -> usize {
@@ -226,30 +194,11 @@ where
     }
 }
 
-/// Runs `cleanup` every `interval` until `stop` resolves, reporting the tracked count.
-pub async fn clean_periodically(
-    limiter: Arc<dyn RateLimiter>,
-    interval: Duration,
-    metrics: crate::metrics::Metrics,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = ticker.tick() => {
-                let tracked = limiter.cleanup();
-                metrics.tracked_groups(tracked);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
     use crate::api::ApiTable;
     use crate::config::ApiAllowList;
     use governor::clock::FakeRelativeClock;
@@ -276,23 +225,23 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let limiter = LocalLimiter::with_clock(&config(2, 5, 1000, 1000), clock.clone());
         for i in 0..5 {
-            assert_eq!(limiter.check(&api(), Some("g")), Ok(()), "request {i}");
+            assert_eq!(limiter.check_now(&api(), Some("g")), Ok(()), "request {i}");
         }
         let refusal = limiter
-            .check(&api(), Some("g"))
+            .check_now(&api(), Some("g"))
             .expect_err("over the burst");
         assert_eq!(refusal.scope, Scope::Group);
         assert_eq!(refusal.retry_after, Duration::from_millis(500), "1/rate");
         assert_eq!(refusal.retry_after_secs(), 1);
         clock.advance(Duration::from_millis(499));
-        assert!(limiter.check(&api(), Some("g")).is_err());
+        assert!(limiter.check_now(&api(), Some("g")).is_err());
         clock.advance(Duration::from_millis(1));
         assert_eq!(
-            limiter.check(&api(), Some("g")),
+            limiter.check_now(&api(), Some("g")),
             Ok(()),
             "one more after 1/rate"
         );
-        assert!(limiter.check(&api(), Some("g")).is_err());
+        assert!(limiter.check_now(&api(), Some("g")).is_err());
     }
 
     #[test]
@@ -306,11 +255,11 @@ mod tests {
             },
             clock.clone(),
         );
-        assert!(limiter.check(&api(), Some("g")).is_ok());
-        let refusal = limiter.check(&api(), Some("g")).expect_err("refused");
+        assert!(limiter.check_now(&api(), Some("g")).is_ok());
+        let refusal = limiter.check_now(&api(), Some("g")).expect_err("refused");
         assert_eq!(refusal.retry_after_secs(), 1);
         clock.advance(Duration::from_millis(100));
-        let refusal = limiter.check(&api(), Some("g")).expect_err("refused");
+        let refusal = limiter.check_now(&api(), Some("g")).expect_err("refused");
         assert_eq!(refusal.retry_after, Duration::from_millis(900));
         assert_eq!(refusal.retry_after_secs(), 1);
         let r = Refusal {
@@ -329,12 +278,12 @@ mod tests {
     fn groups_are_independent() {
         let clock = FakeRelativeClock::default();
         let limiter = LocalLimiter::with_clock(&config(1, 2, 1000, 1000), clock);
-        assert!(limiter.check(&api(), Some("a")).is_ok());
-        assert!(limiter.check(&api(), Some("a")).is_ok());
-        assert!(limiter.check(&api(), Some("a")).is_err());
-        assert!(limiter.check(&api(), Some("b")).is_ok());
-        assert!(limiter.check(&api(), Some("b")).is_ok());
-        assert!(limiter.check(&api(), Some("b")).is_err());
+        assert!(limiter.check_now(&api(), Some("a")).is_ok());
+        assert!(limiter.check_now(&api(), Some("a")).is_ok());
+        assert!(limiter.check_now(&api(), Some("a")).is_err());
+        assert!(limiter.check_now(&api(), Some("b")).is_ok());
+        assert!(limiter.check_now(&api(), Some("b")).is_ok());
+        assert!(limiter.check_now(&api(), Some("b")).is_err());
     }
 
     #[test]
@@ -342,21 +291,27 @@ mod tests {
         let clock = FakeRelativeClock::default();
         let limiter = LocalLimiter::with_clock(&config(100, 100, 10, 10), clock.clone());
         let passed = (0..50)
-            .filter(|i| limiter.check(&api(), Some(&format!("group-{i}"))).is_ok())
+            .filter(|i| {
+                limiter
+                    .check_now(&api(), Some(&format!("group-{i}")))
+                    .is_ok()
+            })
             .count();
         assert_eq!(passed, 10);
-        let refusal = limiter.check(&api(), Some("fresh")).expect_err("app limit");
+        let refusal = limiter
+            .check_now(&api(), Some("fresh"))
+            .expect_err("app limit");
         assert_eq!(refusal.scope, Scope::App);
         assert_eq!(refusal.retry_after, Duration::from_millis(100));
         // Another API has its own app budget.
         let get = ApiTable::new(&ApiAllowList::counters())
             .route("/v4/group_open_http_svc/get_group_counter")
             .expect("allowed");
-        assert!(limiter.check(&get, Some("x")).is_ok());
+        assert!(limiter.check_now(&get, Some("x")).is_ok());
         clock.advance(Duration::from_secs(1));
         assert_eq!(
             (0..50)
-                .filter(|_| limiter.check(&api(), None).is_ok())
+                .filter(|_| limiter.check_now(&api(), None).is_ok())
                 .count(),
             10,
             "refills at the app rate"
@@ -367,15 +322,15 @@ mod tests {
     fn a_group_refusal_spends_no_app_token() {
         let clock = FakeRelativeClock::default();
         let limiter = LocalLimiter::with_clock(&config(1, 1, 1, 2), clock);
-        assert!(limiter.check(&api(), Some("hot")).is_ok());
+        assert!(limiter.check_now(&api(), Some("hot")).is_ok());
         for _ in 0..10 {
             assert_eq!(
-                limiter.check(&api(), Some("hot")).map_err(|r| r.scope),
+                limiter.check_now(&api(), Some("hot")).map_err(|r| r.scope),
                 Err(Scope::Group)
             );
         }
         assert!(
-            limiter.check(&api(), Some("cold")).is_ok(),
+            limiter.check_now(&api(), Some("cold")).is_ok(),
             "the app still had a token"
         );
     }
@@ -386,7 +341,9 @@ mod tests {
         let limiter =
             LocalLimiter::with_clock(&config(20, 40, 1_000_000, 1_000_000), clock.clone());
         for i in 0..100_000 {
-            assert!(limiter.check(&api(), Some(&format!("live-{i}"))).is_ok());
+            assert!(limiter
+                .check_now(&api(), Some(&format!("live-{i}")))
+                .is_ok());
         }
         assert_eq!(limiter.tracked_groups(), 100_000);
         // Still recent: nothing is dropped.
@@ -407,23 +364,23 @@ mod tests {
             clock.clone(),
         );
         for g in ["a", "b", "c"] {
-            assert!(limiter.check(&api(), Some(g)).is_ok());
+            assert!(limiter.check_now(&api(), Some(g)).is_ok());
         }
         assert_eq!(limiter.tracked_groups(), 3);
         // New groups land in the overflow bucket (burst 2), tracked as one more key.
-        assert!(limiter.check(&api(), Some("d")).is_ok());
-        assert!(limiter.check(&api(), Some("e")).is_ok());
+        assert!(limiter.check_now(&api(), Some("d")).is_ok());
+        assert!(limiter.check_now(&api(), Some("e")).is_ok());
         assert_eq!(
-            limiter.check(&api(), Some("f")).map_err(|r| r.scope),
+            limiter.check_now(&api(), Some("f")).map_err(|r| r.scope),
             Err(Scope::Group)
         );
         assert_eq!(limiter.tracked_groups(), 4);
         // Tracked groups keep their own bucket.
-        assert!(limiter.check(&api(), Some("a")).is_ok());
+        assert!(limiter.check_now(&api(), Some("a")).is_ok());
         clock.advance(Duration::from_secs(10));
         assert_eq!(limiter.cleanup(), 0);
         assert!(
-            limiter.check(&api(), Some("f")).is_ok(),
+            limiter.check_now(&api(), Some("f")).is_ok(),
             "room again after cleanup"
         );
     }

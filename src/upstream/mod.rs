@@ -4,6 +4,8 @@
 //! Never log or display the request URI or a client error that may hold it: the UserSig is in
 //! the query string.
 
+pub mod targets;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
