@@ -7,10 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::config::{
-    ApiAllowList, AuthConfig, ChatConfig, Config, Endpoint, RateLimitConfig, SecretSource,
-    ServerConfig, UpstreamConfig,
-};
+use crate::config::{ChatConfig, Config, Endpoint, SecretSource, ServerConfig};
 use crate::emulator::{self, Emulator};
 use crate::usersig::SecretKey;
 use crate::Listeners;
@@ -69,53 +66,27 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send) -> Result<(), Sandbo
         let _ = stop_rx.await;
     }));
 
-    let config = Config {
-        server: ServerConfig {
-            listen: callers.local_addr().map_err(|source| SandboxError::Bind {
-                addr: SANDBOX_LISTEN,
-                source,
-            })?,
-            admin_listen: admin.local_addr().map_err(|source| SandboxError::Bind {
-                addr: SANDBOX_ADMIN,
-                source,
-            })?,
-            max_body_bytes: 65536,
-            // A sandbox has no load balancer to wait for: stop promptly on Ctrl-C.
-            drain_delay: Duration::ZERO,
-            shutdown_grace: Duration::from_secs(5),
-            max_in_flight: 1024,
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(10),
-            worker_threads: 0,
+    let mut config = Config::new(ChatConfig::new(
+        SANDBOX_SDKAPPID,
+        Endpoint {
+            https: false,
+            authority: emulator_addr.to_string(),
         },
-        chat: ChatConfig {
-            sdkappid: SANDBOX_SDKAPPID,
-            identifier: "administrator".into(),
-            region: None,
-            endpoint: Endpoint {
-                https: false,
-                authority: emulator_addr.to_string(),
-            },
-            backup_endpoint: None,
-            secret: SecretSource::Env(String::new()),
-            usersig_ttl: Duration::from_secs(3600),
-            ca_file: None,
-        },
-        upstream: UpstreamConfig {
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(5),
-            max_in_flight: 128,
-        },
-        rate_limit: RateLimitConfig {
-            group_per_second: 20,
-            group_burst: 40,
-            app_per_second: 200,
-            app_burst: RateLimitConfig::default_app_burst(200),
-            max_tracked_groups: 100_000,
-            cleanup_interval: Duration::from_secs(10),
-        },
-        auth: AuthConfig::default(),
-        apis: ApiAllowList::counters(),
+        SecretSource::Env(String::new()),
+    ));
+    config.server = ServerConfig {
+        listen: callers.local_addr().map_err(|source| SandboxError::Bind {
+            addr: SANDBOX_LISTEN,
+            source,
+        })?,
+        admin_listen: admin.local_addr().map_err(|source| SandboxError::Bind {
+            addr: SANDBOX_ADMIN,
+            source,
+        })?,
+        // A sandbox has no load balancer to wait for: stop promptly on Ctrl-C.
+        drain_delay: Duration::ZERO,
+        shutdown_grace: Duration::from_secs(5),
+        ..ServerConfig::default()
     };
     println!("chat-gateway sandbox: an in-process Chat emulator plays Tencent (sdkappid {SANDBOX_SDKAPPID}, throwaway key)");
     println!("callers: http://{SANDBOX_LISTEN}   admin: http://{SANDBOX_ADMIN}/metrics");

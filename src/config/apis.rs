@@ -1,0 +1,103 @@
+//! `[apis]`: which v4 APIs callers may reach.
+
+use toml::Table;
+
+use super::reader::Reader;
+
+pub const KEYS: &[&str] = &["allow"];
+
+/// Which v4 APIs callers may reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiAllowList {
+    /// `"*"`: every v4 API.
+    Any,
+    /// `service/command` names.
+    Only(Vec<String>),
+}
+
+impl ApiAllowList {
+    pub fn counters() -> Self {
+        ApiAllowList::Only(vec![
+            "group_open_http_svc/get_group_counter".into(),
+            "group_open_http_svc/update_group_counter".into(),
+            "group_open_http_svc/delete_group_counter".into(),
+        ])
+    }
+}
+
+impl Default for ApiAllowList {
+    fn default() -> Self {
+        ApiAllowList::counters()
+    }
+}
+
+pub fn read(r: &mut Reader, t: &Table) -> ApiAllowList {
+    let Some(value) = t.get("allow") else {
+        return ApiAllowList::counters();
+    };
+    let Some(items) = value.as_array() else {
+        r.problem(
+            "apis.allow",
+            Some(value.to_string()),
+            "must be an array of \"service/command\" strings",
+        );
+        return ApiAllowList::counters();
+    };
+    let mut names = Vec::new();
+    let mut any = false;
+    for item in items {
+        match item.as_str() {
+            Some("*") => any = true,
+            Some(name) if is_api_name(name) => {
+                if !names.iter().any(|n: &String| n == name) {
+                    names.push(name.to_string());
+                }
+            }
+            _ => r.problem(
+                "apis.allow",
+                Some(item.to_string()),
+                "each entry must be \"service/command\" (letters, digits, underscores) or \"*\"",
+            ),
+        }
+    }
+    if any {
+        ApiAllowList::Any
+    } else {
+        ApiAllowList::Only(names)
+    }
+}
+
+/// `service/command`, each part made of ASCII letters, digits and underscores.
+pub fn is_api_name(name: &str) -> bool {
+    let mut parts = name.split('/');
+    let ok = |p: Option<&str>| {
+        p.is_some_and(|p| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+    };
+    ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::MINIMAL;
+    use crate::config::Config;
+
+    #[test]
+    fn allow_list_entries_are_checked() {
+        let text = format!("{MINIMAL}[apis]\nallow = [\"a/b\", \"*\", \"../x\", 3]\n");
+        let problems = Config::parse(&text).expect_err("invalid").0;
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        let text = format!("{MINIMAL}[apis]\nallow = [\"*\"]\n");
+        assert_eq!(Config::parse(&text).expect("valid").apis, ApiAllowList::Any);
+    }
+
+    #[test]
+    fn api_names() {
+        assert!(is_api_name("group_open_http_svc/get_group_counter"));
+        for bad in ["", "a", "a/", "/b", "a/b/c", "a/b%2e", "a/..", "a b/c"] {
+            assert!(!is_api_name(bad), "{bad}");
+        }
+    }
+}

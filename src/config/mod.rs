@@ -1,0 +1,319 @@
+//! The configuration file: TOML in, a typed and validated `Config` out; one file per section.
+//!
+//! Every problem is collected (key, value, why) rather than stopping at the first, so that
+//! `check-config` can list them all at once; unknown sections and keys are problems too. Each
+//! section declares its keys and its defaults (its `Default`) next to its struct. The secret
+//! key never sits in the TOML.
+
+pub mod apis;
+pub mod auth;
+pub mod chat;
+pub mod rate_limit;
+mod reader;
+pub mod server;
+pub mod upstream;
+
+use std::fmt;
+use std::path::Path;
+
+use toml::Table;
+
+pub use apis::{is_api_name, ApiAllowList};
+pub use auth::AuthConfig;
+pub use chat::{ChatConfig, Endpoint, SecretSource};
+pub use rate_limit::RateLimitConfig;
+pub use reader::MAX_DURATION;
+pub use server::ServerConfig;
+pub use upstream::UpstreamConfig;
+
+use reader::Reader;
+
+/// One thing wrong with a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `chat.region`; empty for the file as a whole.
+    pub key: String,
+    /// The offending value as written (never a secret: secrets are not in the file).
+    pub value: Option<String>,
+    pub why: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.key[..], &self.value) {
+            ("", _) => write!(f, "{}", self.why),
+            (key, Some(value)) => write!(f, "{key} = {value}: {}", self.why),
+            (key, None) => write!(f, "{key}: {}", self.why),
+        }
+    }
+}
+
+/// All the problems of one file.
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem(s) in the configuration:\n{}", .0.len(), .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct Problems(pub Vec<Problem>);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub chat: ChatConfig,
+    pub upstream: UpstreamConfig,
+    pub rate_limit: RateLimitConfig,
+    pub auth: AuthConfig,
+    pub apis: ApiAllowList,
+}
+
+/// The sections and the keys each may hold; anything else is an error.
+const SCHEMA: [(&str, &[&str]); 6] = [
+    ("server", server::KEYS),
+    ("chat", chat::KEYS),
+    ("upstream", upstream::KEYS),
+    ("rate_limit", rate_limit::KEYS),
+    ("auth", auth::KEYS),
+    ("apis", apis::KEYS),
+];
+
+impl Config {
+    /// The app's `[chat]` section with every other section at its defaults: what sandbox mode
+    /// and tests start from.
+    pub fn new(chat: ChatConfig) -> Self {
+        Config {
+            server: ServerConfig::default(),
+            chat,
+            upstream: UpstreamConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            auth: AuthConfig::default(),
+            apis: ApiAllowList::default(),
+        }
+    }
+
+    /// Reads and checks a file. Only the file's own content is checked here; see
+    /// [`Config::check_environment`] for the secret, CA and token files it names.
+    pub fn load(path: &Path) -> Result<Config, Problems> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Problems(vec![Problem {
+                key: String::new(),
+                value: None,
+                why: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Config::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, Problems> {
+        let table: Table = text.parse().map_err(|e: toml::de::Error| {
+            Problems(vec![Problem {
+                key: String::new(),
+                value: None,
+                why: format!("not valid TOML: {}", e.message()),
+            }])
+        })?;
+        let mut r = Reader::default();
+        r.unknown_keys(&table, &SCHEMA);
+
+        let empty = Table::new();
+        let [server, chat, upstream, rate_limit, auth, apis] =
+            SCHEMA.map(|(name, _)| r.section(&table, name).unwrap_or(&empty));
+        let server = server::read(&mut r, server);
+        let chat = chat::read(&mut r, chat);
+        let upstream = upstream::read(&mut r, upstream);
+        let rate_limit = rate_limit::read(&mut r, rate_limit);
+        let auth = auth::read(&mut r, auth);
+        let apis = apis::read(&mut r, apis);
+
+        match (r.problems.is_empty(), chat) {
+            (true, Some(chat)) => Ok(Config {
+                server,
+                chat,
+                upstream,
+                rate_limit,
+                auth,
+                apis,
+            }),
+            _ => Err(Problems(r.problems)),
+        }
+    }
+
+    /// Checks what the file points at: the secret key can be read and is not empty, the CA
+    /// file holds certificates, the tokens file can be read. Never prints a secret.
+    pub fn check_environment(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        match &self.chat.secret {
+            SecretSource::File(path) => {
+                if let Err(why) = crate::credentials::read_secret_file(path) {
+                    problems.push(Problem {
+                        key: "chat.secret_key_file".into(),
+                        value: Some(format!("{:?}", path.display().to_string())),
+                        why: why.to_string(),
+                    });
+                }
+            }
+            SecretSource::Env(var) => {
+                if let Err(why) = crate::credentials::read_secret_env(var) {
+                    problems.push(Problem {
+                        key: "chat.secret_key_env".into(),
+                        value: Some(format!("{var:?}")),
+                        why: why.to_string(),
+                    });
+                }
+            }
+        }
+        if let Some(path) = &self.chat.ca_file {
+            if let Err(why) = crate::upstream::read_ca_file(path) {
+                problems.push(Problem {
+                    key: "chat.ca_file".into(),
+                    value: Some(format!("{:?}", path.display().to_string())),
+                    why,
+                });
+            }
+        }
+        if let Some(path) = &self.auth.tokens_file {
+            if let Err(e) = crate::auth::Tokens::load(path) {
+                problems.push(Problem {
+                    key: "auth.tokens_file".into(),
+                    value: Some(format!("{:?}", path.display().to_string())),
+                    why: e.to_string(),
+                });
+            }
+        }
+        problems
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    pub(crate) const MINIMAL: &str = r#"
+[chat]
+sdkappid = 1400000000
+region = "singapore"
+secret_key_file = "/run/secret"
+"#;
+
+    #[test]
+    fn minimal_file_gets_contract_defaults() {
+        let c = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(c.server.listen, "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(c.server.admin_listen, "0.0.0.0:9090".parse().expect("addr"));
+        assert_eq!(c.server.max_body_bytes, 65536);
+        assert_eq!(c.server.drain_delay, Duration::from_secs(5));
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(20));
+        assert_eq!(c.chat.identifier, "administrator");
+        assert_eq!(c.chat.usersig_ttl, Duration::from_secs(3600));
+        assert_eq!(c.chat.endpoint.base(), "https://adminapisgp.im.qcloud.com");
+        assert_eq!(
+            c.chat
+                .backup_endpoint
+                .as_ref()
+                .map(Endpoint::base)
+                .as_deref(),
+            Some("https://adminapisgp.my-imcloud.com")
+        );
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.upstream.request_timeout, Duration::from_secs(5));
+        assert_eq!(c.upstream.max_in_flight, 128);
+        assert_eq!(c.rate_limit.group_per_second, 20);
+        assert_eq!(c.rate_limit.group_burst, 40);
+        assert_eq!(c.rate_limit.app_per_second, 200);
+        assert_eq!(c.rate_limit.app_burst, 20);
+        assert_eq!(c.rate_limit.max_tracked_groups, 100_000);
+        assert_eq!(c.rate_limit.cleanup_interval, Duration::from_secs(10));
+        assert_eq!(c.apis, ApiAllowList::counters());
+        assert_eq!(c.chat.secret, SecretSource::File("/run/secret".into()));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+[server]
+listen = "nowhere"
+colour = "blue"
+[chat]
+region = "mars"
+secret_key_file = "/s"
+usersig_ttl = "soon"
+[rate_limit]
+group_burst = 0
+"#;
+        let problems = Config::parse(text).expect_err("invalid").0;
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "server.listen",
+            "server.colour",
+            "chat.region",
+            "chat.sdkappid",
+            "chat.usersig_ttl",
+            "rate_limit.group_burst",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+        let region = problems
+            .iter()
+            .find(|p| p.key == "chat.region")
+            .expect("region");
+        assert_eq!(region.value.as_deref(), Some("\"mars\""));
+        assert!(region.why.contains("singapore"));
+    }
+
+    #[test]
+    fn durations_are_capped() {
+        let text = format!("{MINIMAL}[server]\ndrain_delay = \"300000000000years\"\n");
+        let problems = Config::parse(&text).expect_err("invalid").0;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "server.drain_delay");
+        assert!(problems[0].why.contains("too long"), "{}", problems[0]);
+        let text = format!(
+            "{MINIMAL}[server]\ndrain_delay = \"100years\"\nshutdown_grace = \"100years\"\n"
+        );
+        assert!(Config::parse(&text).is_ok(), "the cap itself is allowed");
+    }
+
+    #[test]
+    fn unknown_sections_and_keys_are_errors() {
+        let text = format!("{MINIMAL}\n[extra]\na = 1\n");
+        let problems = Config::parse(&text).expect_err("invalid").0;
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "extra");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+    use crate::region::Region;
+
+    #[test]
+    fn the_example_file_parses_with_the_contract_defaults() {
+        let text = include_str!("../../config/gateway.example.toml");
+        let c = Config::parse(text).expect("example is valid");
+        assert_eq!(c.chat.sdkappid, 1400000000);
+        assert_eq!(c.chat.region, Some(Region::Singapore));
+        assert_eq!(
+            c.chat.secret,
+            SecretSource::File("/var/run/secrets/chat/secret-key".into())
+        );
+        assert_eq!(c.apis, ApiAllowList::counters());
+        assert_eq!(c.server.max_body_bytes, 65536);
+    }
+
+    #[test]
+    fn every_key_of_the_schema_is_documented_in_the_example() {
+        let text = include_str!("../../config/gateway.example.toml");
+        for (section, keys) in SCHEMA {
+            assert!(
+                text.contains(&format!("[{section}]")),
+                "[{section}] missing"
+            );
+            for key in keys.iter() {
+                assert!(
+                    text.lines()
+                        .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} ="))),
+                    "{section}.{key} is not documented in the example"
+                );
+            }
+        }
+    }
+}
