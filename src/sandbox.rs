@@ -87,6 +87,9 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send) -> Result<(), Sandbo
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             worker_threads: 0,
+            max_connections: 10_000,
+            write_timeout: Duration::from_secs(10),
+            tls: None,
         },
         chat: ChatConfig {
             sdkappid: SANDBOX_SDKAPPID,

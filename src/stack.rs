@@ -43,6 +43,8 @@ pub struct StackParts {
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
     pub max_in_flight: usize,
+    /// The `max_in_flight` permits, shared with the server for answers being written.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub limiter: Arc<dyn RateLimiter>,
     /// `None`: callers are not authenticated.
     pub authenticator: Option<Arc<Authenticator>>,
@@ -82,6 +84,7 @@ impl StackParts {
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
             max_in_flight: config.server.max_in_flight,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
             limiter: Arc::new(LocalLimiter::new(&config.rate_limit)),
             authenticator,
             targets,
@@ -113,6 +116,7 @@ where
         .layer(ObserveLayer::new(
             parts.metrics.clone(),
             parts.table.clone(),
+            parts.lifecycle.clone(),
         ))
         .service(build_unobserved(parts, upstream))
 }
@@ -140,8 +144,6 @@ where
         .layer(RescueLayer)
         // After the drain delay, new requests on open connections are refused.
         .layer(CheckLayer::new(Drain::new(parts.lifecycle.clone())))
-        // A bound on requests in flight: overload is refused at once, never queued.
-        .layer(ShedLayer::new(parts.max_in_flight))
         // Bearer tokens (shared-service mode), before anything else about the request.
         .layer(CheckLayer::new(Authenticate::new(
             parts.authenticator.clone(),
@@ -153,6 +155,10 @@ where
             parts.max_body_bytes,
             parts.body_read_timeout,
         ))
+        // A bound on requests in flight: overload is refused at once, never queued. Taken
+        // once the body is in, so slow senders hold connections, not permits; large answers
+        // hold one again while they are written (see server::io).
+        .layer(ShedLayer::shared(parts.in_flight.clone()))
         // A JSON object; counter payloads keep Tencent's rules.
         .layer(CheckLayer::new(Validate))
         // Per GroupId, then per API for the app: only valid requests spend tokens.

@@ -304,6 +304,11 @@ async fn round_trip(
         }
     })?;
     let (parts, body) = response.into_parts();
+    // hyper skips 100-199 interim answers but hands back a 101: no answer a caller can use
+    // (and an upgraded connection is no HTTP answer at all).
+    if parts.status.is_informational() {
+        return Err(UpstreamFailure::BadResponse);
+    }
     let body = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
