@@ -113,18 +113,21 @@ impl Authenticator {
 
     /// Re-reads the file; on failure the old tokens stay in force (an unreadable or emptied
     /// file is far more often a botched deploy than a wish to lock every caller out; to
-    /// revoke, write the file without the token). Returns the tokens now in force.
+    /// revoke a token, write the file without it). Returns how many tokens the file gave: 0
+    /// when it could not be used.
     pub fn reload(&self, path: &Path) -> usize {
         match Tokens::load(path) {
             Ok(tokens) => {
-                tracing::info!(entries = tokens.0.len(), "caller tokens reloaded");
+                let count = tokens.0.len();
+                tracing::info!(entries = count, "caller tokens reloaded");
                 self.tokens.store(Arc::new(tokens));
+                count
             }
             Err(e) => {
-                tracing::warn!(error = %e, "caller tokens not reloaded; the previous ones stay in force")
+                tracing::warn!(error = %e, "caller tokens not reloaded; the previous ones stay in force");
+                0
             }
         }
-        self.count()
     }
 }
 

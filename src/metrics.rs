@@ -134,7 +134,8 @@ struct Inner {
     circuit_open: IntGauge,
     caller_connections: IntGauge,
     connections_refused: prometheus::IntCounter,
-    caller_tokens_loaded: IntGauge,
+    /// Registered on first use: it exists only with caller authentication.
+    caller_tokens_loaded: std::sync::OnceLock<IntGauge>,
     error_codes: BoundedLabels,
 }
 
@@ -276,11 +277,6 @@ impl Metrics {
         .expect("valid metric definition");
         r.register(Box::new(connections_refused.clone()))
             .expect("metric registered once");
-        let caller_tokens_loaded = gauge(
-            &r,
-            "chat_gateway_caller_tokens_loaded",
-            "Caller tokens in force (auth.tokens_file); 0 without caller authentication.",
-        );
         let build_info = IntGaugeVec::new(
             Opts::new("chat_gateway_build_info", "The running version; always 1."),
             &["version"],
@@ -319,7 +315,7 @@ impl Metrics {
             circuit_open,
             caller_connections,
             connections_refused,
-            caller_tokens_loaded,
+            caller_tokens_loaded: std::sync::OnceLock::new(),
             error_codes: BoundedLabels::new(MAX_ERROR_CODES),
         }))
     }
@@ -357,11 +353,17 @@ impl Metrics {
         &self.0.connections_refused
     }
 
-    /// How many caller tokens are in force.
+    /// How many tokens the tokens file gave at its last read: 0 when it was empty, missing or
+    /// unreadable (the previous tokens then stay in force, which an alert must tell).
     pub fn caller_tokens_loaded(&self, count: usize) {
-        self.0
-            .caller_tokens_loaded
-            .set(i64::try_from(count).unwrap_or(i64::MAX));
+        let gauge = self.0.caller_tokens_loaded.get_or_init(|| {
+            gauge(
+                &self.0.registry,
+                "chat_gateway_caller_tokens_loaded",
+                "Tokens read from auth.tokens_file at its last change; 0 when it could not be used (the previous tokens stay in force).",
+            )
+        });
+        gauge.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn upstream_in_flight(&self) -> &IntGauge {

@@ -4,6 +4,7 @@ mod answers;
 mod binary;
 mod faults;
 mod forwarding;
+mod hardening;
 mod observability;
 mod rate_limit;
 mod soak;
