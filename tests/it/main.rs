@@ -2,6 +2,7 @@
 
 mod answers;
 mod binary;
+mod caller_tls;
 mod faults;
 mod forwarding;
 mod hardening;
