@@ -25,6 +25,9 @@ const MAX_BODY: usize = 1024 * 1024;
 /// Open connections at most.
 const MAX_CONNECTIONS: usize = 10_000;
 
+/// How long a connection may sit idle between requests.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
+
 pub struct Emulator {
     sdkappid: u64,
     admin: String,
@@ -180,6 +183,9 @@ pub async fn serve(
         crate::server::connection_builder(),
         crate::server::HEADER_READ_TIMEOUT,
     );
+    // Idle connections stay longer than the gateway's pool keeps them (50 s), so that a
+    // pooled HTTP/2 connection is not closed under a request about to be sent on it.
+    options.idle_timeout = IDLE_TIMEOUT;
     options.tls = tls.map(|config| Arc::new(arc_swap::ArcSwap::new(config)));
     crate::server::serve_plain(listener, service, options, MAX_CONNECTIONS, stop).await;
 }

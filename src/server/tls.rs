@@ -138,3 +138,51 @@ impl CallerTls {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_file_never_the_content() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (cert, key) = pair();
+        let (_, other_key) = pair();
+        let files = |ca: Option<&str>| TlsFiles {
+            cert_file: dir.path().join("tls.crt"),
+            key_file: dir.path().join("tls.key"),
+            client_ca_file: ca.map(|name| dir.path().join(name)),
+        };
+        let missing = load(&files(None)).expect_err("no files");
+        assert_eq!(missing.key(), "server.tls_cert_file");
+        assert!(missing.to_string().contains("cannot read"), "{missing}");
+
+        std::fs::write(dir.path().join("tls.crt"), &cert).expect("write");
+        std::fs::write(dir.path().join("tls.key"), &other_key).expect("write");
+        let mismatch = load(&files(None)).expect_err("key of another certificate");
+        assert_eq!(mismatch.key(), "server.tls_key_file");
+        assert!(!mismatch.to_string().contains("PRIVATE KEY"));
+
+        std::fs::write(dir.path().join("tls.key"), &key).expect("write");
+        let config = load(&files(None)).expect("valid pair");
+        assert_eq!(
+            config.alpn_protocols,
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+
+        std::fs::write(dir.path().join("ca.crt"), "not a certificate").expect("write");
+        let bad_ca = load(&files(Some("ca.crt"))).expect_err("no CA");
+        assert_eq!(bad_ca.key(), "server.tls_client_ca_file");
+        std::fs::write(dir.path().join("ca.crt"), &cert).expect("write");
+        load(&files(Some("ca.crt"))).expect("a CA file");
+    }
+}

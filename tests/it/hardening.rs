@@ -192,13 +192,13 @@ async fn only_the_gateways_own_headers_reach_tencent_and_answers_are_asked_uncom
                  content-encoding: gzip\r\nrange: bytes=0-10\r\nif-none-match: \"abc\"\r\n\
                  content-type: text/plain\r\naccept-encoding: gzip, br\r\nx-obs: café\r\n\
                  cookie: a=b\r\nuser-agent: caller/1.0\r\n";
-    let reply = raw_exchange(
-        gw.addr,
-        &raw_post(GET, "gw", extra, GET_BODY),
-        Duration::from_secs(5),
-    )
-    .await
-    .expect("answer");
+    // A third Content-Type that is not even UTF-8.
+    let mut bytes = raw_post(GET, "gw", extra, GET_BODY);
+    let at = bytes.windows(2).position(|w| w == b"\r\n").expect("line") + 2;
+    bytes.splice(at..at, b"content-type: \xff\xfe\r\n".iter().copied());
+    let reply = raw_exchange(gw.addr, &bytes, Duration::from_secs(5))
+        .await
+        .expect("answer");
     assert_eq!(reply.status, 200, "{:?}", reply.body);
     let seen = upstream.requests();
     assert_eq!(seen.len(), 1);
