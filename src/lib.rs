@@ -9,10 +9,10 @@
 //!   -> observe     request id, metrics, one log event
 //!   -> rescue      typed errors become Tencent envelopes
 //!   -> drain       after the drain delay, new requests are refused
-//!   -> shed        a bound on requests in flight; overload is refused at once
-//!   -> auth        bearer tokens, when configured
+//!   -> auth        bearer tokens (or a client certificate), when configured
 //!   -> allow-list  POST /v4/{service}/{command}, allowed APIs only
 //!   -> body        size limit, bounded read
+//!   -> shed        a bound on requests in flight; overload is refused at once
 //!   -> validate    a JSON object; counter payload rules
 //!   -> rate limit  per GroupId, then per API for the app
 //!   -> retry       a second attempt only when the first never reached Tencent

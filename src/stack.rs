@@ -144,7 +144,8 @@ where
         .layer(RescueLayer)
         // After the drain delay, new requests on open connections are refused.
         .layer(CheckLayer::new(Drain::new(parts.lifecycle.clone())))
-        // Bearer tokens (shared-service mode), before anything else about the request.
+        // Bearer tokens or a client certificate (shared-service mode), before anything else
+        // about the request.
         .layer(CheckLayer::new(Authenticate::new(
             parts.authenticator.clone(),
         )))
@@ -172,7 +173,8 @@ where
             parts.credentials.clone(),
             parts.metrics.clone(),
         ))
-        // Caller query and credential headers out; sdkappid, identifier, usersig, random in.
+        // Caller query and headers out; the gateway's own headers and sdkappid, identifier,
+        // usersig, random in.
         .layer(SignLayer::new(
             parts.credentials.clone(),
             parts.targets.primary(),
