@@ -276,15 +276,17 @@ impl Answer {
         self.response.body()
     }
 
-    /// Status, Content-Type and body go back unchanged; other upstream headers stay behind.
+    /// Status, Content-Type and body go back unchanged; other upstream headers stay behind,
+    /// except a Content-Encoding the upstream used although asked for identity: without it
+    /// the caller could not read the body.
     fn finish(self, report: UpstreamReport) -> GatewayResponse {
         let (parts, body) = self.response.into_parts();
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = parts.status;
-        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, ct.clone());
+        for name in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+            if let Some(value) = parts.headers.get(&name) {
+                response.headers_mut().insert(name, value.clone());
+            }
         }
         response.extensions_mut().insert(report);
         response

@@ -231,6 +231,41 @@ async fn only_the_gateways_own_headers_reach_tencent_and_answers_are_asked_uncom
     assert_eq!(&seen[0].body[..], GET_BODY.as_bytes());
 }
 
+#[tokio::test]
+async fn an_answer_compressed_anyway_keeps_its_content_encoding() {
+    let upstream = spawn_raw_upstream(raw_script(|mut conn: RawConn| async move {
+        let mut buf = Vec::new();
+        while let Some(req) = read_raw_request(&mut conn.stream, &mut buf).await {
+            conn.log.record(&req);
+            let body = b"\x1f\x8b-not-really-gzip";
+            let mut answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            answer.extend_from_slice(body);
+            if conn.stream.write_all(&answer).await.is_err() {
+                return;
+            }
+        }
+    }))
+    .await;
+    let gw = spawn_gateway(&config_with(&upstream.endpoint(), "", "")).await;
+    let reply = raw_exchange(
+        gw.addr,
+        &raw_post(GET, "gw", "accept-encoding: gzip\r\n", GET_BODY),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("answer");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.headers["content-encoding"], "gzip");
+    assert_eq!(
+        upstream.log.requests()[0].header("accept-encoding"),
+        Some("identity")
+    );
+}
+
 // ---- 4, 5. API spelling and labels -----------------------------------------------------------
 
 #[tokio::test]
