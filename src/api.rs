@@ -57,6 +57,20 @@ fn name_key(name: &str) -> u64 {
     h.finish()
 }
 
+/// A request's label while it is under way (see [`ApiTable::label`]).
+#[derive(Debug, Clone)]
+pub struct Label {
+    api: Api,
+    /// An open API's name not registered yet when the request arrived.
+    pending: Option<Box<str>>,
+}
+
+impl Label {
+    fn of(api: Api) -> Self {
+        Label { api, pending: None }
+    }
+}
+
 pub struct ApiTable {
     any: bool,
     listed: Vec<Api>,
@@ -118,9 +132,38 @@ impl ApiTable {
         Some(self.open_api(name))
     }
 
-    /// What a request path is labelled with: its API when allowed, else `other`.
-    pub fn label(&self, path: &str) -> Api {
-        self.route(path).unwrap_or_else(|| self.other.clone())
+    /// What a request is labelled with before it is routed: its API when listed or already
+    /// known, else `other`. It never adds a name: only [`ApiTable::route`] does, once auth and
+    /// the allow-list have accepted the request, so junk paths cannot use up the labels.
+    pub fn label(&self, path: &str) -> Label {
+        let Some(name) = api_of_path(path) else {
+            return Label::of(self.other.clone());
+        };
+        if let Some(api) = self.known(name) {
+            return Label::of(api);
+        }
+        Label {
+            api: self.other.clone(),
+            pending: self.any.then(|| name.into()),
+        }
+    }
+
+    /// The label once the request is answered: a name the allow-list registered meanwhile
+    /// is labelled as itself.
+    pub fn settle(&self, label: &Label) -> Api {
+        label
+            .pending
+            .as_deref()
+            .and_then(|name| self.known(name))
+            .unwrap_or_else(|| label.api.clone())
+    }
+
+    fn known(&self, name: &str) -> Option<Api> {
+        if let Some(api) = self.listed.iter().find(|a| &*a.name == name) {
+            return Some(api.clone());
+        }
+        let open = self.open.read().ok()?;
+        open.iter().find(|a| &*a.name == name).cloned()
     }
 
     /// An API allowed through `"*"`; past the cap it shares the `other` label (and app limit).
@@ -179,7 +222,7 @@ mod tests {
             "",
         ] {
             assert!(table.route(path).is_none(), "{path} routed");
-            assert_eq!(&*table.label(path).name, "other");
+            assert_eq!(&*table.settle(&table.label(path)).name, "other");
         }
     }
 
@@ -199,10 +242,27 @@ mod tests {
             table.route(&format!("/v4/svc/cmd{i}")).expect("allowed");
         }
         let labels: std::collections::HashSet<String> = (0..300)
-            .map(|i| table.label(&format!("/v4/svc/cmd{i}")).name.to_string())
+            .map(|i| {
+                let label = table.label(&format!("/v4/svc/cmd{i}"));
+                table.settle(&label).name.to_string()
+            })
             .collect();
         assert!(labels.len() <= MAX_OPEN_API_LABELS + 1);
         assert!(labels.contains("other"));
         assert!(table.route("/v4/svc/a.b").is_none());
+        assert!(table.route("/v4/Svc/cmd").is_none());
+    }
+
+    #[test]
+    fn labels_never_register_names() {
+        let table = ApiTable::new(&ApiAllowList::Any);
+        for i in 0..200 {
+            let label = table.label(&format!("/v4/junk/j{i}"));
+            assert_eq!(&*table.settle(&label).name, OTHER);
+        }
+        let label = table.label("/v4/openim/sendmsg");
+        assert_eq!(&*table.settle(&label).name, OTHER);
+        table.route("/v4/openim/sendmsg").expect("allowed");
+        assert_eq!(&*table.settle(&label).name, "openim/sendmsg");
     }
 }

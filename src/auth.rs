@@ -46,6 +46,9 @@ impl Tokens {
     /// Blank lines and lines starting with `#` are ignored; surrounding whitespace is trimmed.
     pub fn parse(text: &str) -> Result<Tokens, TokensError> {
         let mut digests = Vec::new();
+        // A byte-order mark (editors on Windows) would glue itself to the first line, and
+        // turn a `#` comment into a token.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -103,15 +106,26 @@ impl Authenticator {
         !token.is_empty() && self.tokens.load().accepts(token)
     }
 
-    /// Re-reads the file; on failure the old tokens stay in force.
-    pub fn reload(&self, path: &Path) {
+    /// Tokens in force.
+    pub fn count(&self) -> usize {
+        self.tokens.load().0.len()
+    }
+
+    /// Re-reads the file; on failure the old tokens stay in force (an unreadable or emptied
+    /// file is far more often a botched deploy than a wish to lock every caller out; to
+    /// revoke a token, write the file without it). Returns how many tokens the file gave: 0
+    /// when it could not be used.
+    pub fn reload(&self, path: &Path) -> usize {
         match Tokens::load(path) {
             Ok(tokens) => {
-                tracing::info!(entries = tokens.0.len(), "caller tokens reloaded");
+                let count = tokens.0.len();
+                tracing::info!(entries = count, "caller tokens reloaded");
                 self.tokens.store(Arc::new(tokens));
+                count
             }
             Err(e) => {
-                tracing::warn!(error = %e, "caller tokens not reloaded; the previous ones stay in force")
+                tracing::warn!(error = %e, "caller tokens not reloaded; the previous ones stay in force");
+                0
             }
         }
     }
@@ -143,6 +157,18 @@ mod tests {
             !tokens.accepts(format!("sha256:{hashed}").as_bytes()),
             "the hash is not itself a token"
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_not_part_of_the_first_line() {
+        let tokens = Tokens::parse("\u{feff}# callers\nreal-token\n").expect("tokens");
+        assert!(!tokens.accepts("\u{feff}# callers".as_bytes()));
+        assert!(!tokens.accepts(b"# callers"));
+        assert!(tokens.accepts(b"real-token"));
+        assert!(matches!(
+            Tokens::parse("\u{feff}# only a comment\n"),
+            Err(TokensError::Empty)
+        ));
     }
 
     #[test]

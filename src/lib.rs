@@ -9,10 +9,10 @@
 //!   -> observe     request id, metrics, one log event
 //!   -> rescue      typed errors become Tencent envelopes
 //!   -> drain       after the drain delay, new requests are refused
-//!   -> shed        a bound on requests in flight; overload is refused at once
-//!   -> auth        bearer tokens, when configured
+//!   -> auth        bearer tokens (or a client certificate), when configured
 //!   -> allow-list  POST /v4/{service}/{command}, allowed APIs only
 //!   -> body        size limit, bounded read
+//!   -> shed        a bound on requests in flight; overload is refused at once
 //!   -> validate    a JSON object; counter payload rules
 //!   -> rate limit  per GroupId, then per API for the app
 //!   -> retry       a second attempt only when the first never reached Tencent
@@ -74,7 +74,23 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    run_with_hurry(config, key, listeners, shutdown, std::future::pending()).await
+}
+
+/// Like [`run`]; `hurry` resolving after `shutdown` (a second signal) cuts the drain delay
+/// short. Requests in flight still get the rest of the grace period.
+pub async fn run_with_hurry(
+    config: Config,
+    key: SecretKey,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+    hurry: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
     let (parts, service) = stack::gateway(&config, key)?;
+    let caller_tls = match &config.server.tls {
+        Some(files) => Some(Arc::new(server::tls::CallerTls::new(files.clone())?)),
+        None => None,
+    };
     let (metrics, credentials, lifecycle) = (
         parts.metrics.clone(),
         parts.credentials.clone(),
@@ -95,7 +111,12 @@ pub async fn run(
         limiter: parts.limiter.clone(),
     });
     let mut tasks = vec![
-        tokio::spawn(server::serve_admin(listeners.admin, admin, stopped())),
+        tokio::spawn(server::serve_admin(
+            listeners.admin,
+            admin,
+            config.server.header_read_timeout,
+            stopped(),
+        )),
         tokio::spawn(credentials.clone().renew_in_background(stopped())),
         tokio::spawn(rate_limit::clean_periodically(
             parts.limiter.clone(),
@@ -105,6 +126,7 @@ pub async fn run(
         )),
     ];
     if let config::SecretSource::File(path) = &config.chat.secret {
+        let metrics = metrics.clone();
         tasks.push(tokio::spawn(watch::watch(
             path.clone(),
             watch::POLL_INTERVAL,
@@ -115,16 +137,45 @@ pub async fn run(
     if let (Some(path), Some(authenticator)) =
         (&config.auth.tokens_file, parts.authenticator.clone())
     {
+        let metrics = metrics.clone();
+        metrics.caller_tokens_loaded(authenticator.count());
         tasks.push(tokio::spawn(watch::watch(
             path.clone(),
             watch::POLL_INTERVAL,
-            move |path| authenticator.reload(path),
+            move |path| metrics.caller_tokens_loaded(authenticator.reload(path)),
             stopped(),
         )));
     }
+    if let Some(tls) = &caller_tls {
+        for path in tls.paths() {
+            let tls = tls.clone();
+            tasks.push(tokio::spawn(watch::watch(
+                path,
+                watch::POLL_INTERVAL,
+                move |_| tls.reload(),
+                stopped(),
+            )));
+        }
+    }
+    let header_read_timeout = config.server.header_read_timeout;
+    let options = server::accept::ConnOptions {
+        builder: server::connection_builder_with(header_read_timeout),
+        first_request_timeout: header_read_timeout,
+        // As over HTTP/1.1, where the wait for the next request head is bounded the same way.
+        idle_timeout: header_read_timeout,
+        write_timeout: config.server.write_timeout,
+        tls: caller_tls.as_ref().map(|t| t.current()),
+        answer_permits: Some(parts.in_flight.clone()),
+    };
+    let limit = server::accept::ConnectionLimit::counted(
+        config.server.max_connections,
+        metrics.caller_connections().clone(),
+        metrics.connections_refused().clone(),
+    );
 
     tracing::info!(
         listen = %listeners.callers.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        tls = caller_tls.is_some(),
         upstream = %config.chat.endpoint,
         sdkappid = config.chat.sdkappid,
         "chat-gateway serving"
@@ -136,9 +187,12 @@ pub async fn run(
         server::ShutdownTimes {
             drain_delay: config.server.drain_delay,
             shutdown_grace: config.server.shutdown_grace,
-            header_read_timeout: config.server.header_read_timeout,
+            header_read_timeout,
         },
+        options,
+        limit,
         shutdown,
+        hurry,
     )
     .await;
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Lifecycle {
     draining: AtomicBool,
     closing: AtomicBool,
+    cutting: AtomicBool,
 }
 
 impl Lifecycle {
@@ -23,6 +24,15 @@ impl Lifecycle {
     pub fn start_closing(&self) {
         self.draining.store(true, Ordering::Release);
         self.closing.store(true, Ordering::Release);
+    }
+
+    /// The shutdown grace is over: what is still running is cut by the gateway itself.
+    pub fn start_cutting(&self) {
+        self.cutting.store(true, Ordering::Release);
+    }
+
+    pub fn is_cutting(&self) -> bool {
+        self.cutting.load(Ordering::Acquire)
     }
 
     pub fn is_draining(&self) -> bool {

@@ -49,8 +49,9 @@ enum Command {
         sdkappid: u64,
         #[arg(long)]
         identifier: String,
-        /// Validity in seconds.
-        #[arg(long, default_value_t = 180 * 24 * 3600)]
+        /// Validity in seconds (at most 100 years, so that the expiry fits every reader).
+        #[arg(long, default_value_t = 180 * 24 * 3600,
+              value_parser = clap::value_parser!(u64).range(1..=MAX_EXPIRE_SECS))]
         expire: u64,
         #[arg(long)]
         secret_key_file: Option<PathBuf>,
@@ -72,6 +73,10 @@ enum Command {
         secret_key_file: Option<PathBuf>,
     },
 }
+
+/// Longest `usersig --expire`: 100 years. Time plus expiry then stays far inside the signed
+/// 64-bit (and 32-bit-year) range every UserSig reader uses.
+const MAX_EXPIRE_SECS: u64 = 100 * 365 * 24 * 3600;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -197,18 +202,44 @@ fn check_config(path: &std::path::Path) -> ExitCode {
 
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    signals().0.await
+}
+
+/// Two futures: the first SIGTERM or SIGINT, and the second one (which cuts the drain delay
+/// short). The signal streams are made once, so a signal between the two is not missed.
+fn signals() -> (
+    impl std::future::Future<Output = ()> + Send,
+    impl std::future::Future<Output = ()> + Send,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::watch::channel(0u32);
+    let streams = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = streams else {
+            tracing::warn!("cannot listen for SIGTERM/SIGINT");
+            std::future::pending::<()>().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
+            tx.send_modify(|n| *n = n.saturating_add(1));
+        }
+    });
+    let wait = |count: u32| {
+        let mut rx = rx.clone();
+        async move {
+            if rx.wait_for(|n| *n >= count).await.is_err() {
+                std::future::pending::<()>().await;
+            }
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
+    (wait(1), wait(2))
 }
 
 async fn sandbox() -> ExitCode {
@@ -243,7 +274,8 @@ async fn serve(config: Config) -> ExitCode {
         (Ok(callers), Ok(admin)) => chat_gateway::Listeners { callers, admin },
         (Err(e), _) | (_, Err(e)) => return fail(&e),
     };
-    match chat_gateway::run(config, key, listeners, shutdown_signal()).await {
+    let (first, second) = signals();
+    match chat_gateway::run_with_hurry(config, key, listeners, first, second).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }

@@ -34,6 +34,8 @@ pub enum Outcome {
     Rejected(Reason),
     /// The caller went away before its answer was ready.
     ClientClosed,
+    /// The gateway itself cut the request: the shutdown grace period was over.
+    Shutdown,
 }
 
 impl Outcome {
@@ -42,6 +44,7 @@ impl Outcome {
         [Outcome::Ok, Outcome::UpstreamError, Outcome::ClientClosed]
             .into_iter()
             .chain(Reason::ALL.into_iter().map(Outcome::Rejected))
+            .chain([Outcome::Shutdown])
     }
 
     pub fn index(self) -> usize {
@@ -50,6 +53,7 @@ impl Outcome {
             Outcome::UpstreamError => 1,
             Outcome::ClientClosed => 2,
             Outcome::Rejected(reason) => 3 + reason as usize,
+            Outcome::Shutdown => 3 + Reason::ALL.len(),
         }
     }
 
@@ -59,6 +63,7 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::Rejected(reason) => reason.as_str(),
             Outcome::ClientClosed => "client_closed",
+            Outcome::Shutdown => "shutdown",
         }
     }
 }
@@ -87,7 +92,12 @@ impl ApiMetrics {
     /// A request whose caller left before the answer: counted, timed, but not in the overhead
     /// histogram (how much of its time was the upstream's is unknown).
     pub fn client_closed(&self, seconds: f64) {
-        self.outcomes[Outcome::ClientClosed.index()].inc();
+        self.unanswered(Outcome::ClientClosed, seconds);
+    }
+
+    /// A request that ended without an answer (`ClientClosed` or `Shutdown`).
+    pub fn unanswered(&self, outcome: Outcome, seconds: f64) {
+        self.outcomes[outcome.index()].inc();
         self.duration.observe(seconds);
     }
 
@@ -122,6 +132,10 @@ struct Inner {
     tracked_groups: IntGauge,
     upstream_retries: IntCounterVec,
     circuit_open: IntGauge,
+    caller_connections: IntGauge,
+    connections_refused: prometheus::IntCounter,
+    /// Registered on first use: it exists only with caller authentication.
+    caller_tokens_loaded: std::sync::OnceLock<IntGauge>,
     error_codes: BoundedLabels,
 }
 
@@ -251,6 +265,18 @@ impl Metrics {
             "chat_gateway_upstream_circuit_open",
             "1 while requests skip the primary host after repeated connect failures.",
         );
+        let caller_connections = gauge(
+            &r,
+            "chat_gateway_caller_connections",
+            "Caller connections open now (at most server.max_connections).",
+        );
+        let connections_refused = prometheus::IntCounter::new(
+            "chat_gateway_connections_refused_total",
+            "Caller connections closed at once because server.max_connections were open.",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(connections_refused.clone()))
+            .expect("metric registered once");
         let build_info = IntGaugeVec::new(
             Opts::new("chat_gateway_build_info", "The running version; always 1."),
             &["version"],
@@ -287,6 +313,9 @@ impl Metrics {
             tracked_groups,
             upstream_retries,
             circuit_open,
+            caller_connections,
+            connections_refused,
+            caller_tokens_loaded: std::sync::OnceLock::new(),
             error_codes: BoundedLabels::new(MAX_ERROR_CODES),
         }))
     }
@@ -314,6 +343,27 @@ impl Metrics {
             None => Arc::from("unparsable"),
         };
         m.upstream_responses.with_label_values(&[api, &label]).inc();
+    }
+
+    pub fn caller_connections(&self) -> &IntGauge {
+        &self.0.caller_connections
+    }
+
+    pub fn connections_refused(&self) -> &prometheus::IntCounter {
+        &self.0.connections_refused
+    }
+
+    /// How many tokens the tokens file gave at its last read: 0 when it was empty, missing or
+    /// unreadable (the previous tokens then stay in force, which an alert must tell).
+    pub fn caller_tokens_loaded(&self, count: usize) {
+        let gauge = self.0.caller_tokens_loaded.get_or_init(|| {
+            gauge(
+                &self.0.registry,
+                "chat_gateway_caller_tokens_loaded",
+                "Tokens read from auth.tokens_file at its last change; 0 when it could not be used (the previous tokens stay in force).",
+            )
+        });
+        gauge.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn upstream_in_flight(&self) -> &IntGauge {

@@ -45,6 +45,8 @@ pub struct StackParts {
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
     pub max_in_flight: usize,
+    /// The `max_in_flight` permits, shared with the server for answers being written.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub limiter: Arc<dyn RateLimiter>,
     /// `None`: callers are not authenticated.
     pub authenticator: Option<Arc<Authenticator>>,
@@ -59,6 +61,8 @@ pub enum BuildError {
     Client(#[from] ClientSetupError),
     #[error("auth.tokens_file: {0}")]
     Tokens(#[from] TokensError),
+    #[error("{key}: {0}", key = .0.key())]
+    Tls(#[from] crate::server::tls::TlsError),
 }
 
 /// The whole gateway from a checked config: the shared parts (for the admin listener and the
@@ -128,6 +132,7 @@ impl StackParts {
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
             max_in_flight: config.server.max_in_flight,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
             limiter: rate_limit::from_config(&config.rate_limit),
             authenticator,
             targets,
@@ -159,6 +164,7 @@ where
         .layer(ObserveLayer::new(
             parts.metrics.clone(),
             parts.table.clone(),
+            parts.lifecycle.clone(),
         ))
         .service(build_unobserved(parts, upstream))
 }
@@ -186,9 +192,8 @@ where
         .layer(RescueLayer)
         // After the drain delay, new requests on open connections are refused.
         .layer(CheckLayer::new(Drain::new(parts.lifecycle.clone())))
-        // A bound on requests in flight: overload is refused at once, never queued.
-        .layer(ShedLayer::new(parts.max_in_flight))
-        // Bearer tokens (shared-service mode), before anything else about the request.
+        // Bearer tokens or a client certificate (shared-service mode), before anything else
+        // about the request.
         .layer(CheckLayer::new(Authenticate::new(
             parts.authenticator.clone(),
         )))
@@ -199,6 +204,10 @@ where
             parts.max_body_bytes,
             parts.body_read_timeout,
         ))
+        // A bound on requests in flight: overload is refused at once, never queued. Taken
+        // once the body is in, so slow senders hold connections, not permits; large answers
+        // hold one again while they are written (see server::io).
+        .layer(ShedLayer::shared(parts.in_flight.clone()))
         // A JSON object; counter payloads keep Tencent's rules.
         .layer(CheckLayer::new(Validate))
         // Per GroupId, then per API for the app: only valid requests spend tokens.
@@ -212,7 +221,8 @@ where
             parts.credentials.clone(),
             parts.metrics.clone(),
         ))
-        // Caller query and credential headers out; sdkappid, identifier, usersig, random in.
+        // Caller query and headers out; the gateway's own headers and sdkappid, identifier,
+        // usersig, random in.
         .layer(SignLayer::new(
             parts.credentials.clone(),
             parts.targets.primary(),

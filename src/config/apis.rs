@@ -56,7 +56,7 @@ pub fn read(r: &mut Reader, t: &Table) -> ApiAllowList {
             _ => r.problem(
                 "apis.allow",
                 Some(item.to_string()),
-                "each entry must be \"service/command\" (letters, digits, underscores) or \"*\"",
+                "each entry must be \"service/command\" (lowercase letters, digits, underscores) or \"*\"",
             ),
         }
     }
@@ -67,12 +67,16 @@ pub fn read(r: &mut Reader, t: &Table) -> ApiAllowList {
     }
 }
 
-/// `service/command`, each part made of ASCII letters, digits and underscores.
+/// `service/command`, each part made of lowercase ASCII letters, digits and underscores, as
+/// every Tencent API path is: one spelling per API, so no request escapes validation, limits
+/// or its metric label by its case.
 pub fn is_api_name(name: &str) -> bool {
     let mut parts = name.split('/');
     let ok = |p: Option<&str>| {
         p.is_some_and(|p| {
-            !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         })
     };
     ok(parts.next()) && ok(parts.next()) && parts.next().is_none()
@@ -99,5 +103,21 @@ mod tests {
         for bad in ["", "a", "a/", "/b", "a/b/c", "a/b%2e", "a/..", "a b/c"] {
             assert!(!is_api_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn api_names_are_lowercase_only() {
+        assert!(is_api_name("group_open_http_svc/update_group_counter"));
+        for bad in [
+            "Group_Open_Http_Svc/Update_Group_Counter",
+            "group_open_http_svc/Update_group_counter",
+            "OPENIM/sendmsg",
+        ] {
+            assert!(!is_api_name(bad), "{bad}");
+        }
+        let text = format!("{MINIMAL}[apis]\nallow = [\"Openim/sendmsg\"]\n");
+        let problems = Config::parse(&text).expect_err("invalid").0;
+        assert_eq!(problems[0].key, "apis.allow");
+        assert!(problems[0].why.contains("lowercase"), "{}", problems[0]);
     }
 }

@@ -8,9 +8,9 @@ use toml::{Table, Value};
 
 use super::Problem;
 
-/// The longest duration any key takes: a hundred years (of 365.25 days, as humantime counts
-/// them). Longer ones would overflow the clock arithmetic of timers and deadlines.
-pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+/// The longest duration any key takes: longer ones are typos, and would overflow the clock
+/// when added to it.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Collects problems while reading typed values out of the TOML tree.
 #[derive(Default)]
@@ -113,7 +113,7 @@ impl Reader {
                 self.problem(
                     &format!("{section}.{key}"),
                     Some(format!("{text:?}")),
-                    "is too long: at most 100 years",
+                    "must be at most 365 days",
                 );
                 None
             }

@@ -2,6 +2,7 @@
 //! the runtime's threads.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Table;
@@ -18,6 +19,11 @@ pub const KEYS: &[&str] = &[
     "header_read_timeout",
     "body_read_timeout",
     "worker_threads",
+    "max_connections",
+    "write_timeout",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +41,21 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// Runtime threads: 0 = one per core, 1 = a single-threaded runtime.
     pub worker_threads: usize,
+    /// Open caller connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// Longest a connection may go without taking any byte of an answer waiting for it.
+    pub write_timeout: Duration,
+    /// Callers over TLS, when set.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The caller-side TLS files; all re-read when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Client certificates are required, and must chain to these roots.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +70,9 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             worker_threads: 0,
+            max_connections: 10_000,
+            write_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -92,6 +116,13 @@ pub fn read(r: &mut Reader, t: &Table) -> ServerConfig {
                 }
             },
         },
+        max_connections: r
+            .positive_int(t, "server", "max_connections", 1_000_000)
+            .map_or(d.max_connections, |n| n as usize),
+        write_timeout: r
+            .duration(t, "server", "write_timeout", false)
+            .unwrap_or(d.write_timeout),
+        tls: read_tls(r, t),
     };
     if server.listen == server.admin_listen && server.listen.port() != 0 {
         r.problem(
@@ -108,4 +139,96 @@ pub fn read(r: &mut Reader, t: &Table) -> ServerConfig {
         );
     }
     server
+}
+
+fn read_tls(r: &mut Reader, t: &Table) -> Option<TlsFiles> {
+    match (
+        r.string(t, "server", "tls_cert_file"),
+        r.string(t, "server", "tls_key_file"),
+        r.string(t, "server", "tls_client_ca_file"),
+    ) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), ca) => Some(TlsFiles {
+            cert_file: cert.into(),
+            key_file: key.into(),
+            client_ca_file: ca.map(PathBuf::from),
+        }),
+        (None, _, _) => {
+            r.problem(
+                "server.tls_cert_file",
+                None,
+                "is required when server.tls_key_file or server.tls_client_ca_file is set",
+            );
+            None
+        }
+        (Some(_), None, _) => {
+            r.problem(
+                "server.tls_key_file",
+                None,
+                "is required when server.tls_cert_file is set",
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::MINIMAL;
+    use crate::config::Config;
+
+    #[test]
+    fn durations_are_capped_at_a_year() {
+        for key in [
+            "drain_delay",
+            "shutdown_grace",
+            "header_read_timeout",
+            "write_timeout",
+        ] {
+            let text = format!("{MINIMAL}[server]\n{key} = \"300000000000years\"\n");
+            let problems = Config::parse(&text).expect_err("invalid").0;
+            let p = problems
+                .iter()
+                .find(|p| p.key == format!("server.{key}"))
+                .unwrap_or_else(|| panic!("{key}: {problems:?}"));
+            assert_eq!(p.value.as_deref(), Some("\"300000000000years\""));
+            assert!(p.why.contains("at most 365 days"), "{p}");
+        }
+        let text =
+            format!("{MINIMAL}[server]\ndrain_delay = \"1day\"\nshutdown_grace = \"2days\"\n");
+        assert!(Config::parse(&text).is_ok());
+    }
+
+    #[test]
+    fn connection_and_tls_keys() {
+        let c = Config::parse(MINIMAL).expect("valid");
+        assert_eq!(c.server.max_connections, 10_000);
+        assert_eq!(c.server.write_timeout, Duration::from_secs(10));
+        assert_eq!(c.server.tls, None);
+        let text = format!(
+            "{MINIMAL}[server]\nmax_connections = 5\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\"\ntls_client_ca_file = \"/ca\"\n"
+        );
+        let c = Config::parse(&text).expect("valid");
+        assert_eq!(c.server.max_connections, 5);
+        assert_eq!(
+            c.server.tls,
+            Some(TlsFiles {
+                cert_file: "/c".into(),
+                key_file: "/k".into(),
+                client_ca_file: Some("/ca".into()),
+            })
+        );
+        for (extra, key) in [
+            ("tls_cert_file = \"/c\"", "server.tls_key_file"),
+            ("tls_key_file = \"/k\"", "server.tls_cert_file"),
+            ("tls_client_ca_file = \"/ca\"", "server.tls_cert_file"),
+            ("max_connections = 0", "server.max_connections"),
+        ] {
+            let text = format!("{MINIMAL}[server]\n{extra}\n");
+            let problems = Config::parse(&text).expect_err("invalid").0;
+            assert_eq!(problems.len(), 1, "{extra}: {problems:?}");
+            assert_eq!(problems[0].key, key);
+        }
+    }
 }

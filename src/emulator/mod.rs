@@ -12,9 +12,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use crate::credentials::unix_now;
 use crate::envelope::fail_body;
@@ -23,6 +21,12 @@ use store::CounterStore;
 
 /// Tencent refuses bodies far smaller than this; the emulator only needs a bound.
 const MAX_BODY: usize = 1024 * 1024;
+
+/// Open connections at most.
+const MAX_CONNECTIONS: usize = 10_000;
+
+/// How long a connection may sit idle between requests.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(75);
 
 pub struct Emulator {
     sdkappid: u64,
@@ -166,46 +170,24 @@ pub fn tls_config(cert_pem: &[u8], key_pem: &[u8]) -> Result<Arc<rustls::ServerC
     Ok(Arc::new(config))
 }
 
-/// Serves the emulator on `listener` (TLS when `tls` is given) until `stop` resolves.
+/// Serves the emulator on `listener` (TLS when `tls` is given) until `stop` resolves, through
+/// the gateway's own accept loop.
 pub async fn serve(
     listener: TcpListener,
     emulator: Arc<Emulator>,
     tls: Option<Arc<rustls::ServerConfig>>,
     stop: impl Future<Output = ()>,
 ) {
-    let builder = crate::server::connection_builder();
-    let acceptor = tls.map(TlsAcceptor::from);
-    tokio::pin!(stop);
-    loop {
-        let stream = tokio::select! {
-            _ = &mut stop => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(_) => continue,
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let emulator = emulator.clone();
-        let builder = builder.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(emulator.clone(), req));
-            let result = match acceptor {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => builder.serve_connection(TokioIo::new(tls), service).await,
-                    Err(_) => return,
-                },
-                None => {
-                    builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "emulator connection ended with an error");
-            }
-        });
-    }
+    let service = hyper::service::service_fn(move |req| handle(emulator.clone(), req));
+    let mut options = crate::server::accept::ConnOptions::plain(
+        crate::server::connection_builder(),
+        crate::server::HEADER_READ_TIMEOUT,
+    );
+    // Idle connections stay longer than the gateway's pool keeps them (50 s), so that a
+    // pooled HTTP/2 connection is not closed under a request about to be sent on it.
+    options.idle_timeout = IDLE_TIMEOUT;
+    options.tls = tls.map(|config| Arc::new(arc_swap::ArcSwap::new(config)));
+    crate::server::serve_plain(listener, service, options, MAX_CONNECTIONS, stop).await;
 }
 
 async fn handle(

@@ -51,7 +51,9 @@ impl Allow {
                 .to_str()
                 .ok()
                 .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty()),
+                .is_some_and(|a| {
+                    !a.as_str().contains('@') && !a.host().is_empty() && port_ok(a.as_str())
+                }),
         };
         if !host_ok {
             return Err(GatewayError::NotAllowed(
@@ -73,5 +75,14 @@ impl Allow {
         self.table.route(path).ok_or_else(|| {
             GatewayError::NotAllowed(format!("{name} is not on this gateway's allow-list"))
         })
+    }
+}
+
+/// The port of `host[:port]`, when there is one, is a number from 0 to 65535 (the authority
+/// parser takes any digits).
+fn port_ok(authority: &str) -> bool {
+    match authority.rsplit_once(':') {
+        Some((_, port)) if !port.contains(']') => port.is_empty() || port.parse::<u16>().is_ok(),
+        _ => true,
     }
 }

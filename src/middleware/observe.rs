@@ -12,9 +12,11 @@ use std::time::Instant;
 use http::{HeaderValue, Request};
 use tower::{Layer, Service};
 
+use super::sign::RequestId;
 use super::{GatewayResponse, UpstreamReport};
-use crate::api::{Api, ApiTable};
+use crate::api::{ApiTable, Label};
 use crate::envelope::{Reason, REJECTED_HEADER};
+use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, Outcome};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -28,6 +30,9 @@ pub struct ObserveLayer {
 struct Shared {
     metrics: Metrics,
     table: Arc<ApiTable>,
+    /// Tells a request the gateway cut at the end of the shutdown grace from one whose caller
+    /// hung up.
+    lifecycle: Arc<Lifecycle>,
     /// Request ids are `{prefix}-{counter}`: unique within the process, and across restarts
     /// thanks to the random prefix.
     prefix: u32,
@@ -35,11 +40,12 @@ struct Shared {
 }
 
 impl ObserveLayer {
-    pub fn new(metrics: Metrics, table: Arc<ApiTable>) -> Self {
+    pub fn new(metrics: Metrics, table: Arc<ApiTable>, lifecycle: Arc<Lifecycle>) -> Self {
         ObserveLayer {
             shared: Arc::new(Shared {
                 metrics,
                 table,
+                lifecycle,
                 prefix: rand::random(),
                 next: AtomicU64::new(1),
             }),
@@ -75,11 +81,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let started = Instant::now();
         let api = self.shared.table.label(req.uri().path());
         let n = self.shared.next.fetch_add(1, Ordering::Relaxed);
         let id = format!("{:08x}-{n:x}", self.shared.prefix);
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            req.extensions_mut().insert(RequestId(value));
+        }
         ObserveFuture {
             inner: self.inner.call(req),
             started,
@@ -91,13 +100,14 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// When dropped before its answer (the caller hung up), it still records the request, as
-    /// `client_closed`: an `Increase` in flight may have been applied, so it must leave a trace.
+    /// When dropped before its answer, it still records the request, as `client_closed` (the
+    /// caller hung up) or `shutdown` (the gateway cut it when the grace period was over): an
+    /// `Increase` in flight may have been applied, so it must leave a trace.
     pub struct ObserveFuture<F> {
         #[pin]
         inner: F,
         started: Instant,
-        api: Api,
+        api: Label,
         id: Option<String>,
         shared: Arc<Shared>,
     }
@@ -107,16 +117,21 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if let Some(id) = this.id.take() {
                 let elapsed = this.started.elapsed();
-                this.api
-                    .metrics(&this.shared.metrics)
-                    .client_closed(elapsed.as_secs_f64());
+                let (outcome, message) = if this.shared.lifecycle.is_cutting() {
+                    (Outcome::Shutdown, "cut by the gateway: the shutdown grace period was over")
+                } else {
+                    (Outcome::ClientClosed, "the caller closed the connection before the answer")
+                };
+                let api = this.shared.table.settle(this.api);
+                api.metrics(&this.shared.metrics)
+                    .unanswered(outcome, elapsed.as_secs_f64());
                 tracing::info!(
                     target: "chat_gateway::access",
                     request_id = %id,
-                    api = &*this.api.name,
-                    outcome = Outcome::ClientClosed.as_str(),
+                    api = &*api.name,
+                    outcome = outcome.as_str(),
                     duration_us = elapsed.as_micros() as u64,
-                    "the caller closed the connection before the answer"
+                    "{message}"
                 );
             }
         }
@@ -147,7 +162,8 @@ where
         };
         let upstream = report.map(|r| r.elapsed).unwrap_or_default();
         let overhead = elapsed.saturating_sub(upstream);
-        this.api.metrics(&this.shared.metrics).request(
+        let api = this.shared.table.settle(this.api);
+        api.metrics(&this.shared.metrics).request(
             outcome,
             elapsed.as_secs_f64(),
             overhead.as_secs_f64(),
@@ -156,7 +172,7 @@ where
         tracing::info!(
             target: "chat_gateway::access",
             request_id = %id,
-            api = &*this.api.name,
+            api = &*api.name,
             status = response.status().as_u16(),
             error_code = report.and_then(|r| r.error_code),
             outcome = outcome.as_str(),

@@ -23,6 +23,11 @@ impl ShedLayer {
             permits: Arc::new(Semaphore::new(max_in_flight)),
         }
     }
+
+    /// Over permits shared with others (the server counts answers being written).
+    pub fn shared(permits: Arc<Semaphore>) -> Self {
+        ShedLayer { permits }
+    }
 }
 
 impl<S> Layer<S> for ShedLayer {

@@ -1,6 +1,8 @@
-//! Sign: the upstream request is built here. The caller's query string and credential and
-//! hop-by-hop headers are dropped; the query becomes exactly `sdkappid`, `identifier`,
-//! `usersig`, `random` and `contenttype=json`; the body bytes go on unchanged.
+//! Sign: the upstream request is built here. The caller's query string and headers are
+//! dropped; the headers become an allow-list of the gateway's own (`Content-Type:
+//! application/json`, its `User-Agent`, `Accept-Encoding: identity`, the request id; hyper
+//! adds `Content-Length`), the query exactly `sdkappid`, `identifier`, `usersig`, `random`
+//! and `contenttype=json`; the body bytes go on unchanged.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -73,13 +75,7 @@ where
             parts.uri.path(),
             self.credentials.current().query_prefix(),
         );
-        strip_caller_headers(&mut parts.headers);
-        if !parts.headers.contains_key(header::CONTENT_TYPE) {
-            parts.headers.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
+        parts.headers = upstream_headers(parts.extensions.get::<RequestId>());
         parts.version = http::Version::HTTP_11;
         self.inner.call(Request::from_parts(parts, Full::new(body)))
     }
@@ -99,39 +95,32 @@ pub fn upstream_uri(base: &str, path: &str, query_prefix: &str) -> Uri {
     Uri::try_from(text).unwrap_or_default()
 }
 
-/// Headers that never go upstream: credentials meant for the gateway, cookies, the caller's
-/// Host, and hop-by-hop headers (RFC 9110 7.6.1), including those named by `Connection`.
-fn strip_caller_headers(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
+/// Request extension: the id the observe layer gave the request, sent upstream so that a
+/// request can be followed on both sides.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+const USER_AGENT: &str = concat!("chat-gateway/", env!("CARGO_PKG_VERSION"));
+
+/// The upstream request's headers: an allow-list, none of them the caller's. Whatever a
+/// caller sends (forwarding headers, cookies, ranges, validators, encodings, a second or
+/// malformed Content-Type) never reaches Tencent; identity encoding keeps the answer plain
+/// JSON, as callers get it and as the ErrorCode is read.
+fn upstream_headers(request_id: Option<&RequestId>) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(4);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    if let Some(id) = request_id {
+        headers.insert(HeaderName::from_static("x-request-id"), id.0.clone());
     }
-    for name in [
-        header::HOST,
-        header::AUTHORIZATION,
-        header::PROXY_AUTHORIZATION,
-        header::COOKIE,
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::CONTENT_LENGTH,
-        header::EXPECT,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    headers
 }
 
 #[cfg(test)]
@@ -170,26 +159,25 @@ mod tests {
     }
 
     #[test]
-    fn caller_credentials_and_hop_by_hop_headers_are_dropped() {
-        let mut headers = HeaderMap::new();
-        for (k, v) in [
-            ("authorization", "Bearer t"),
-            ("cookie", "a=b"),
-            ("host", "gateway"),
-            ("connection", "keep-alive, x-private"),
-            ("x-private", "1"),
-            ("keep-alive", "timeout=5"),
-            ("transfer-encoding", "chunked"),
-            ("proxy-authorization", "Basic x"),
-            ("te", "trailers"),
-            ("upgrade", "h2c"),
-            ("x-request-id", "abc"),
-            ("user-agent", "svc/1.0"),
-        ] {
-            headers.append(k, HeaderValue::from_static(v));
-        }
-        strip_caller_headers(&mut headers);
-        let left: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, ["x-request-id", "user-agent"]);
+    fn upstream_headers_are_the_gateways_own() {
+        let id = RequestId(HeaderValue::from_static("0000abcd-1"));
+        let headers = upstream_headers(Some(&id));
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "content-type",
+                "user-agent",
+                "accept-encoding",
+                "x-request-id"
+            ]
+        );
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(headers[header::ACCEPT_ENCODING], "identity");
+        assert!(headers[header::USER_AGENT]
+            .to_str()
+            .expect("ascii")
+            .starts_with("chat-gateway/"));
+        assert_eq!(upstream_headers(None).len(), 3);
     }
 }

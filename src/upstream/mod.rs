@@ -278,15 +278,17 @@ impl Answer {
         self.response.body()
     }
 
-    /// Status, Content-Type and body go back unchanged; other upstream headers stay behind.
+    /// Status, Content-Type and body go back unchanged; other upstream headers stay behind,
+    /// except a Content-Encoding the upstream used although asked for identity: without it
+    /// the caller could not read the body.
     fn finish(self, report: UpstreamReport) -> GatewayResponse {
         let (parts, body) = self.response.into_parts();
         let mut response = Response::new(Full::new(body));
         *response.status_mut() = parts.status;
-        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, ct.clone());
+        for name in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+            if let Some(value) = parts.headers.get(&name) {
+                response.headers_mut().insert(name, value.clone());
+            }
         }
         response.extensions_mut().insert(report);
         response
@@ -306,6 +308,11 @@ async fn round_trip(
         }
     })?;
     let (parts, body) = response.into_parts();
+    // hyper skips 100-199 interim answers but hands back a 101: no answer a caller can use
+    // (and an upgraded connection is no HTTP answer at all).
+    if parts.status.is_informational() {
+        return Err(UpstreamFailure::BadResponse);
+    }
     let body = match Limited::new(body, MAX_RESPONSE_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_chat-gateway");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_chat-gateway");
 
 /// Kills the child on drop so a failing test leaves nothing running.
-struct Running(Option<Child>);
+pub(crate) struct Running(Option<Child>);
 
 impl Running {
-    fn spawn(cmd: &mut Command) -> Self {
+    pub(crate) fn spawn(cmd: &mut Command) -> Self {
         Running(Some(
             cmd.stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -23,7 +23,7 @@ impl Running {
     fn pid(&self) -> u32 {
         self.0.as_ref().expect("child").id()
     }
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.pid().to_string()])
             .status()
@@ -31,7 +31,7 @@ impl Running {
         assert!(status.success());
     }
     /// Waits for exit; returns the code and everything printed.
-    fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
+    pub(crate) fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
         let mut child = self.0.take().expect("child");
         let deadline = Instant::now() + limit;
         let status = loop {
@@ -65,7 +65,7 @@ impl Drop for Running {
     }
 }
 
-async fn wait_ready(admin: std::net::SocketAddr) {
+pub(crate) async fn wait_ready(admin: std::net::SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if let Ok(stream) = tokio::net::TcpStream::connect(admin).await {
@@ -79,7 +79,7 @@ async fn wait_ready(admin: std::net::SocketAddr) {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()

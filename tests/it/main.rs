@@ -2,8 +2,10 @@
 
 mod answers;
 mod binary;
+mod caller_tls;
 mod faults;
 mod forwarding;
+mod hardening;
 mod observability;
 mod rate_limit;
 mod soak;

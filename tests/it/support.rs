@@ -751,3 +751,39 @@ where
 {
     Arc::new(move |conn| Box::pin(f(conn)))
 }
+
+/// Sends one request over a fresh HTTP/2 connection without TLS (prior knowledge).
+pub async fn send_h2c(addr: SocketAddr, req: Request<Full<Bytes>>) -> Reply {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let response = sender.send_request(req).await.expect("response");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Reads from `stream` until the peer closes it (EOF or reset); `false` if it is still open
+/// after `limit`.
+pub async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, drain).await.is_ok()
+}
