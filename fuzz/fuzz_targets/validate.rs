@@ -5,24 +5,24 @@
 
 use std::collections::HashSet;
 
-use chat_gateway::validation::{validate_counter, validate_object, CounterApi, Rejection};
+use chat_gateway::apis::REGISTRY;
+use chat_gateway::validation::{validate_object, Rejection};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 
-const APIS: [CounterApi; 3] = [CounterApi::Get, CounterApi::Update, CounterApi::Delete];
-
 fuzz_target!(|body: &[u8]| {
-    for api in APIS {
-        match validate_counter(api, body) {
-            Ok(request) => {
+    for api in REGISTRY {
+        match api.validate(body) {
+            Ok(facts) => {
                 let parsed: Value =
                     serde_json::from_slice(body).expect("an accepted body is valid JSON");
                 let object = parsed.as_object().expect("an accepted body is an object");
                 let group_id = object.get("GroupId").and_then(Value::as_str);
-                assert_eq!(group_id, Some(&*request.group_id));
-                assert_group_id(&request.group_id);
-                if api == CounterApi::Update {
+                assert_eq!(group_id, Some(&*facts.group_id));
+                assert_group_id(&facts.group_id);
+                if let Some(update) = &facts.update {
                     assert_counter(object);
+                    assert_eq!(update.counters.len(), object["GroupCounter"].as_array().map_or(0, Vec::len));
                 } else if let Some(keys) = object.get("GroupCounterKeys") {
                     let keys = keys.as_array().expect("GroupCounterKeys is an array");
                     assert_keys(keys.iter().map(|k| k.as_str().expect("keys are strings")));

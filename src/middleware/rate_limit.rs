@@ -6,8 +6,8 @@ use std::sync::Arc;
 use http::Request;
 
 use super::check::Check;
-use super::validate::CounterFacts;
 use crate::api::Api;
+use crate::apis::PayloadFacts;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::rate_limit::{RateLimiter, Scope};
@@ -36,7 +36,7 @@ impl<B> Check<B> for Limit {
         let Some(api) = req.extensions().get::<Api>() else {
             return Ok(());
         };
-        let group = req.extensions().get::<CounterFacts>().map(|f| &*f.group_id);
+        let group = req.extensions().get::<PayloadFacts>().map(|f| &*f.group_id);
         let Err(refusal) = self.limiter.check(api, group) else {
             return Ok(());
         };
