@@ -686,6 +686,23 @@ proptest! {
             Ok(request) => {
                 prop_assert_eq!(&*request.group_id, valid.group_id.as_str());
                 prop_assert_eq!(request.mode, valid.mode);
+                // An update's entries come back in order, values exact; nothing for the others.
+                let expected: Vec<(&str, i64)> = if valid.api == UPDATE {
+                    valid
+                        .keys
+                        .iter()
+                        .zip(&valid.values)
+                        .map(|(key, token)| (key.as_str(), token.parse().unwrap()))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let counters: Vec<(&str, i64)> =
+                    request.counters.iter().map(|(k, v)| (&**k, *v)).collect();
+                prop_assert_eq!(counters, expected);
+                let extras = !valid.extras.is_empty()
+                    || (valid.api == UPDATE && valid.entry_extras.iter().any(|e| !e.is_empty()));
+                prop_assert_eq!(request.plain, !extras);
             }
             Err(e) => prop_assert!(false, "{:?} rejected {}: {}", valid.api, body, e.info),
         }
