@@ -17,7 +17,7 @@ fuzz_target!(|body: &[u8]| {
                 let parsed: Value =
                     serde_json::from_slice(body).expect("an accepted body is valid JSON");
                 let object = parsed.as_object().expect("an accepted body is an object");
-                let group_id = object.get("GroupId").and_then(Value::as_str);
+                let group_id = object.get(api.group_member).and_then(Value::as_str);
                 assert_eq!(group_id, Some(&*facts.group_id));
                 assert_group_id(&facts.group_id);
                 if *api == update_group_counter::API {

@@ -7,6 +7,7 @@ use crate::validation::{validate_counter, CounterPayload, Rejection};
 pub const API: ValidatedApi = ValidatedApi {
     name: "group_open_http_svc/get_group_counter",
     path: "/v4/group_open_http_svc/get_group_counter",
+    group_member: "GroupId",
     validate,
     idempotent: |_| true,
 };

@@ -25,6 +25,9 @@ pub struct ValidatedApi {
     pub name: &'static str,
     /// The request path, `/v4/` + `name`.
     pub path: &'static str,
+    /// The body member that names the request's group; `validate` puts its value in
+    /// [`PayloadFacts::group_id`], the key of the group rate limit.
+    pub group_member: &'static str,
     /// Checks the body; on success, what the rest of the pipeline may know about it (its
     /// group among them).
     pub validate: fn(&[u8]) -> Result<PayloadFacts, Rejection>,
@@ -80,6 +83,18 @@ mod tests {
             assert!(is_api_name(api.name), "{}", api.name);
             assert_eq!(api.path, format!("/v4/{}", api.name));
             assert!(seen.insert(api.name), "{} listed twice", api.name);
+        }
+    }
+
+    #[test]
+    fn each_api_names_its_group_by_its_declared_member() {
+        for api in REGISTRY {
+            let body = format!(
+                r#"{{"{}":"g-1","GroupCounter":[{{"Key":"k","Value":1}}]}}"#,
+                api.group_member
+            );
+            let facts = api.validate(body.as_bytes()).unwrap();
+            assert_eq!(&*facts.group_id, "g-1", "{}", api.name);
         }
     }
 
