@@ -111,7 +111,7 @@ impl<'de> Handler<'de> for Top {
         let mut members = Members::default();
         let mut group_id = None;
         let mut mode = None;
-        let mut entries: Slots<Counter<'de>> = Default::default();
+        let mut counters = Counters::default();
         while let Some(name) = map.next_key_seed(Name)? {
             let bit = match (self.payload, &*name) {
                 (_, "GroupId") => GROUP_ID,
@@ -136,7 +136,7 @@ impl<'de> Handler<'de> for Top {
                     })?;
                 }
                 GROUP_COUNTER => {
-                    entries = map.next_value_seed(Field {
+                    counters = map.next_value_seed(Field {
                         ctx,
                         path: member,
                         handler: Entries {
@@ -174,21 +174,11 @@ impl<'de> Handler<'de> for Top {
         let Some(group_id) = group_id else {
             return Ok(None);
         };
-        // Only an accepted request is read further, so its entries are all complete here.
-        let mut plain = !members.has_unknown();
-        let mut counters = Vec::new();
-        if ctx.rejection.is_none() {
-            for counter in entries.into_iter().flatten() {
-                plain &= counter.plain;
-                if let Some(value) = counter.value {
-                    counters.push((counter.key, value));
-                }
-            }
-        }
+        let plain = !members.has_unknown() && (!members.has(GROUP_COUNTER) || counters.plain);
         Ok(Some(CounterRequest {
             group_id,
             mode,
-            counters,
+            counters: counters.list,
             plain,
         }))
     }
@@ -366,32 +356,64 @@ struct Entries<E> {
     key_suffix: &'static str,
 }
 
-/// An entry of `GroupCounter` or `GroupCounterKeys`, as the uniqueness rule sees it.
-trait Keyed {
+/// The first [`MAX_ENTRIES`] entries with a valid key, in order: on the stack, no allocation.
+type Slots<T> = [Option<T>; MAX_ENTRIES];
+
+/// An entry of `GroupCounter` or `GroupCounterKeys`: its key for the uniqueness rule, and
+/// what the whole array yields to later layers.
+trait Keyed: Sized {
+    type Collected: Default;
     fn key(&self) -> &str;
+    fn collect(slots: Slots<Self>) -> Self::Collected;
 }
 
+/// `GroupCounterKeys` yields nothing: no layer reads the keys.
 impl Keyed for Cow<'_, str> {
+    type Collected = ();
+
     fn key(&self) -> &str {
         self
     }
+
+    fn collect(_: Slots<Self>) {}
 }
 
-impl Keyed for Counter<'_> {
+impl<'de> Keyed for Counter<'de> {
+    type Collected = Counters<'de>;
+
     fn key(&self) -> &str {
         &self.key
     }
+
+    fn collect(slots: Slots<Self>) -> Counters<'de> {
+        let mut counters = Counters {
+            list: Vec::with_capacity(slots.iter().flatten().count()),
+            plain: true,
+        };
+        for counter in slots.into_iter().flatten() {
+            counters.plain &= counter.plain;
+            // An entry without a valid value has already rejected the request.
+            if let Some(value) = counter.value {
+                counters.list.push((counter.key, value));
+            }
+        }
+        counters
+    }
 }
 
-/// The first [`MAX_ENTRIES`] entries with a valid key, in order: on the stack, no allocation.
-type Slots<T> = [Option<T>; MAX_ENTRIES];
+/// What `GroupCounter` yields: its entries' keys and values, and whether they held nothing else.
+#[derive(Default)]
+struct Counters<'de> {
+    list: Vec<(Cow<'de, str>, i64)>,
+    plain: bool,
+}
 
 impl<'de, E, T> Handler<'de> for Entries<E>
 where
     E: Handler<'de, Out = Option<T>> + Copy,
     T: Keyed,
 {
-    type Out = Slots<T>;
+    type Out = T::Collected;
     const EXPECTED: &'static str = "an array";
 
     fn seq<A: SeqAccess<'de>>(
@@ -399,7 +421,7 @@ where
         ctx: &mut Ctx,
         path: Path<'_>,
         mut seq: A,
-    ) -> Result<Slots<T>, A::Error> {
+    ) -> Result<T::Collected, A::Error> {
         // The array's size is judged before its entries: it wins over their problems.
         let clean = ctx.rejection.is_none();
         let mut keys: Slots<T> = Default::default();
@@ -451,6 +473,6 @@ where
                 info: format!("{path} has {count} entries; at most {MAX_ENTRIES} are allowed"),
             });
         }
-        Ok(keys)
+        Ok(T::collect(keys))
     }
 }
