@@ -265,7 +265,8 @@ async fn draining_after_the_delay_on_open_connections() {
 async fn requests_on_open_connections_are_served_until_the_drain_delay_ends() {
     let emulator = spawn_emulator(None).await;
     let config = config_text(&emulator.endpoint(), "", "")
-        .replace("drain_delay = \"0s\"", "drain_delay = \"1500ms\"");
+        .replace("drain_delay = \"0s\"", "drain_delay = \"3s\"")
+        .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"6s\"");
     let mut gw = spawn_gateway(&config).await;
     let stream = tokio::net::TcpStream::connect(gw.addr)
         .await
@@ -286,9 +287,13 @@ async fn requests_on_open_connections_are_served_until_the_drain_delay_ends() {
     gw.signal_shutdown();
     let signalled = std::time::Instant::now();
     // The same open connection, through the delay up to shortly before its end.
-    for at in [100u64, 500, 900, 1200] {
+    for at in [100u64, 1000, 1900, 2500] {
         let wait = Duration::from_millis(at).saturating_sub(signalled.elapsed());
         tokio::time::sleep(wait).await;
+        assert!(
+            signalled.elapsed() < Duration::from_millis(2900),
+            "the test itself ran too late to send within the delay"
+        );
         let response = sender
             .send_request(Request::post(GET).body(body()).expect("request"))
             .await
@@ -307,12 +312,8 @@ async fn requests_on_open_connections_are_served_until_the_drain_delay_ends() {
         let answer: serde_json::Value = serde_json::from_slice(&answer).expect("json");
         assert_eq!(answer["ErrorCode"], 0, "{at} ms into the drain delay");
     }
-    assert!(
-        signalled.elapsed() < Duration::from_millis(1500),
-        "the last request was sent within the delay"
-    );
     assert_eq!(emulator.emulator.requests(), 5, "all reached the upstream");
-    tokio::time::timeout(Duration::from_secs(8), gw.task)
+    tokio::time::timeout(Duration::from_secs(10), gw.task)
         .await
         .expect("exits")
         .expect("clean");
