@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use chat_gateway::apis::update_group_counter;
 use chat_gateway::config::Config;
 use chat_gateway::error::GatewayError;
 use chat_gateway::metrics::Outcome;
@@ -18,7 +19,6 @@ use chat_gateway::middleware::sign::upstream_uri;
 use chat_gateway::middleware::{GatewayResponse, UpstreamReport};
 use chat_gateway::stack::{self, StackParts};
 use chat_gateway::usersig::SecretKey;
-use chat_gateway::validation::{validate_counter, CounterApi};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -145,7 +145,7 @@ fn pipeline(c: &mut Criterion) {
         })
     });
     c.bench_function("stage/validation", |b| {
-        b.iter(|| black_box(validate_counter(CounterApi::Update, black_box(BODY)).is_ok()))
+        b.iter(|| black_box(update_group_counter::API.validate(black_box(BODY)).is_ok()))
     });
     let api = parts.table.route(PATH).unwrap_or_else(|| panic!("allowed"));
     c.bench_function("stage/limit_check", |b| {

@@ -5,9 +5,9 @@
 
 use std::sync::{Arc, OnceLock};
 
+use crate::apis::{self, ValidatedApi};
 use crate::config::{is_api_name, ApiAllowList};
 use crate::metrics::{ApiMetrics, Metrics};
-use crate::validation::CounterApi;
 
 /// Distinct API names labelled as themselves under `allow = ["*"]`.
 const MAX_OPEN_API_LABELS: usize = 100;
@@ -23,8 +23,8 @@ pub struct Api(Arc<ApiInfo>);
 pub struct ApiInfo {
     /// `service/command`; also the `api` label.
     pub name: Arc<str>,
-    /// Set for the three counter APIs, which get payload validation.
-    pub counter: Option<CounterApi>,
+    /// Set for the APIs in the registry, which get payload validation.
+    pub validated: Option<&'static ValidatedApi>,
     /// A fixed 64-bit key for the name, computed once, so per-API state (the app rate
     /// limit) is found without hashing the name on every request.
     pub key: u64,
@@ -101,14 +101,10 @@ impl ApiTable {
             ApiAllowList::Any => (true, &[]),
             ApiAllowList::Only(names) => (false, names),
         };
-        // The counter APIs are always labelled as themselves under "*".
+        // The validated APIs are always labelled as themselves under "*".
         let mut listed: Vec<Api> = names.iter().map(|n| Api::new(n)).collect();
         if any {
-            for name in [
-                "group_open_http_svc/get_group_counter",
-                "group_open_http_svc/update_group_counter",
-                "group_open_http_svc/delete_group_counter",
-            ] {
+            for name in apis::names() {
                 listed.push(Api::new(name));
             }
         }
@@ -192,7 +188,7 @@ impl Api {
     fn new(name: &str) -> Self {
         Api(Arc::new(ApiInfo {
             name: Arc::from(name),
-            counter: CounterApi::from_api(name),
+            validated: apis::find(name),
             key: name_key(name),
             handles: OnceLock::new(),
         }))
@@ -210,7 +206,7 @@ mod tests {
             .route("/v4/group_open_http_svc/update_group_counter")
             .expect("allowed");
         assert_eq!(&*api.name, "group_open_http_svc/update_group_counter");
-        assert_eq!(api.counter, Some(CounterApi::Update));
+        assert_eq!(api.validated, Some(&apis::update_group_counter::API));
         for path in [
             "/v4/group_open_http_svc/create_group",
             "/v4/group_open_http_svc/update_group_counter/x",
@@ -231,12 +227,12 @@ mod tests {
         let table = ApiTable::new(&ApiAllowList::Any);
         let api = table.route("/v4/openim/sendmsg").expect("allowed");
         assert_eq!(&*api.name, "openim/sendmsg");
-        assert_eq!(api.counter, None);
+        assert_eq!(api.validated, None);
         assert_eq!(
             table
                 .route("/v4/group_open_http_svc/get_group_counter")
-                .and_then(|a| a.counter),
-            Some(CounterApi::Get)
+                .and_then(|a| a.validated),
+            Some(&apis::get_group_counter::API)
         );
         for i in 0..300 {
             table.route(&format!("/v4/svc/cmd{i}")).expect("allowed");

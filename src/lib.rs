@@ -26,6 +26,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod apis;
 pub mod auth;
 pub mod config;
 pub mod credentials;

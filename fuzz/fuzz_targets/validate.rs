@@ -5,24 +5,24 @@
 
 use std::collections::HashSet;
 
-use chat_gateway::validation::{validate_counter, validate_object, CounterApi, Rejection};
+use chat_gateway::apis::{update_group_counter, CounterUpdate, REGISTRY};
+use chat_gateway::validation::{validate_object, Rejection};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
 
-const APIS: [CounterApi; 3] = [CounterApi::Get, CounterApi::Update, CounterApi::Delete];
-
 fuzz_target!(|body: &[u8]| {
-    for api in APIS {
-        match validate_counter(api, body) {
-            Ok(request) => {
+    for api in REGISTRY {
+        match api.validate(body) {
+            Ok(facts) => {
                 let parsed: Value =
                     serde_json::from_slice(body).expect("an accepted body is valid JSON");
                 let object = parsed.as_object().expect("an accepted body is an object");
-                let group_id = object.get("GroupId").and_then(Value::as_str);
-                assert_eq!(group_id, Some(&*request.group_id));
-                assert_group_id(&request.group_id);
-                if api == CounterApi::Update {
-                    assert_counter(object);
+                let group_id = object.get(api.group_member).and_then(Value::as_str);
+                assert_eq!(group_id, Some(&*facts.group_id));
+                assert_group_id(&facts.group_id);
+                if *api == update_group_counter::API {
+                    let update = facts.update.as_ref().expect("an update has update facts");
+                    assert_counter(object, update);
                 } else if let Some(keys) = object.get("GroupCounterKeys") {
                     let keys = keys.as_array().expect("GroupCounterKeys is an array");
                     assert_keys(keys.iter().map(|k| k.as_str().expect("keys are strings")));
@@ -47,7 +47,7 @@ fn assert_group_id(id: &str) {
     assert!(!id.starts_with("@TGS#_"));
 }
 
-fn assert_counter(object: &Map<String, Value>) {
+fn assert_counter(object: &Map<String, Value>, update: &CounterUpdate) {
     let entries = object
         .get("GroupCounter")
         .and_then(Value::as_array)
@@ -62,6 +62,16 @@ fn assert_counter(object: &Map<String, Value>) {
             .and_then(Value::as_str)
             .expect("entries have a string Key")
     }));
+    // The facts hold the same entries, in order, with the same values.
+    let read_back: Vec<(&str, i64)> = entries
+        .iter()
+        .map(|entry| {
+            let key = entry["Key"].as_str().expect("a string Key");
+            (key, entry["Value"].as_i64().unwrap_or(0))
+        })
+        .collect();
+    let facts: Vec<(&str, i64)> = update.counters.iter().map(|(k, v)| (&**k, *v)).collect();
+    assert_eq!(facts, read_back);
     if let Some(mode) = object.get("Mode") {
         assert!(matches!(
             mode.as_str(),

@@ -16,12 +16,9 @@ pub enum ApiAllowList {
 }
 
 impl ApiAllowList {
+    /// The default: every API in the registry of validated APIs (the group counter APIs).
     pub fn counters() -> Self {
-        ApiAllowList::Only(vec![
-            "group_open_http_svc/get_group_counter".into(),
-            "group_open_http_svc/update_group_counter".into(),
-            "group_open_http_svc/delete_group_counter".into(),
-        ])
+        ApiAllowList::Only(crate::apis::names().map(String::from).collect())
     }
 }
 

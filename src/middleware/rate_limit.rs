@@ -14,9 +14,9 @@ use http::Request;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::validate::CounterFacts;
 use super::GatewayResponse;
 use crate::api::Api;
+use crate::apis::PayloadFacts;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::rate_limit::{Decision, RateLimiter, Refusal, Scope};
@@ -151,7 +151,7 @@ where
 }
 
 fn refusal_of<B>(req: &Request<B>, refusal: Refusal, metrics: &Metrics) -> GatewayError {
-    let group = req.extensions().get::<CounterFacts>().map(|f| &*f.group_id);
+    let group = req.extensions().get::<PayloadFacts>().map(|f| &*f.group_id);
     match req.extensions().get::<Api>() {
         Some(api) => refused(api, group, refusal, metrics),
         // Never reached: only routed requests are checked.
@@ -183,7 +183,7 @@ where
                 call: self.inner.call(req),
             };
         }
-        let group = req.extensions().get::<CounterFacts>().map(|f| &*f.group_id);
+        let group = req.extensions().get::<PayloadFacts>().map(|f| &*f.group_id);
         let mut decision = self.limiter.check(api, group);
         match decision.ready() {
             Some(Ok(())) => LimitFuture::Calling {

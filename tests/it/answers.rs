@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{Full, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 
 use crate::support::*;
 
@@ -256,6 +256,64 @@ async fn draining_after_the_delay_on_open_connections() {
     }
     assert_eq!(emulator.emulator.requests(), served);
     tokio::time::timeout(Duration::from_secs(6), gw.task)
+        .await
+        .expect("exits")
+        .expect("clean");
+}
+
+#[tokio::test]
+async fn requests_on_open_connections_are_served_until_the_drain_delay_ends() {
+    let emulator = spawn_emulator(None).await;
+    let config = config_text(&emulator.endpoint(), "", "")
+        .replace("drain_delay = \"0s\"", "drain_delay = \"3s\"")
+        .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"6s\"");
+    let mut gw = spawn_gateway(&config).await;
+    let stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let body = || Full::new(Bytes::from_static(br#"{"GroupId":"g"}"#));
+    let first = sender
+        .send_request(Request::post(GET).body(body()).expect("request"))
+        .await
+        .expect("response");
+    assert_eq!(first.status(), 200);
+    drop(first);
+
+    gw.signal_shutdown();
+    let signalled = std::time::Instant::now();
+    // The same open connection, through the delay up to shortly before its end.
+    for at in [100u64, 1000, 1900, 2500] {
+        let wait = Duration::from_millis(at).saturating_sub(signalled.elapsed());
+        tokio::time::sleep(wait).await;
+        assert!(
+            signalled.elapsed() < Duration::from_millis(2900),
+            "the test itself ran too late to send within the delay"
+        );
+        let response = sender
+            .send_request(Request::post(GET).body(body()).expect("request"))
+            .await
+            .unwrap_or_else(|e| panic!("closed {at} ms into the drain delay: {e}"));
+        assert_eq!(response.status(), 200, "{at} ms into the drain delay");
+        assert!(
+            response.headers().get("x-chat-gateway-rejected").is_none(),
+            "{at} ms into the drain delay"
+        );
+        let answer = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let answer: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+        assert_eq!(answer["ErrorCode"], 0, "{at} ms into the drain delay");
+    }
+    assert_eq!(emulator.emulator.requests(), 5, "all reached the upstream");
+    tokio::time::timeout(Duration::from_secs(10), gw.task)
         .await
         .expect("exits")
         .expect("clean");

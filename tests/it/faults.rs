@@ -21,20 +21,20 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::*;
 
-const OK: &str = r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
+pub(crate) const OK: &str = r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
 const EXPIRED: &str = r#"{"ActionStatus":"FAIL","ErrorCode":70001,"ErrorInfo":"UserSig expired"}"#;
 const RETRIES: &str = "chat_gateway_upstream_retries_total";
 
 /// Every answer in these tests comes within this, or the test fails (never hangs).
 const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 
-fn increase(group: &str) -> String {
+pub(crate) fn increase(group: &str) -> String {
     format!(
         r#"{{"GroupId":"{group}","GroupCounter":[{{"Key":"likes","Value":1}}],"Mode":"Increase"}}"#
     )
 }
 
-async fn post_in_time(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
+pub(crate) async fn post_in_time(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
     tokio::time::timeout(ANSWER_WITHIN, post(addr, path, body))
         .await
         .unwrap_or_else(|_| panic!("no answer to POST {path} within {ANSWER_WITHIN:?}"))
@@ -56,18 +56,18 @@ async fn post_with(addr: SocketAddr, path: &str, body: &str, headers: &[(&str, &
         .unwrap_or_else(|_| panic!("no answer to POST {path} within {ANSWER_WITHIN:?}"))
 }
 
-async fn scrape_in_time(admin: SocketAddr) -> String {
+pub(crate) async fn scrape_in_time(admin: SocketAddr) -> String {
     tokio::time::timeout(ANSWER_WITHIN, scrape(admin))
         .await
         .unwrap_or_else(|_| panic!("no /metrics answer within {ANSWER_WITHIN:?}"))
 }
 
-fn retries(scrape: &str, reason: &str) -> f64 {
+pub(crate) fn retries(scrape: &str, reason: &str) -> f64 {
     metric(scrape, &format!(r#"{RETRIES}{{reason="{reason}"}}"#))
 }
 
 /// `config_text` with other upstream timeouts.
-fn with_timeouts(config: String, connect: &str, request: &str) -> String {
+pub(crate) fn with_timeouts(config: String, connect: &str, request: &str) -> String {
     config
         .replace(
             "connect_timeout = \"1s\"",
@@ -124,7 +124,7 @@ fn raw_post(target: &str, host: &str, extra: &str, body: &str) -> Vec<u8> {
 }
 
 /// Reads the request, records it, then holds the connection open without answering.
-fn never_answers() -> RawScript {
+pub(crate) fn never_answers() -> RawScript {
     raw_script(|mut c| async move {
         let mut buf = Vec::new();
         while let Some(req) = read_raw_request(&mut c.stream, &mut buf).await {
@@ -134,7 +134,7 @@ fn never_answers() -> RawScript {
 }
 
 /// Reads one request, records it, writes `answer`, then closes (FIN).
-fn answers_then_closes(answer: &'static [u8]) -> RawScript {
+pub(crate) fn answers_then_closes(answer: &'static [u8]) -> RawScript {
     raw_script(move |mut c| async move {
         let mut buf = Vec::new();
         if let Some(req) = read_raw_request(&mut c.stream, &mut buf).await {
@@ -159,7 +159,7 @@ fn resets_after_reading() -> RawScript {
 
 /// Waits a little so that a resend (which must not happen) would have arrived, then checks
 /// the upstream saw exactly one connection and one request.
-async fn assert_sent_once(upstream: &RawUpstream, sent: &str) {
+pub(crate) async fn assert_sent_once(upstream: &RawUpstream, sent: &str) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let seen = upstream.log.requests();
     assert_eq!(seen.len(), 1, "exactly one attempt reached the upstream");

@@ -177,3 +177,31 @@ async fn tracked_groups_fall_back_after_cleanup() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_request_refused_by_its_group_limit_spends_nothing_of_the_apps_budget() {
+    let emulator = spawn_emulator(None).await;
+    // The app's budget is two calls; the hot group's is one.
+    let gw = spawn_gateway(&config_text(
+        &emulator.endpoint(),
+        "",
+        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 1\napp_per_second = 1\napp_burst = 2\n",
+    ))
+    .await;
+    assert_eq!(post(gw.addr, UPDATE, increase("hot")).await.error_code(), 0);
+    for _ in 0..3 {
+        post(gw.addr, UPDATE, increase("hot"))
+            .await
+            .assert_rejection(200, 10006, "rate_limit_group");
+    }
+    // Had the group refusals taken app tokens, this would be 60007.
+    assert_eq!(
+        post(gw.addr, UPDATE, increase("cold")).await.error_code(),
+        0,
+        "the app's second token is still there"
+    );
+    post(gw.addr, UPDATE, increase("third"))
+        .await
+        .assert_rejection(200, 60007, "rate_limit_app");
+    assert_eq!(emulator.emulator.requests(), 2);
+}
