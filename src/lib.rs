@@ -37,6 +37,7 @@ pub mod heap;
 pub mod lifecycle;
 pub mod metrics;
 pub mod middleware;
+pub mod preflight;
 pub mod rate_limit;
 pub mod region;
 pub mod sandbox;

@@ -186,7 +186,7 @@ fn cli_key(file: Option<&std::path::Path>) -> Result<SecretKey, String> {
 
 fn check_config(path: &std::path::Path) -> ExitCode {
     let problems = match Config::load(path) {
-        Ok(config) => config.check_environment(),
+        Ok(config) => chat_gateway::preflight::check_environment(&config),
         Err(problems) => problems.0,
     };
     if problems.is_empty() {

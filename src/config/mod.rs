@@ -88,7 +88,7 @@ impl Config {
     }
 
     /// Reads and checks a file. Only the file's own content is checked here; see
-    /// [`Config::check_environment`] for the secret, CA and token files it names.
+    /// [`crate::preflight::check_environment`] for the files it names.
     pub fn load(path: &Path) -> Result<Config, Problems> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Problems(vec![Problem {
@@ -132,60 +132,6 @@ impl Config {
             }),
             _ => Err(Problems(r.problems)),
         }
-    }
-
-    /// Checks what the file points at: the secret key can be read and is not empty, the CA
-    /// file holds certificates, the tokens file can be read. Never prints a secret.
-    pub fn check_environment(&self) -> Vec<Problem> {
-        let mut problems = Vec::new();
-        match &self.chat.secret {
-            SecretSource::File(path) => {
-                if let Err(why) = crate::credentials::read_secret_file(path) {
-                    problems.push(Problem {
-                        key: "chat.secret_key_file".into(),
-                        value: Some(format!("{:?}", path.display().to_string())),
-                        why: why.to_string(),
-                    });
-                }
-            }
-            SecretSource::Env(var) => {
-                if let Err(why) = crate::credentials::read_secret_env(var) {
-                    problems.push(Problem {
-                        key: "chat.secret_key_env".into(),
-                        value: Some(format!("{var:?}")),
-                        why: why.to_string(),
-                    });
-                }
-            }
-        }
-        if let Some(path) = &self.chat.ca_file {
-            if let Err(why) = crate::upstream::read_ca_file(path) {
-                problems.push(Problem {
-                    key: "chat.ca_file".into(),
-                    value: Some(format!("{:?}", path.display().to_string())),
-                    why,
-                });
-            }
-        }
-        if let Some(tls) = &self.server.tls {
-            if let Err(e) = crate::server::tls::load(tls) {
-                problems.push(Problem {
-                    key: e.key().into(),
-                    value: Some(format!("{:?}", e.path().display().to_string())),
-                    why: e.to_string(),
-                });
-            }
-        }
-        if let Some(path) = &self.auth.tokens_file {
-            if let Err(e) = crate::auth::Tokens::load(path) {
-                problems.push(Problem {
-                    key: "auth.tokens_file".into(),
-                    value: Some(format!("{:?}", path.display().to_string())),
-                    why: e.to_string(),
-                });
-            }
-        }
-        problems
     }
 }
 
