@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use http::Request;
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
@@ -78,9 +79,9 @@ where
             if declared.is_some_and(|n| n > max as u64) {
                 return Err(GatewayError::BodyTooLarge { limit: max });
             }
-            let read = tokio::time::timeout(timeout, Limited::new(body, max).collect());
+            let read = tokio::time::timeout(timeout, read_all(Limited::new(body, max)));
             let bytes = match read.await {
-                Ok(Ok(collected)) => collected.to_bytes(),
+                Ok(Ok(bytes)) => bytes,
                 Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                     return Err(GatewayError::BodyTooLarge { limit: max });
                 }
@@ -98,5 +99,58 @@ where
             };
             inner.call(Request::from_parts(parts, bytes)).await
         })
+    }
+}
+
+/// The whole body. A body that arrives as one data frame (the usual case for a small JSON
+/// request) is passed on as it came, without a copy or a frame queue; more frames are joined.
+async fn read_all<B>(body: B) -> Result<Bytes, B::Error>
+where
+    B: Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            // Trailers carry nothing the gateway forwards.
+            continue;
+        };
+        match (&mut first, &mut joined) {
+            (None, None) => first = Some(data),
+            (Some(earlier), None) => {
+                let mut buf = BytesMut::with_capacity(earlier.len() + data.len());
+                buf.extend_from_slice(earlier);
+                buf.extend_from_slice(&data);
+                first = None;
+                joined = Some(buf);
+            }
+            (_, Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+    Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Full, StreamBody};
+
+    fn frames(parts: &[&'static str]) -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
+        let frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = parts
+            .iter()
+            .map(|p| Ok(http_body::Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn one_frame_passes_as_it_came_and_more_are_joined() {
+        let one = read_all(Full::new(Bytes::from_static(b"{\"a\":1}"))).await;
+        assert_eq!(one.as_deref().ok(), Some(&b"{\"a\":1}"[..]));
+        let many = read_all(frames(&["{\"a\"", ":", "1}"])).await;
+        assert_eq!(many.as_deref().ok(), Some(&b"{\"a\":1}"[..]));
+        let none = read_all(frames(&[])).await;
+        assert_eq!(none.as_deref().ok(), Some(&b""[..]));
     }
 }

@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::{HeaderValue, Request};
+use http::{HeaderName, Request};
 use tower::{Layer, Service};
 
-use super::sign::RequestId;
-use super::{GatewayResponse, UpstreamReport};
+use super::{GatewayResponse, RequestId, UpstreamReport};
 use crate::api::{ApiTable, Label};
 use crate::envelope::{Reason, REJECTED_HEADER};
 use crate::lifecycle::Lifecycle;
@@ -85,10 +84,8 @@ where
         let started = Instant::now();
         let api = self.shared.table.label(req.uri().path());
         let n = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:08x}-{n:x}", self.shared.prefix);
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            req.extensions_mut().insert(RequestId(value));
-        }
+        let id = RequestId::new(self.shared.prefix, n);
+        req.extensions_mut().insert(id.clone());
         ObserveFuture {
             inner: self.inner.call(req),
             started,
@@ -108,7 +105,7 @@ pin_project_lite::pin_project! {
         inner: F,
         started: Instant,
         api: Label,
-        id: Option<String>,
+        id: Option<RequestId>,
         shared: Arc<Shared>,
     }
 
@@ -127,7 +124,7 @@ pin_project_lite::pin_project! {
                     .unanswered(outcome, elapsed.as_secs_f64());
                 tracing::info!(
                     target: "chat_gateway::access",
-                    request_id = %id,
+                    request_id = id.as_str(),
                     api = &*api.name,
                     outcome = outcome.as_str(),
                     duration_us = elapsed.as_micros() as u64,
@@ -168,10 +165,10 @@ where
             elapsed.as_secs_f64(),
             overhead.as_secs_f64(),
         );
-        let id = this.id.take().unwrap_or_default();
+        let id = this.id.take();
         tracing::info!(
             target: "chat_gateway::access",
-            request_id = %id,
+            request_id = id.as_ref().map_or("-", RequestId::as_str),
             api = &*api.name,
             status = response.status().as_u16(),
             error_code = report.and_then(|r| r.error_code),
@@ -179,8 +176,10 @@ where
             duration_us = elapsed.as_micros() as u64,
             upstream_us = upstream.as_micros() as u64,
         );
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        if let Some(id) = id {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(REQUEST_ID_HEADER), id.0);
         }
         Poll::Ready(Ok(response))
     }

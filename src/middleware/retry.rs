@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::Request;
 use tower::{Layer, Service};
 
-use super::{BoxFuture, GatewayResponse, UpstreamReport};
+use super::{BoxFuture, GatewayResponse, RequestId, UpstreamReport};
 use crate::credentials::{unix_now, Credentials};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -60,22 +60,49 @@ pub struct Retry<S> {
     metrics: Metrics,
 }
 
-/// A copy of the request for a second attempt: what signing and sending use (method, path,
-/// the headers to forward, the API), with the body shared, not copied.
-fn copy(req: &Request<Bytes>) -> Request<Bytes> {
-    let mut copy = Request::new(req.body().clone());
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    if let Some(api) = req.extensions().get::<crate::api::Api>() {
-        copy.extensions_mut().insert(api.clone());
-    }
-    copy
+/// What a second attempt needs of the request (method, path, body, the API, the request id),
+/// kept as plain fields and made into a request only if a second attempt happens: the body
+/// is shared, not copied, and the common case allocates nothing for it. Headers are not
+/// kept: the sign layer sends only the gateway's own.
+struct Spare {
+    method: http::Method,
+    uri: http::Uri,
+    body: Bytes,
+    api: Option<crate::api::Api>,
+    id: Option<RequestId>,
 }
 
-fn to(mut req: Request<Bytes>, base: &UpstreamBase) -> Request<Bytes> {
-    req.extensions_mut().insert(base.clone());
+impl Spare {
+    fn of(req: &Request<Bytes>) -> Self {
+        Spare {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            body: req.body().clone(),
+            api: req.extensions().get::<crate::api::Api>().cloned(),
+            id: req.extensions().get::<RequestId>().cloned(),
+        }
+    }
+
+    fn into_request(self) -> Request<Bytes> {
+        let mut req = Request::new(self.body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        if let Some(api) = self.api {
+            req.extensions_mut().insert(api);
+        }
+        if let Some(id) = self.id {
+            req.extensions_mut().insert(id);
+        }
+        req
+    }
+}
+
+/// Points an attempt at `base`. The sign layer sends to the primary unless told otherwise,
+/// so only other hosts cost an extension.
+fn to(mut req: Request<Bytes>, base: &UpstreamBase, targets: &Targets) -> Request<Bytes> {
+    if !targets.is_primary(base) {
+        req.extensions_mut().insert(base.clone());
+    }
     req
 }
 
@@ -146,8 +173,8 @@ where
                 }
                 _ => targets.primary.clone(),
             };
-            let spare = copy(&req);
-            let first = inner.call(to(req, &first_target)).await;
+            let spare = Spare::of(&req);
+            let first = inner.call(to(req, &first_target, &targets)).await;
             match &first {
                 Err(e) if e.never_reached_upstream() && on_primary => {
                     targets.primary_failed_to_connect();
@@ -158,7 +185,9 @@ where
                     metrics.upstream_retry("connect_failover");
                     tracing::info!("primary upstream unreachable; trying the backup host");
                     let earlier = elapsed_of(&first);
-                    let second = inner.call(to(spare, &backup)).await;
+                    let second = inner
+                        .call(to(spare.into_request(), &backup, &targets))
+                        .await;
                     add_elapsed(second, earlier)
                 }
                 Ok(response)
@@ -178,7 +207,9 @@ where
                         "upstream said the UserSig expired; renewed it and resending once"
                     );
                     let earlier = elapsed_of(&first);
-                    let second = inner.call(to(spare, &first_target)).await;
+                    let second = inner
+                        .call(to(spare.into_request(), &first_target, &targets))
+                        .await;
                     add_elapsed(second, earlier)
                 }
                 _ => {

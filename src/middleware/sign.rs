@@ -14,7 +14,7 @@ use http::{Request, Uri};
 use http_body_util::Full;
 use tower::{Layer, Service};
 
-use super::GatewayResponse;
+use super::{GatewayResponse, RequestId};
 use crate::credentials::Credentials;
 use crate::error::GatewayError;
 use crate::upstream::targets::UpstreamBase;
@@ -94,11 +94,6 @@ pub fn upstream_uri(base: &str, path: &str, query_prefix: &str) -> Uri {
     text.push_str("&contenttype=json");
     Uri::try_from(text).unwrap_or_default()
 }
-
-/// Request extension: the id the observe layer gave the request, sent upstream so that a
-/// request can be followed on both sides.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
 
 const USER_AGENT: &str = concat!("chat-gateway/", env!("CARGO_PKG_VERSION"));
 

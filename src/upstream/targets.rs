@@ -65,6 +65,11 @@ impl Targets {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Whether `base` is the primary host (the sign layer's default target).
+    pub fn is_primary(&self, base: &UpstreamBase) -> bool {
+        Arc::ptr_eq(&base.0, &self.primary.0)
+    }
+
     pub fn primary(&self) -> Arc<str> {
         self.primary.0.clone()
     }
