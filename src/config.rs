@@ -104,6 +104,30 @@ pub struct RateLimitConfig {
     pub max_tracked_groups: usize,
     /// How often quiet groups are forgotten.
     pub cleanup_interval: Duration,
+    /// Where the budgets live: this process, or a Redis the whole fleet shares.
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Backend {
+    #[default]
+    Local,
+    Redis(RedisBackend),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisBackend {
+    pub url: RedisUrl,
+    /// Longest a request waits for Redis before the local limiter answers.
+    pub timeout: Duration,
+}
+
+/// Where the Redis URL comes from: the file (no password allowed there) or an environment
+/// variable (read at start-up, never printed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisUrl {
+    Url(String),
+    Env(String),
 }
 
 impl RateLimitConfig {
@@ -254,6 +278,10 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "app_burst",
             "max_tracked_groups",
             "cleanup_interval",
+            "backend",
+            "redis_url",
+            "redis_url_env",
+            "redis_timeout",
         ],
     ),
     ("auth", &["tokens_file"]),
@@ -485,6 +513,7 @@ impl Config {
             cleanup_interval: r
                 .duration(rate, "rate_limit", "cleanup_interval", false)
                 .unwrap_or(Duration::from_secs(10)),
+            backend: r.backend(rate),
         };
 
         let auth = AuthConfig {
@@ -545,6 +574,19 @@ impl Config {
                     key: "chat.ca_file".into(),
                     value: Some(format!("{:?}", path.display().to_string())),
                     why,
+                });
+            }
+        }
+        if let Backend::Redis(RedisBackend {
+            url: RedisUrl::Env(var),
+            ..
+        }) = &self.rate_limit.backend
+        {
+            if let Err(e) = crate::rate_limit::redis::url_from_env(var) {
+                problems.push(Problem {
+                    key: "rate_limit.redis_url_env".into(),
+                    value: Some(format!("{var:?}")),
+                    why: e.to_string(),
                 });
             }
         }
@@ -683,6 +725,67 @@ impl Reader {
                     &format!("must be a positive integer of at most {max}"),
                 );
                 None
+            }
+        }
+    }
+
+    /// `backend`, and for Redis where its URL comes from (offline checks only: the scheme and
+    /// syntax, and no password in the file) and `redis_timeout`.
+    fn backend(&mut self, t: &Table) -> Backend {
+        let key = |k: &str| format!("rate_limit.{k}");
+        let url = self.string(t, "rate_limit", "redis_url");
+        let env = self.string(t, "rate_limit", "redis_url_env");
+        let timeout = self.duration(t, "rate_limit", "redis_timeout", false);
+        match self.string(t, "rate_limit", "backend").as_deref() {
+            None | Some("local") => Backend::Local,
+            Some("redis") => {
+                let url = match (url, env) {
+                    (Some(url), None) => {
+                        let checked = crate::rate_limit::redis::check_url(&url, false);
+                        if let Err(e) = checked {
+                            let shown = crate::rate_limit::redis::redact(&url);
+                            self.problem(
+                                &key("redis_url"),
+                                Some(format!("{shown:?}")),
+                                &e.to_string(),
+                            );
+                        }
+                        RedisUrl::Url(url)
+                    }
+                    (None, Some(var)) if !var.is_empty() => RedisUrl::Env(var),
+                    (None, Some(_)) => {
+                        self.problem(&key("redis_url_env"), None, "must name a variable");
+                        RedisUrl::Env(String::new())
+                    }
+                    (Some(_), Some(_)) | (None, None) => {
+                        self.problem(
+                            &key("backend"),
+                            Some("\"redis\"".into()),
+                            "needs exactly one of redis_url and redis_url_env",
+                        );
+                        RedisUrl::Url(String::new())
+                    }
+                };
+                let timeout = timeout.unwrap_or(Duration::from_millis(50));
+                if timeout > Duration::from_secs(10) {
+                    self.problem(
+                        &key("redis_timeout"),
+                        Some(format!(
+                            "{:?}",
+                            humantime::format_duration(timeout).to_string()
+                        )),
+                        "must be at most 10s: requests wait this long when Redis is slow",
+                    );
+                }
+                Backend::Redis(RedisBackend { url, timeout })
+            }
+            Some(other) => {
+                self.problem(
+                    &key("backend"),
+                    Some(format!("{other:?}")),
+                    "must be \"local\" or \"redis\"",
+                );
+                Backend::Local
             }
         }
     }

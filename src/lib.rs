@@ -104,6 +104,9 @@ pub async fn run(
             stopped(),
         )),
     ];
+    if let Some(task) = parts.limiter.background(Box::pin(stopped())) {
+        tasks.push(tokio::spawn(task));
+    }
     if let config::SecretSource::File(path) = &config.chat.secret {
         tasks.push(tokio::spawn(watch::watch(
             path.clone(),

@@ -113,6 +113,7 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send) -> Result<(), Sandbo
             app_burst: RateLimitConfig::default_app_burst(200),
             max_tracked_groups: 100_000,
             cleanup_interval: Duration::from_secs(10),
+            backend: Default::default(),
         },
         auth: AuthConfig::default(),
         apis: ApiAllowList::counters(),

@@ -59,6 +59,8 @@ pub enum BuildError {
     Client(#[from] ClientSetupError),
     #[error("auth.tokens_file: {0}")]
     Tokens(#[from] TokensError),
+    #[error(transparent)]
+    RateLimit(#[from] rate_limit::RedisSetupError),
 }
 
 /// The whole gateway from a checked config: the shared parts (for the admin listener and the
@@ -99,7 +101,7 @@ pub fn gateway(
 impl StackParts {
     /// Everything the layers share, made from a checked config and the secret key. Signs the
     /// first UserSig and reads the tokens file.
-    pub fn from_config(config: &Config, key: SecretKey) -> Result<StackParts, TokensError> {
+    pub fn from_config(config: &Config, key: SecretKey) -> Result<StackParts, BuildError> {
         let metrics = Metrics::new();
         let credentials = Credentials::new(
             config.chat.sdkappid,
@@ -128,7 +130,7 @@ impl StackParts {
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
             max_in_flight: config.server.max_in_flight,
-            limiter: rate_limit::from_config(&config.rate_limit),
+            limiter: rate_limit::from_config(&config.rate_limit, config.chat.sdkappid, &metrics)?,
             authenticator,
             targets,
             metrics,
