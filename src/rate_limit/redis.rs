@@ -23,7 +23,7 @@ use crate::config::{RateLimitConfig, RedisBackend, RedisUrl};
 use crate::metrics::Metrics;
 
 /// How often a down Redis is probed.
-pub const DOWN_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+pub const DOWN_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// A Redis that answered no check for this long is probed, so that an idle gateway's
 /// `backend_up` still tells the truth.
 pub const IDLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -327,7 +327,7 @@ impl Shared {
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(CONNECT_TIMEOUT)
                     .set_response_timeout(CONNECT_TIMEOUT)
-                    .set_number_of_retries(1);
+                    .set_number_of_retries(0);
                 let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
                 match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
                     Ok(Ok(conn)) => {

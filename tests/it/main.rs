@@ -6,6 +6,8 @@ mod faults;
 mod forwarding;
 mod observability;
 mod rate_limit;
+mod redis_limits;
+mod redis_server;
 mod soak;
 mod support;
 mod validation;
