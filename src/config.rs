@@ -729,65 +729,16 @@ impl Reader {
         }
     }
 
-    /// `backend`, and for Redis where its URL comes from (offline checks only: the scheme and
-    /// syntax, and no password in the file) and `redis_timeout`.
+    /// `backend`, and for Redis its URL source and timeout (checked offline).
     fn backend(&mut self, t: &Table) -> Backend {
-        let key = |k: &str| format!("rate_limit.{k}");
         let url = self.string(t, "rate_limit", "redis_url");
         let env = self.string(t, "rate_limit", "redis_url_env");
         let timeout = self.duration(t, "rate_limit", "redis_timeout", false);
-        match self.string(t, "rate_limit", "backend").as_deref() {
-            None | Some("local") => Backend::Local,
-            Some("redis") => {
-                let url = match (url, env) {
-                    (Some(url), None) => {
-                        let checked = crate::rate_limit::redis::check_url(&url, false);
-                        if let Err(e) = checked {
-                            let shown = crate::rate_limit::redis::redact(&url);
-                            self.problem(
-                                &key("redis_url"),
-                                Some(format!("{shown:?}")),
-                                &e.to_string(),
-                            );
-                        }
-                        RedisUrl::Url(url)
-                    }
-                    (None, Some(var)) if !var.is_empty() => RedisUrl::Env(var),
-                    (None, Some(_)) => {
-                        self.problem(&key("redis_url_env"), None, "must name a variable");
-                        RedisUrl::Env(String::new())
-                    }
-                    (Some(_), Some(_)) | (None, None) => {
-                        self.problem(
-                            &key("backend"),
-                            Some("\"redis\"".into()),
-                            "needs exactly one of redis_url and redis_url_env",
-                        );
-                        RedisUrl::Url(String::new())
-                    }
-                };
-                let timeout = timeout.unwrap_or(Duration::from_millis(50));
-                if timeout > Duration::from_secs(10) {
-                    self.problem(
-                        &key("redis_timeout"),
-                        Some(format!(
-                            "{:?}",
-                            humantime::format_duration(timeout).to_string()
-                        )),
-                        "must be at most 10s: requests wait this long when Redis is slow",
-                    );
-                }
-                Backend::Redis(RedisBackend { url, timeout })
-            }
-            Some(other) => {
-                self.problem(
-                    &key("backend"),
-                    Some(format!("{other:?}")),
-                    "must be \"local\" or \"redis\"",
-                );
-                Backend::Local
-            }
-        }
+        let kind = self.string(t, "rate_limit", "backend");
+        let (backend, problems) =
+            crate::rate_limit::redis::backend_from(kind.as_deref(), url, env, timeout);
+        self.problems.extend(problems);
+        backend
     }
 
     fn endpoint(&mut self, t: &Table, key: &str) -> Option<Endpoint> {

@@ -19,7 +19,7 @@ use redis::{ErrorKind, RedisError};
 
 use super::{BoxFuture, Decision, LocalLimiter, RateLimiter, Refusal, Scope};
 use crate::api::Api;
-use crate::config::{RateLimitConfig, RedisBackend, RedisUrl};
+use crate::config::{Backend, Problem, RateLimitConfig, RedisBackend, RedisUrl};
 use crate::metrics::Metrics;
 
 /// How often a down Redis is probed.
@@ -93,6 +93,65 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// The `[rate_limit]` backend keys, read by the config parser: the backend, and for Redis
+/// where its URL comes from (offline checks only: scheme, syntax, no password in the file)
+/// and `redis_timeout` (default 50 ms).
+pub fn backend_from(
+    kind: Option<&str>,
+    url: Option<String>,
+    env: Option<String>,
+    timeout: Option<Duration>,
+) -> (Backend, Vec<Problem>) {
+    let mut problems = Vec::new();
+    let mut problem = |key: &str, value: Option<String>, why: String| {
+        problems.push(Problem {
+            key: format!("rate_limit.{key}"),
+            value,
+            why,
+        })
+    };
+    let backend = match kind {
+        None | Some("local") => Backend::Local,
+        Some("redis") => {
+            let url = match (url, env) {
+                (Some(url), None) => {
+                    if let Err(e) = check_url(&url, false) {
+                        problem(
+                            "redis_url",
+                            Some(format!("{:?}", redact(&url))),
+                            e.to_string(),
+                        );
+                    }
+                    RedisUrl::Url(url)
+                }
+                (None, Some(var)) if !var.is_empty() => RedisUrl::Env(var),
+                (None, Some(_)) => {
+                    problem("redis_url_env", None, "must name a variable".into());
+                    RedisUrl::Env(String::new())
+                }
+                (Some(_), Some(_)) | (None, None) => {
+                    let why = "needs exactly one of redis_url and redis_url_env";
+                    problem("backend", Some("\"redis\"".into()), why.into());
+                    RedisUrl::Url(String::new())
+                }
+            };
+            let timeout = timeout.unwrap_or(Duration::from_millis(50));
+            if timeout > Duration::from_secs(10) {
+                let shown = humantime::format_duration(timeout).to_string();
+                let why = "must be at most 10s: requests wait this long when Redis is slow";
+                problem("redis_timeout", Some(format!("{shown:?}")), why.into());
+            }
+            Backend::Redis(RedisBackend { url, timeout })
+        }
+        Some(other) => {
+            let why = "must be \"local\" or \"redis\"";
+            problem("backend", Some(format!("{other:?}")), why.into());
+            Backend::Local
+        }
+    };
+    (backend, problems)
 }
 
 /// Why the Redis backend could not be set up at start-up.
@@ -465,6 +524,34 @@ mod tests {
             check_url("redis://h:notaport", false),
             Err(UrlError::Syntax)
         ));
+    }
+
+    #[test]
+    fn backend_keys_default_and_complain() {
+        let (backend, problems) = backend_from(None, None, None, None);
+        assert_eq!((backend, problems.len()), (Backend::Local, 0));
+        let (backend, problems) =
+            backend_from(Some("redis"), Some("redis://r:6379".into()), None, None);
+        assert!(problems.is_empty());
+        assert_eq!(
+            backend,
+            Backend::Redis(RedisBackend {
+                url: RedisUrl::Url("redis://r:6379".into()),
+                timeout: Duration::from_millis(50),
+            })
+        );
+        let keys = |p: Vec<Problem>| p.into_iter().map(|p| p.key).collect::<Vec<_>>();
+        let (_, problems) = backend_from(Some("redis"), None, None, None);
+        assert_eq!(keys(problems), ["rate_limit.backend"]);
+        let (_, problems) = backend_from(
+            Some("redis"),
+            None,
+            Some("V".into()),
+            Some(Duration::from_secs(11)),
+        );
+        assert_eq!(keys(problems), ["rate_limit.redis_timeout"]);
+        let (_, problems) = backend_from(Some("etcd"), None, None, None);
+        assert_eq!(keys(problems), ["rate_limit.backend"]);
     }
 
     #[test]
