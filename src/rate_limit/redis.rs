@@ -555,6 +555,21 @@ mod tests {
     }
 
     #[test]
+    fn the_example_switched_to_redis_parses() {
+        let text = include_str!("../../config/gateway.example.toml")
+            .replace("backend = \"local\"", "backend = \"redis\"")
+            .replace("# redis_url_env =", "redis_url_env =");
+        let config = crate::config::Config::parse(&text).expect("valid");
+        assert_eq!(
+            config.rate_limit.backend,
+            Backend::Redis(RedisBackend {
+                url: RedisUrl::Env("CHAT_GATEWAY_REDIS_URL".into()),
+                timeout: Duration::from_millis(50),
+            })
+        );
+    }
+
+    #[test]
     fn numbers_are_governors() {
         // 2/s, burst 5: t = 500 ms, tau = 4 t.
         assert_eq!(gcra_ns(2, 5), (500_000_000, 2_000_000_000));
