@@ -32,9 +32,10 @@
 #                       multiplexes its requests on HTTP/2 connections
 #   REDIS [0]           1: also measure the gateway with [rate_limit] backend = "redis" (target
 #                       gateway-redis, in the main and single scenarios) against a redis-server
-#                       this script starts on 127.0.0.1:REDIS_PORT [18379], pinned to PROXY_CPU;
+#                       this script starts on 127.0.0.1:REDIS_PORT [18379], pinned to REDIS_CPU
+#                       [WRK_CPU] (off the proxy's CPU, as a Redis on another host would be);
 #                       reports the latency it adds, req/s against backend = "local", and Redis
-#                       commands per second (INFO stats) against upstream calls per second
+#                       commands per second (INFO commandstats) against upstream calls per second
 #   REDIS_TIMEOUT [50ms] the gateway's rate_limit.redis_timeout for that target
 #   OUT []              also write the result tables (markdown) to this file
 #   KEEP [0]            keep the work directory (configs, logs, raw wrk output, perf data)
@@ -72,6 +73,7 @@ GATEWAY_WORKERS=${GATEWAY_WORKERS:-}
 REDIS=${REDIS:-0}
 REDIS_PORT=${REDIS_PORT:-18379}
 REDIS_TIMEOUT=${REDIS_TIMEOUT:-50ms}
+REDIS_CPU=${REDIS_CPU:-$WRK_CPU}
 
 SDKAPPID=1400000000
 IDENTIFIER=administrator
@@ -93,7 +95,7 @@ say() { printf '%s\n' "$*" >&2; }
 die() { say "run.sh: $*"; exit 2; }
 
 for v in DURATION ROUNDS WARMUP CONNS DURATION_SINGLE CONNS_HIGH DURATION_HIGH PROFILE RATE \
-         UPSTREAM_PORT NGINX_PORT GATEWAY_PORT GATEWAY_ADMIN_PORT PROXY_CPU WRK_CPU REDIS_PORT; do
+         UPSTREAM_PORT NGINX_PORT GATEWAY_PORT GATEWAY_ADMIN_PORT PROXY_CPU WRK_CPU REDIS_PORT REDIS_CPU; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
 done
 [ "$ROUNDS" -ge 1 ] && [ "$DURATION" -ge 1 ] || die "ROUNDS and DURATION must be at least 1"
@@ -383,15 +385,20 @@ start_upstream() {
 REDIS_PID=""
 start_redis() {
   mkdir -p "$WORK/redis"
-  taskset -c "$PROXY_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
+  taskset -c "$REDIS_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
     --appendonly no --dir "$WORK/redis" </dev/null >"$WORK/redis/stdout.log" 2>&1 &
   REDIS_PID=$!
   STARTED[$REDIS_PID]=redis-server
   wait_port "$REDIS_PORT" "$REDIS_PID" || die "redis-server did not start (see $WORK/redis/stdout.log)"
   register "$REDIS_PID"
 }
-redis_commands() {  # commands Redis has processed so far, less the INFO calls of this script
-  redis-cli -p "$REDIS_PORT" info stats | tr -d '\r' | awk -F: '$1 == "total_commands_processed" { print $2 }'
+redis_commands() {  # "CLIENT INSIDE": commands the clients sent (INFO and CONFIG of this script
+  # left out) and commands the script ran inside Redis (TIME, GET, SET), from INFO commandstats
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:=,]' '
+    /^cmdstat_/ { name = substr($1, 9); n = $3
+                  if (name ~ /^(time|get|set)$/) inside += n
+                  else if (name !~ /^(info|config)/) client += n }
+    END { print client + 0, inside + 0 }'
 }
 
 # The proxy under test: PROXY_PIDS (all its processes, for CPU time), RSS_PID (whose VmHWM is
@@ -507,7 +514,7 @@ measure() {         # measure SCENARIO ROUND TARGET CONNS SECONDS
   if [ "$target" != direct ] && [ "$WARMUP" -gt 0 ]; then
     wrk_run "$url" "$conns" "$WARMUP" "$WORK/$tag.warmup.txt"
   fi
-  local s0 s1 w0 w1 r0=0 r1=0
+  local s0 s1 w0 w1 r0="0 0" r1="0 0"
   if [ "$target" = gateway-redis ]; then r0=$(redis_commands); fi
   s0=$(cpustat "$PROXY_CPU"); w0=$(cpustat "$WRK_CPU")
   p0=$(ticks "${PROXY_PIDS[@]}"); u0=$(ticks "$UPSTREAM_WORKER"); pu0=$(uticks "${PROXY_PIDS[@]}")
@@ -534,9 +541,11 @@ measure() {         # measure SCENARIO ROUND TARGET CONNS SECONDS
   local wrk_cpu
   wrk_cpu=$(cat "$WORK/$tag.txt.time")
   if [ "$target" = gateway-redis ]; then
-    # One INFO call falls inside the window; every request passed the limits (RATE), so each
-    # was one upstream call.
-    printf '%s\t%s\t%s\t%s\t%s\n' "$scen" "$round" "$requests" "$duration_us" "$((r1 - r0 - 1))" >>"$WORK/redis.tsv"
+    # Every request passed the limits (RATE), so each was one upstream call.
+    local rc0 ri0 rc1 ri1
+    read -r rc0 ri0 <<<"$r0"; read -r rc1 ri1 <<<"$r1"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$round" "$requests" "$duration_us" \
+      "$((rc1 - rc0))" "$((ri1 - ri0))" >>"$WORK/redis.tsv"
   fi
   local sock=$((connect_err + read_err + write_err + timeout_err))
   awk -v OFS='\t' -v scen="$scen" -v round="$round" -v target="$target" -v conns="$conns" \
@@ -807,11 +816,11 @@ report() {
       echo "| $CONNS connections, gateway CPU µs/req | $(fmt "$a" %.1f) | $(fmt "$b" %.1f) | $(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.1f", b - a }') |"
     fi
     echo
-    echo "Redis commands (INFO stats total_commands_processed, over each measured run) against upstream calls (every request passed the limits, so each was one upstream call):"
+    echo "Redis commands over each measured run (INFO commandstats; every request passed the limits, so each was one upstream call). Sent: what the gateway sent (EVALSHA, probes); inside: what the script ran in Redis (TIME, GET, SET), no round trips:"
     echo
-    echo "| scenario | round | upstream calls | calls/s | Redis commands | commands/s | commands per call |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
-    awk -F'\t' '{ s = $4 / 1e6; printf "| %s | %s | %d | %.0f | %d | %.0f | %.3f |\n", $1, $2, $3, $3 / s, $5, $5 / s, ($3 > 0) ? $5 / $3 : 0 }' "$WORK/redis.tsv" 2>/dev/null
+    echo "| scenario | round | upstream calls | calls/s | commands sent | sent/s | sent per call | commands inside per call |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    awk -F'\t' '{ s = $4 / 1e6; printf "| %s | %s | %d | %.0f | %d | %.0f | %.3f | %.2f |\n", $1, $2, $3, $3 / s, $5, $5 / s, ($3 > 0) ? $5 / $3 : 0, ($3 > 0) ? $6 / $3 : 0 }' "$WORK/redis.tsv" 2>/dev/null
     echo
   fi
   echo "### every run"

@@ -256,10 +256,26 @@ async fn three_gateways_share_one_budget() {
             "Redis in use throughout"
         );
     }
+    let mut refused = 0.0;
+    for gw in &gateways {
+        let scraped = scrape(gw.admin).await;
+        refused += metric(
+            &scraped,
+            r#"chat_gateway_rate_limited_total{api="group_open_http_svc/update_group_counter",scope="app"}"#,
+        );
+    }
+    // One check per upstream call, plus one per refusal that passed the local pre-check: at
+    // most the calls plus all refusals, and no more than each gateway's local budget allows.
     let checks = redis.calls("evalsha") - before;
+    let requests = total + refused as u64;
+    eprintln!("{requests} requests, {total} calls upstream, {checks} Redis checks");
     assert!(
-        checks > 0 && checks >= total,
-        "{checks} checks for {total} calls"
+        checks >= total && checks <= requests,
+        "{checks} checks for {total} calls and {refused} refusals"
+    );
+    assert!(
+        checks as f64 <= 3.0 * ceiling,
+        "the local pre-check bounds Redis traffic: {checks} checks"
     );
 }
 
