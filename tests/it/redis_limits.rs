@@ -537,3 +537,31 @@ async fn a_wrong_password_is_said_clearly_and_the_gateway_limits_locally() {
     );
     assert_eq!(log.matches("Redis refused").count(), 1, "said once: {log}");
 }
+
+/// What one Redis check costs on loopback, in-process (no HTTP): p50 / p99 / p99.9 of 20 000
+/// sequential checks. A measurement, not a pass/fail test (the machine's load decides the
+/// tail): `cargo test --release --test it redis_check_latency -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn redis_check_latency() {
+    let redis = RedisServer::start();
+    let l = limiter(&redis, &limits(1_000_000, 1_000_000, 1_000_000, 1_000_000)).await;
+    let api = update();
+    let mut took = Vec::with_capacity(20_000);
+    for i in 0..21_000 {
+        let sent = Instant::now();
+        let answer = l.check_shared(&api, Some("live-1")).await;
+        if i >= 1_000 {
+            took.push(sent.elapsed());
+        }
+        assert_eq!(answer, Some(Ok(())));
+    }
+    took.sort();
+    let at = |q: f64| took[((took.len() as f64 * q) as usize).min(took.len() - 1)];
+    eprintln!(
+        "Redis check, 1 connection: p50 {:?} p99 {:?} p99.9 {:?}",
+        at(0.5),
+        at(0.99),
+        at(0.999)
+    );
+}
