@@ -329,7 +329,7 @@ async fn redis_killed_then_restarted_limits_locally_then_shares_again() {
     assert!(count > 0);
     // 50 ms of redis_timeout at most, plus the emulator and a loaded test machine.
     assert!(
-        slowest < Duration::from_millis(400),
+        slowest < Duration::from_millis(750),
         "slowest answer {slowest:?}"
     );
 
@@ -381,8 +381,9 @@ async fn a_slow_redis_costs_no_request_more_than_the_timeout() {
     stop.store(true, Ordering::Relaxed);
     let (slowest, count) = driver.await.expect("driver");
     assert!(count > 0);
+    // Well under the 1.5 s Redis spends asleep.
     assert!(
-        slowest < Duration::from_millis(400),
+        slowest < Duration::from_millis(750),
         "slowest answer {slowest:?}"
     );
     let _ = sleeper.wait();
