@@ -127,6 +127,9 @@ pub async fn run_with_hurry(
             stopped(),
         )),
     ];
+    if let Some(task) = parts.limiter.background(Box::pin(stopped())) {
+        tasks.push(tokio::spawn(task));
+    }
     if let config::SecretSource::File(path) = &config.chat.secret {
         let metrics = metrics.clone();
         tasks.push(tokio::spawn(watch::watch(

@@ -180,6 +180,14 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 impl Metrics {
+    /// A gauge that exists only with some settings (the shared rate-limit backend's).
+    pub fn register_gauge(&self, name: &str, help: &str) -> IntGauge {
+        let g = IntGauge::new(name, help).expect("valid metric definition");
+        // Registered twice only by a second limiter on one registry: the first one stays.
+        let _ = self.0.registry.register(Box::new(g.clone()));
+        g
+    }
+
     // The definitions are constants: a failure here is a programming error caught by every test.
     pub fn new() -> Self {
         let r = Registry::new();

@@ -63,6 +63,8 @@ pub enum BuildError {
     Tokens(#[from] TokensError),
     #[error("{key}: {0}", key = .0.key())]
     Tls(#[from] crate::server::tls::TlsError),
+    #[error(transparent)]
+    RateLimit(#[from] rate_limit::RedisSetupError),
 }
 
 /// The whole gateway from a checked config: the shared parts (for the admin listener and the
@@ -103,7 +105,7 @@ pub fn gateway(
 impl StackParts {
     /// Everything the layers share, made from a checked config and the secret key. Signs the
     /// first UserSig and reads the tokens file.
-    pub fn from_config(config: &Config, key: SecretKey) -> Result<StackParts, TokensError> {
+    pub fn from_config(config: &Config, key: SecretKey) -> Result<StackParts, BuildError> {
         let metrics = Metrics::new();
         let credentials = Credentials::new(
             config.chat.sdkappid,
@@ -133,7 +135,7 @@ impl StackParts {
             body_read_timeout: config.server.body_read_timeout,
             max_in_flight: config.server.max_in_flight,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
-            limiter: rate_limit::from_config(&config.rate_limit),
+            limiter: rate_limit::from_config(&config.rate_limit, config.chat.sdkappid, &metrics)?,
             authenticator,
             targets,
             metrics,

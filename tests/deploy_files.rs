@@ -53,6 +53,25 @@ fn variants() -> Vec<PathBuf> {
     found
 }
 
+/// The variant's deployment.yaml, or for an overlay (`- ../base` in its resources) the
+/// base's, which it patches.
+fn deployment(variant: &Path) -> PathBuf {
+    let own = variant.join("deployment.yaml");
+    if own.is_file() {
+        return own;
+    }
+    let kustomization = read(&variant.join("kustomization.yaml"));
+    let base = kustomization
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- ../"))
+        .unwrap_or_else(|| panic!("{}: no deployment.yaml and no base", variant.display()));
+    variant.join("..").join(base.trim()).join("deployment.yaml")
+}
+
+/// The variable a `redis_url_env` variant reads, set as its Deployment sets it: to a
+/// Redis that never answers here, so the gateway starts and limits locally.
+const REDIS_URL_ENV: (&str, &str) = ("CHAT_GATEWAY_REDIS_URL", "redis://127.0.0.1:1/0");
+
 /// Index of the one line that sets `key` (a commented-out key starts with `#`).
 fn key_line(lines: &[&str], key: &str) -> usize {
     let sets = |line: &str| line.split_once('=').is_some_and(|(k, _)| k.trim() == key);
@@ -150,7 +169,7 @@ fn dockerfile_entrypoint_serves_the_mounted_config() {
 #[test]
 fn manifests_mount_what_the_config_and_the_image_expect() {
     for variant in variants() {
-        let manifest = read(&variant.join("deployment.yaml"));
+        let manifest = read(&deployment(&variant));
         let toml = read(&variant.join("gateway.toml"));
         let mut files = vec![get_string(&toml, "secret_key_file")];
         if toml.lines().any(|l| l.starts_with("tokens_file")) {
@@ -163,6 +182,16 @@ fn manifests_mount_what_the_config_and_the_image_expect() {
                 dir.to_str().expect("UTF-8 path").to_string()
             })
             .collect();
+        if toml.lines().any(|l| l.starts_with("redis_url_env")) {
+            let var = get_string(&toml, "redis_url_env");
+            let set = format!("- name: {var}\n");
+            let kustomization = read(&variant.join("kustomization.yaml"));
+            assert!(
+                manifest.contains(&set) || kustomization.contains(&set),
+                "{}: nothing sets {var}",
+                variant.display()
+            );
+        }
         for mount in std::iter::once(CONFIG_IN_IMAGE).chain(dirs.iter().map(String::as_str)) {
             let line = format!("mountPath: {mount}\n");
             assert!(
@@ -182,6 +211,7 @@ fn every_example_config_passes_check_config() {
         let out = Command::new(BIN)
             .args(["check-config", "--config"])
             .arg(&config)
+            .env(REDIS_URL_ENV.0, REDIS_URL_ENV.1)
             .output()
             .expect("running chat-gateway check-config");
         let (stdout, stderr) = (
@@ -225,6 +255,7 @@ fn entrypoint_serves_and_exits_0_on_sigterm() {
         }
         command
             .env_remove("CHAT_GATEWAY_CONFIG")
+            .env(REDIS_URL_ENV.0, REDIS_URL_ENV.1)
             .stdin(Stdio::null());
         command
             .stdout(log.try_clone().expect("cloning the log handle"))

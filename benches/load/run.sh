@@ -30,6 +30,13 @@
 #   UPSTREAM_H2 [0]     1: the upstream also offers HTTP/2 by ALPN. nginx proxies to it over
 #                       HTTP/1.1 either way (proxy_pass cannot speak HTTP/2); the gateway then
 #                       multiplexes its requests on HTTP/2 connections
+#   REDIS [0]           1: also measure the gateway with [rate_limit] backend = "redis" (target
+#                       gateway-redis, in the main and single scenarios) against a redis-server
+#                       this script starts on 127.0.0.1:REDIS_PORT [18379], pinned to REDIS_CPU
+#                       [WRK_CPU] (off the proxy's CPU, as a Redis on another host would be);
+#                       reports the latency it adds, req/s against backend = "local", and Redis
+#                       commands per second (INFO commandstats) against upstream calls per second
+#   REDIS_TIMEOUT [50ms] the gateway's rate_limit.redis_timeout for that target
 #   OUT []              also write the result tables (markdown) to this file
 #   KEEP [0]            keep the work directory (configs, logs, raw wrk output, perf data)
 #
@@ -63,6 +70,10 @@ OUT=${OUT:-}
 KEEP=${KEEP:-0}
 GATEWAY_RUST_LOG=${GATEWAY_RUST_LOG:-warn}
 GATEWAY_WORKERS=${GATEWAY_WORKERS:-}
+REDIS=${REDIS:-0}
+REDIS_PORT=${REDIS_PORT:-18379}
+REDIS_TIMEOUT=${REDIS_TIMEOUT:-50ms}
+REDIS_CPU=${REDIS_CPU:-$WRK_CPU}
 
 SDKAPPID=1400000000
 IDENTIFIER=administrator
@@ -84,7 +95,7 @@ say() { printf '%s\n' "$*" >&2; }
 die() { say "run.sh: $*"; exit 2; }
 
 for v in DURATION ROUNDS WARMUP CONNS DURATION_SINGLE CONNS_HIGH DURATION_HIGH PROFILE RATE \
-         UPSTREAM_PORT NGINX_PORT GATEWAY_PORT GATEWAY_ADMIN_PORT PROXY_CPU WRK_CPU; do
+         UPSTREAM_PORT NGINX_PORT GATEWAY_PORT GATEWAY_ADMIN_PORT PROXY_CPU WRK_CPU REDIS_PORT REDIS_CPU; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number, not '${!v}'"
 done
 [ "$ROUNDS" -ge 1 ] && [ "$DURATION" -ge 1 ] || die "ROUNDS and DURATION must be at least 1"
@@ -105,6 +116,10 @@ install_missing() {
   command -v taskset >/dev/null || need+=(util-linux)
   command -v ss >/dev/null || need+=(iproute2)
   if [ "$PROFILE" -gt 0 ] && ! command -v perf >/dev/null; then need+=(linux-perf); fi
+  if [ "$REDIS" = 1 ]; then
+    command -v redis-server >/dev/null || need+=(redis-server)
+    command -v redis-cli >/dev/null || need+=(redis-tools)
+  fi
   [ ${#need[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ]; then
     die "missing: ${need[*]}; install them (apt-get install ${need[*]}) or run as root"
@@ -167,7 +182,8 @@ port_taken() {
   return 1
 }
 ports=("$UPSTREAM_PORT" "$NGINX_PORT" "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT")
-[ "$(printf '%s\n' "${ports[@]}" | sort -u | wc -l)" -eq 4 ] || die "the four ports must differ"
+if [ "$REDIS" = 1 ]; then ports+=("$REDIS_PORT"); fi
+[ "$(printf '%s\n' "${ports[@]}" | sort -u | wc -l)" -eq ${#ports[@]} ] || die "the ports must differ"
 for p in "${ports[@]}"; do
   if port_taken "$p"; then
     die "port $p on 127.0.0.1 is taken (ss -ltnp 'sport = :$p'); refusing to run. Pick others with UPSTREAM_PORT, NGINX_PORT, GATEWAY_PORT, GATEWAY_ADMIN_PORT."
@@ -343,6 +359,13 @@ app_per_second = $RATE
 app_burst = $RATE
 EOF
 "$GATEWAY_BIN" check-config --config "$WORK/gateway.toml" >&2 || die "gateway config refused"
+if [ "$REDIS" = 1 ]; then
+  # The same gateway, its limits in Redis ([rate_limit] is the last section).
+  cp "$WORK/gateway.toml" "$WORK/gateway-redis.toml"
+  printf 'backend = "redis"\nredis_url = "redis://127.0.0.1:%s/0"\nredis_timeout = "%s"\n' \
+    "$REDIS_PORT" "$REDIS_TIMEOUT" >>"$WORK/gateway-redis.toml"
+  "$GATEWAY_BIN" check-config --config "$WORK/gateway-redis.toml" >&2 || die "gateway-redis config refused"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Starting and stopping.
@@ -359,14 +382,33 @@ start_upstream() {
   register $UPSTREAM_WORKER
 }
 
+REDIS_PID=""
+start_redis() {
+  mkdir -p "$WORK/redis"
+  taskset -c "$REDIS_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
+    --appendonly no --dir "$WORK/redis" </dev/null >"$WORK/redis/stdout.log" 2>&1 &
+  REDIS_PID=$!
+  STARTED[$REDIS_PID]=redis-server
+  wait_port "$REDIS_PORT" "$REDIS_PID" || die "redis-server did not start (see $WORK/redis/stdout.log)"
+  register "$REDIS_PID"
+}
+redis_commands() {  # "CLIENT INSIDE": commands the clients sent (INFO and CONFIG of this script
+  # left out) and commands the script ran inside Redis (TIME, GET, SET), from INFO commandstats
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:=,]' '
+    /^cmdstat_/ { name = substr($1, 9); n = $3
+                  if (name ~ /^(time|get|set)$/) inside += n
+                  else if (name !~ /^(info|config)/) client += n }
+    END { print client + 0, inside + 0 }'
+}
+
 # The proxy under test: PROXY_PIDS (all its processes, for CPU time), RSS_PID (whose VmHWM is
 # reported: the gateway's only process, nginx's worker) and LISTEN (its port).
-start_proxy() {     # start_proxy gateway|nginx [BINARY]
+start_proxy() {     # start_proxy gateway|gateway-redis|nginx [BINARY]
   case $1 in
-    gateway)
+    gateway|gateway-redis)
       wait_port_free "$GATEWAY_PORT"; wait_port_free "$GATEWAY_ADMIN_PORT"
       GW_RUN=$((GW_RUN + 1))
-      RUST_LOG=$GATEWAY_RUST_LOG taskset -c "$PROXY_CPU" "${2:-$GATEWAY_BIN}" serve --config "$WORK/gateway.toml" \
+      RUST_LOG=$GATEWAY_RUST_LOG taskset -c "$PROXY_CPU" "${2:-$GATEWAY_BIN}" serve --config "$WORK/$1.toml" \
         </dev/null >"$WORK/gateway.$GW_RUN.log" 2>&1 &
       local pid=$!
       STARTED[$pid]=chat-gateway
@@ -381,6 +423,13 @@ start_proxy() {     # start_proxy gateway|nginx [BINARY]
       [ $ready = 1 ] || die "the gateway did not get ready (see $WORK/gateway.$GW_RUN.log)"
       register "$pid"
       wait_port "$GATEWAY_PORT" "$pid" || die "the gateway is not listening on $GATEWAY_PORT"
+      if [ "$1" = gateway-redis ]; then
+        for i in $(seq 50); do
+          curl -fsS "http://127.0.0.1:$GATEWAY_ADMIN_PORT/metrics" 2>/dev/null |
+            grep -q '^chat_gateway_rate_limit_backend_up 1' && break
+          sleep 0.1
+        done
+      fi
       PROXY_PIDS=("$pid"); RSS_PID=$pid; LISTEN=$GATEWAY_PORT
       ;;
     nginx)
@@ -465,17 +514,19 @@ measure() {         # measure SCENARIO ROUND TARGET CONNS SECONDS
   if [ "$target" != direct ] && [ "$WARMUP" -gt 0 ]; then
     wrk_run "$url" "$conns" "$WARMUP" "$WORK/$tag.warmup.txt"
   fi
-  local s0 s1 w0 w1
+  local s0 s1 w0 w1 r0="0 0" r1="0 0"
+  if [ "$target" = gateway-redis ]; then r0=$(redis_commands); fi
   s0=$(cpustat "$PROXY_CPU"); w0=$(cpustat "$WRK_CPU")
   p0=$(ticks "${PROXY_PIDS[@]}"); u0=$(ticks "$UPSTREAM_WORKER"); pu0=$(uticks "${PROXY_PIDS[@]}")
   wrk_run "$url" "$conns" "$secs" "$WORK/$tag.txt"
   p1=$(ticks "${PROXY_PIDS[@]}"); u1=$(ticks "$UPSTREAM_WORKER"); pu1=$(uticks "${PROXY_PIDS[@]}")
   s1=$(cpustat "$PROXY_CPU"); w1=$(cpustat "$WRK_CPU")
+  if [ "$target" = gateway-redis ]; then r1=$(redis_commands); fi
   if [ -n "$RSS_PID" ]; then
     hwm=$(status_kb "$RSS_PID" VmHWM); rss=$(status_kb "$RSS_PID" VmRSS)
     threads=$(status_kb "$RSS_PID" Threads)
   fi
-  if [ "$target" = gateway ]; then
+  if [ "$target" = gateway ] || [ "$target" = gateway-redis ]; then
     curl -fsS "http://127.0.0.1:$GATEWAY_ADMIN_PORT/metrics" >"$WORK/$tag.metrics" 2>/dev/null || true
   fi
   if [ "$target" != direct ]; then stop_proxy; fi
@@ -489,6 +540,13 @@ measure() {         # measure SCENARIO ROUND TARGET CONNS SECONDS
   eval "$(printf '%s\n' ${line#LOADRESULT } | grep -E '^(requests|duration_us|non2xx|not_ok|connect_err|read_err|write_err|timeout_err|p50_us|p99_us)=')"
   local wrk_cpu
   wrk_cpu=$(cat "$WORK/$tag.txt.time")
+  if [ "$target" = gateway-redis ]; then
+    # Every request passed the limits (RATE), so each was one upstream call.
+    local rc0 ri0 rc1 ri1
+    read -r rc0 ri0 <<<"$r0"; read -r rc1 ri1 <<<"$r1"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$scen" "$round" "$requests" "$duration_us" \
+      "$((rc1 - rc0))" "$((ri1 - ri0))" >>"$WORK/redis.tsv"
+  fi
   local sock=$((connect_err + read_err + write_err + timeout_err))
   awk -v OFS='\t' -v scen="$scen" -v round="$round" -v target="$target" -v conns="$conns" \
       -v n="$requests" -v us="$duration_us" -v dp=$((p1 - p0)) -v dpu=$((pu1 - pu0)) -v du=$((u1 - u0)) -v tck="$CLK_TCK" \
@@ -564,19 +622,29 @@ stop_proxy
 start_proxy gateway
 check_answer "chat-gateway -> upstream" "http://127.0.0.1:$GATEWAY_PORT$API_PATH?caller=query"
 stop_proxy
+if [ "$REDIS" = 1 ]; then
+  start_redis
+  start_proxy gateway-redis
+  check_answer "chat-gateway (backend = redis) -> upstream" "http://127.0.0.1:$GATEWAY_PORT$API_PATH?caller=query"
+  stop_proxy
+fi
 
 est=0
 for scen in $SCENARIOS; do
   case $scen in
-    main)   est=$((est + ROUNDS * 2 * (WARMUP + DURATION + 2))) ;;
-    single) est=$((est + ROUNDS * (3 * DURATION_SINGLE + 2 * (WARMUP + 2)))) ;;
+    main)   est=$((est + ROUNDS * (2 + REDIS) * (WARMUP + DURATION + 2))) ;;
+    single) est=$((est + ROUNDS * ((3 + REDIS) * DURATION_SINGLE + (2 + REDIS) * (WARMUP + 2)))) ;;
     high)   est=$((est + ROUNDS * 2 * (WARMUP + DURATION_HIGH + 3))) ;;
   esac
 done
 [ "$PROFILE" -gt 0 ] && est=$((est + 3 * (PROFILE + WARMUP + 3)))
 say "==> expected duration: about ${est}s"
 T0=$(date +%s)
-order() { if [ $(($1 % 2)) = 1 ]; then echo "gateway nginx"; else echo "nginx gateway"; fi; }
+order() {
+  local r=""
+  if [ "$REDIS" = 1 ] && [ "${2:-}" != high ]; then r=" gateway-redis"; fi
+  if [ $(($1 % 2)) = 1 ]; then echo "gateway nginx$r"; else echo "nginx gateway$r"; fi
+}
 for scen in $SCENARIOS; do
   case $scen in
     main)   say "==> main: $CONNS connections, ${DURATION}s per run (+${WARMUP}s warm-up), $ROUNDS rounds" ;;
@@ -585,10 +653,10 @@ for scen in $SCENARIOS; do
   esac
   for round in $(seq "$ROUNDS"); do
     case $scen in
-      main)   for t in $(order "$round"); do measure main "$round" "$t" "$CONNS" "$DURATION"; done ;;
+      main)   for t in $(order "$round" main); do measure main "$round" "$t" "$CONNS" "$DURATION"; done ;;
       single) measure single "$round" direct 1 "$DURATION_SINGLE"
-              for t in $(order "$round"); do measure single "$round" "$t" 1 "$DURATION_SINGLE"; done ;;
-      high)   for t in $(order "$round"); do measure high "$round" "$t" "$CONNS_HIGH" "$DURATION_HIGH"; done ;;
+              for t in $(order "$round" single); do measure single "$round" "$t" 1 "$DURATION_SINGLE"; done ;;
+      high)   for t in $(order "$round" high); do measure high "$round" "$t" "$CONNS_HIGH" "$DURATION_HIGH"; done ;;
     esac
   done
 done
@@ -727,6 +795,32 @@ report() {
       echo "| $t | $(fmt "$(med high $t hwm_kb)" %.1f 1024) | $(fmt "$(med high $t rss_end_kb)" %.1f 1024) | $(fmt "$(med high $t rps)" %.0f) | $(fmt "$(med high $t cpu_us_per_req)" %.1f) | $(fmt "$(med high $t p50_us)" %.2f 1000) | $(fmt "$(med high $t p99_us)" %.2f 1000) | $(fmt "$(med high $t upstream_conns)" %.0f) ($(med high $t upstream_resumed_pct)) | $(($(sum high $t non2xx) + $(sum high $t not_ok) + $(sum high $t sock_err))) | $(used high $t) |"
     done
     echo "| **gateway/nginx** | $(ratio "$(med high gateway hwm_kb)" "$(med high nginx hwm_kb)") | $(ratio "$(med high gateway rss_end_kb)" "$(med high nginx rss_end_kb)") | $(ratio "$(fmt "$(med high gateway rps)" %.0f)" "$(fmt "$(med high nginx rps)" %.0f)") | $(ratio "$(med high gateway cpu_us_per_req)" "$(med high nginx cpu_us_per_req)") | $(ratio "$(med high gateway p50_us)" "$(med high nginx p50_us)") | $(ratio "$(med high gateway p99_us)" "$(med high nginx p99_us)") | | | |"
+    echo
+  fi
+  if [ "$REDIS" = 1 ]; then
+    echo "### rate_limit backend = \"redis\" (local redis-server) against \"local\""
+    echo
+    echo "| measure | local | redis | redis - local |"
+    echo "| --- | ---: | ---: | ---: |"
+    local a b
+    if [[ " $SCENARIOS " == *" single "* ]]; then
+      for c in p50_us p99_us; do
+        a=$(med single gateway $c); b=$(med single gateway-redis $c)
+        echo "| 1 connection, ${c%_us} µs | $(fmt "$a" %.0f) | $(fmt "$b" %.0f) | $(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.0f", b - a }') |"
+      done
+    fi
+    if [[ " $SCENARIOS " == *" main "* ]]; then
+      a=$(med main gateway rps); b=$(med main gateway-redis rps)
+      echo "| $CONNS connections, req/s | $(fmt "$a" %.0f) | $(fmt "$b" %.0f) | $(ratio "$b" "$a") x |"
+      a=$(med main gateway cpu_us_per_req); b=$(med main gateway-redis cpu_us_per_req)
+      echo "| $CONNS connections, gateway CPU µs/req | $(fmt "$a" %.1f) | $(fmt "$b" %.1f) | $(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.1f", b - a }') |"
+    fi
+    echo
+    echo "Redis commands over each measured run (INFO commandstats; every request passed the limits, so each was one upstream call). Sent: what the gateway sent (EVALSHA, probes); inside: what the script ran in Redis (TIME, GET, SET), no round trips:"
+    echo
+    echo "| scenario | round | upstream calls | calls/s | commands sent | sent/s | sent per call | commands inside per call |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    awk -F'\t' '{ s = $4 / 1e6; printf "| %s | %s | %d | %.0f | %d | %.0f | %.3f | %.2f |\n", $1, $2, $3, $3 / s, $5, $5 / s, ($3 > 0) ? $5 / $3 : 0, ($3 > 0) ? $6 / $3 : 0 }' "$WORK/redis.tsv" 2>/dev/null
     echo
   fi
   echo "### every run"

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod chat;
 pub mod rate_limit;
 mod reader;
+pub mod redis;
 pub mod server;
 pub mod upstream;
 
@@ -23,6 +24,7 @@ pub use auth::AuthConfig;
 pub use chat::{ChatConfig, Endpoint, SecretSource};
 pub use rate_limit::RateLimitConfig;
 pub use reader::MAX_DURATION;
+pub use redis::{Backend, RedisBackend, RedisUrl};
 pub use server::{ServerConfig, TlsFiles};
 pub use upstream::UpstreamConfig;
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use toml::Table;
 
 use super::reader::Reader;
+use super::redis::{read_backend, Backend};
 
 pub const KEYS: &[&str] = &[
     "group_per_second",
@@ -13,6 +14,10 @@ pub const KEYS: &[&str] = &[
     "app_burst",
     "max_tracked_groups",
     "cleanup_interval",
+    "backend",
+    "redis_url",
+    "redis_url_env",
+    "redis_timeout",
 ];
 
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +30,8 @@ pub struct RateLimitConfig {
     pub max_tracked_groups: usize,
     /// How often quiet groups are forgotten.
     pub cleanup_interval: Duration,
+    /// Where the budgets live: this process, or a Redis the whole fleet shares.
+    pub backend: Backend,
 }
 
 impl RateLimitConfig {
@@ -44,6 +51,7 @@ impl Default for RateLimitConfig {
             app_burst: RateLimitConfig::default_app_burst(200),
             max_tracked_groups: 100_000,
             cleanup_interval: Duration::from_secs(10),
+            backend: Backend::Local,
         }
     }
 }
@@ -66,6 +74,7 @@ pub fn read(r: &mut Reader, t: &Table) -> RateLimitConfig {
         cleanup_interval: r
             .duration(t, "rate_limit", "cleanup_interval", false)
             .unwrap_or(d.cleanup_interval),
+        backend: read_backend(r, t),
     }
 }
 

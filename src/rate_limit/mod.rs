@@ -6,6 +6,7 @@
 //! is the one place a backend is chosen.
 
 pub mod local;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,9 +15,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::api::Api;
-use crate::config::RateLimitConfig;
+use crate::config::{Backend, RateLimitConfig};
+use crate::metrics::Metrics;
 
 pub use local::LocalLimiter;
+pub use redis::{RedisLimiter, RedisSetupError};
+
+/// A boxed task: a backend's background work, and the signal that stops it.
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -102,11 +108,23 @@ pub trait RateLimiter: Send + Sync + 'static {
     /// new ones; returns how many groups are still tracked.
     fn cleanup(&self) -> usize;
     fn tracked_groups(&self) -> usize;
+    /// Work the backend does by itself until `stop` (connecting to and probing a shared
+    /// store); `None` for a backend without any.
+    fn background(&self, _stop: BoxFuture) -> Option<BoxFuture> {
+        None
+    }
 }
 
-/// The limiter the config asks for.
-pub fn from_config(config: &RateLimitConfig) -> Arc<dyn RateLimiter> {
-    Arc::new(LocalLimiter::new(config))
+/// The limiter the config asks for; Redis keys carry the app's `sdkappid`.
+pub fn from_config(
+    config: &RateLimitConfig,
+    sdkappid: u64,
+    metrics: &Metrics,
+) -> Result<Arc<dyn RateLimiter>, RedisSetupError> {
+    Ok(match &config.backend {
+        Backend::Local => Arc::new(LocalLimiter::new(config)),
+        Backend::Redis(redis) => Arc::new(RedisLimiter::new(config, redis, sdkappid, metrics)?),
+    })
 }
 
 /// Runs `cleanup` every `interval` until `stop` resolves, reporting the tracked count.

@@ -9,6 +9,8 @@ mod forwarding;
 mod hardening;
 mod observability;
 mod rate_limit;
+mod redis_limits;
+mod redis_server;
 mod soak;
 mod support;
 mod validation;

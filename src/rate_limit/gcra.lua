@@ -1,0 +1,53 @@
+-- GCRA for one upstream call, the same as the local limiter (governor): a call passes when
+-- now >= tat - tau, and then tat = max(tat, now) + t, where t = 1/rate and
+-- tau = t * (burst - 1). A refusal waits until tat - tau.
+--
+-- KEYS[1]: the app key of the API; KEYS[2] (optional): the group key.
+-- ARGV: app t, app tau, group t, group tau, in nanoseconds.
+-- Returns {0, 0} when the call may go, {1, wait} refused for its group, {2, wait} refused for
+-- the app; wait in microseconds, rounded up.
+--
+-- Group first, then app; state is written only when both pass, so a refusal spends nothing.
+-- Times are microseconds of the Redis server's clock, so the gateways' clocks do not matter.
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+
+local function tat_after(key, t, tau)
+  local stored = redis.call('GET', key)
+  local tat = now
+  if stored then
+    tat = tonumber(stored) or now
+  end
+  local earliest = tat - tau
+  if now < earliest then
+    return nil, earliest - now
+  end
+  return math.max(tat, now) + t
+end
+
+local app_t, app_tau = tonumber(ARGV[1]) / 1000, tonumber(ARGV[2]) / 1000
+local group_tat
+if KEYS[2] then
+  local group_t, group_tau = tonumber(ARGV[3]) / 1000, tonumber(ARGV[4]) / 1000
+  local tat, wait = tat_after(KEYS[2], group_t, group_tau)
+  if not tat then
+    return {1, math.ceil(wait)}
+  end
+  group_tat = tat
+end
+local app_tat, wait = tat_after(KEYS[1], app_t, app_tau)
+if not app_tat then
+  return {2, math.ceil(wait)}
+end
+
+-- A key lives until its tat has passed: after that it is as good as a new one, so it can go.
+local function store(key, tat)
+  local ttl = math.ceil((tat - now) / 1000) + 1
+  -- %.3f: Lua's own number-to-string keeps 14 digits, too few for microseconds since 1970.
+  redis.call('SET', key, string.format('%.3f', tat), 'PX', ttl)
+end
+if group_tat then
+  store(KEYS[2], group_tat)
+end
+store(KEYS[1], app_tat)
+return {0, 0}

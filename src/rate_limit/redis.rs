@@ -1,0 +1,386 @@
+//! The fleet-wide limiter: the same GCRA as [`LocalLimiter`], kept in Redis so that every
+//! gateway of an app spends one budget.
+//!
+//! One check is one `EVALSHA` of `gcra.lua` (group then app, atomic, Redis server time).
+//! A [`LocalLimiter`] with the same numbers answers first: a call it refuses is refused
+//! without asking Redis (one gateway alone can never use more than the whole budget), so a
+//! flood of refused callers does not become a flood of Redis commands. While Redis is slow or
+//! down the local limiter alone decides; a background task probes Redis and puts it back in
+//! use as soon as it answers.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use prometheus::IntGauge;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError};
+
+use super::{BoxFuture, Decision, LocalLimiter, RateLimiter, Refusal, Scope};
+use crate::api::Api;
+use crate::config::redis::{check_url, password, redact, url_from_env, UrlError};
+use crate::config::{RateLimitConfig, RedisBackend, RedisUrl};
+use crate::metrics::Metrics;
+
+/// How often a down Redis is probed.
+pub const DOWN_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// A Redis that answered no check for this long is probed, so that an idle gateway's
+/// `backend_up` still tells the truth.
+pub const IDLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest a (re)connection may take; only the background task waits for it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the Redis backend could not be set up at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisSetupError {
+    #[error("rate_limit.redis_url_env: {0}")]
+    Env(UrlError),
+    #[error("rate_limit.redis_url: {0}")]
+    Url(UrlError),
+}
+
+/// GCRA numbers for the script: t = 1/rate and tau = t * (burst - 1), in nanoseconds, as
+/// governor computes them.
+fn gcra_ns(per_second: u32, burst: u32) -> (u64, u64) {
+    let t = (1_000_000_000 / u64::from(per_second.max(1))).max(1);
+    (t, t * u64::from(burst.max(1) - 1))
+}
+
+/// The Redis-backed limiter.
+pub struct RedisLimiter {
+    local: LocalLimiter,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RedisLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLimiter")
+            .field("url", &self.shared.shown_url)
+            .field("up", &self.shared.up.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    client: redis::Client,
+    shown_url: String,
+    /// The password, to scrub from error texts before they are logged.
+    password: Option<String>,
+    conn: ArcSwapOption<ConnectionManager>,
+    up: AtomicBool,
+    /// This outage has been logged.
+    said_down: AtomicBool,
+    /// Milliseconds since `epoch` of the last answer from Redis.
+    last_answer_ms: AtomicU64,
+    epoch: Instant,
+    timeout: Duration,
+    script: redis::Script,
+    /// `{chat-gateway:<sdkappid>}`: a hash tag, so that all of an app's keys sit in one slot
+    /// of a Redis Cluster (the script touches two keys at once), and apps never share a key.
+    prefix: String,
+    /// App t, app tau, group t, group tau (ns).
+    numbers: [u64; 4],
+    gauge: IntGauge,
+}
+
+impl RedisLimiter {
+    pub fn new(
+        config: &RateLimitConfig,
+        backend: &RedisBackend,
+        sdkappid: u64,
+        metrics: &Metrics,
+    ) -> Result<Self, RedisSetupError> {
+        let url = match &backend.url {
+            RedisUrl::Url(url) => {
+                check_url(url, false).map_err(RedisSetupError::Url)?;
+                url.clone()
+            }
+            RedisUrl::Env(var) => url_from_env(var).map_err(RedisSetupError::Env)?,
+        };
+        let client = redis::Client::open(url.as_str())
+            .map_err(|_| RedisSetupError::Url(UrlError::Syntax))?;
+        let (app_t, app_tau) = gcra_ns(config.app_per_second, config.app_burst);
+        let (group_t, group_tau) = gcra_ns(config.group_per_second, config.group_burst);
+        let gauge = metrics.register_gauge(
+            "chat_gateway_rate_limit_backend_up",
+            "1 while the shared rate-limit store (Redis) answers, 0 while the gateway limits locally.",
+        );
+        gauge.set(0);
+        Ok(RedisLimiter {
+            local: LocalLimiter::new(config),
+            shared: Arc::new(Shared {
+                client,
+                shown_url: redact(&url),
+                password: password(&url).map(str::to_string),
+                conn: ArcSwapOption::empty(),
+                up: AtomicBool::new(false),
+                said_down: AtomicBool::new(false),
+                last_answer_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
+                timeout: backend.timeout,
+                script: redis::Script::new(include_str!("gcra.lua")),
+                prefix: format!("{{chat-gateway:{sdkappid}}}"),
+                numbers: [app_t, app_tau, group_t, group_tau],
+                gauge,
+            }),
+        })
+    }
+
+    /// True while checks go to Redis.
+    pub fn is_up(&self) -> bool {
+        self.shared.up.load(Ordering::Relaxed)
+    }
+
+    /// One round of what the background task does (connect, load the script); true when
+    /// Redis is in use after it.
+    pub async fn probe(&self) -> bool {
+        self.shared.probe().await;
+        self.is_up()
+    }
+
+    /// One check in Redis alone, without the local pre-check; `None` when Redis is not in
+    /// use or did not answer in time.
+    pub async fn check_shared(
+        &self,
+        api: &Api,
+        group: Option<&str>,
+    ) -> Option<Result<(), Refusal>> {
+        let conn = self.shared.conn.load_full()?;
+        self.shared.ask(&conn, &api.name, group).await
+    }
+}
+
+/// The script's answer: {0, 0}, or {1 | 2, microseconds to wait}.
+fn decode(answer: (i64, i64)) -> Option<Result<(), Refusal>> {
+    let wait = Duration::from_micros(u64::try_from(answer.1).unwrap_or(0));
+    match answer.0 {
+        0 => Some(Ok(())),
+        1 => Some(Err(Refusal {
+            scope: Scope::Group,
+            retry_after: wait,
+        })),
+        2 => Some(Err(Refusal {
+            scope: Scope::App,
+            retry_after: wait,
+        })),
+        _ => None,
+    }
+}
+
+impl Shared {
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}:{kind}:{name}", self.prefix)
+    }
+
+    /// One check in Redis; `None` when Redis did not answer in time (or answered nonsense).
+    async fn ask(
+        &self,
+        conn: &ConnectionManager,
+        api: &str,
+        group: Option<&str>,
+    ) -> Option<Result<(), Refusal>> {
+        let mut conn = conn.clone();
+        let mut call = self.script.key(self.key("app", api));
+        if let Some(group) = group {
+            call.key(self.key("group", group));
+        }
+        call.arg(&self.numbers[..]);
+        match tokio::time::timeout(self.timeout, call.invoke_async::<(i64, i64)>(&mut conn)).await {
+            Ok(Ok(answer)) => match decode(answer) {
+                Some(result) => {
+                    self.answered();
+                    Some(result)
+                }
+                None => {
+                    self.down(&Outage::Answer(format!("{answer:?}")));
+                    None
+                }
+            },
+            Ok(Err(e)) => {
+                self.down(&Outage::Error(e));
+                None
+            }
+            Err(_) => {
+                self.down(&Outage::Timeout(self.timeout));
+                None
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn answered(&self) {
+        self.last_answer_ms.store(self.now_ms(), Ordering::Relaxed);
+        if !self.up.swap(true, Ordering::Relaxed) {
+            self.gauge.set(1);
+            if self.said_down.swap(false, Ordering::Relaxed) {
+                tracing::info!(url = %self.shown_url, "Redis answers again: rate limits are shared by the fleet again");
+            } else {
+                tracing::info!(url = %self.shown_url, "rate limits shared by the fleet through Redis");
+            }
+        }
+    }
+
+    fn down(&self, why: &Outage) {
+        self.up.store(false, Ordering::Relaxed);
+        self.gauge.set(0);
+        if self.said_down.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let error = self.scrub(why.to_string());
+        if why.is_auth() {
+            tracing::error!(url = %self.shown_url, %error, "Redis refused the gateway's credentials (WRONGPASS/NOAUTH): check the user and password of the rate_limit Redis URL; limiting locally (each gateway alone) until Redis accepts them");
+        } else {
+            tracing::warn!(url = %self.shown_url, %error, "Redis is not answering: limiting locally (each gateway alone) until it does");
+        }
+    }
+
+    fn scrub(&self, text: String) -> String {
+        match &self.password {
+            Some(pw) if text.contains(pw.as_str()) => text.replace(pw.as_str(), "***"),
+            _ => text,
+        }
+    }
+
+    /// One round of the background task: connect if need be, then load the script (which
+    /// also proves Redis answers and accepts the credentials). Returns when to come back.
+    async fn probe(&self) -> Duration {
+        if self.up.load(Ordering::Relaxed) {
+            let quiet = Duration::from_millis(
+                self.now_ms()
+                    .saturating_sub(self.last_answer_ms.load(Ordering::Relaxed)),
+            );
+            if quiet < IDLE_PROBE_INTERVAL {
+                return IDLE_PROBE_INTERVAL - quiet;
+            }
+        }
+        let conn = match self.conn.load_full() {
+            Some(conn) => conn,
+            None => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(CONNECT_TIMEOUT)
+                    .set_number_of_retries(0);
+                let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
+                match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                    Ok(Ok(conn)) => {
+                        let conn = Arc::new(conn);
+                        self.conn.store(Some(conn.clone()));
+                        conn
+                    }
+                    Ok(Err(e)) => {
+                        self.down(&Outage::Error(e));
+                        return DOWN_PROBE_INTERVAL;
+                    }
+                    Err(_) => {
+                        self.down(&Outage::Timeout(CONNECT_TIMEOUT));
+                        return DOWN_PROBE_INTERVAL;
+                    }
+                }
+            }
+        };
+        let mut conn = (*conn).clone();
+        let invocation = self.script.prepare_invoke();
+        let load = invocation.load_async(&mut conn);
+        match tokio::time::timeout(self.timeout, load).await {
+            Ok(Ok(_)) => {
+                self.answered();
+                IDLE_PROBE_INTERVAL
+            }
+            Ok(Err(e)) => {
+                self.down(&Outage::Error(e));
+                DOWN_PROBE_INTERVAL
+            }
+            Err(_) => {
+                self.down(&Outage::Timeout(self.timeout));
+                DOWN_PROBE_INTERVAL
+            }
+        }
+    }
+}
+
+/// Why Redis is not in use.
+#[derive(Debug, thiserror::Error)]
+enum Outage {
+    #[error("{0}")]
+    Error(RedisError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected answer {0}")]
+    Answer(String),
+}
+
+impl Outage {
+    fn is_auth(&self) -> bool {
+        match self {
+            Outage::Error(e) => {
+                e.kind() == ErrorKind::AuthenticationFailed
+                    || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+            }
+            _ => false,
+        }
+    }
+}
+
+impl RateLimiter for RedisLimiter {
+    fn check(&self, api: &Api, group: Option<&str>) -> Decision {
+        // The pre-check at the full budget, and the whole answer while Redis is not in use.
+        let local = self.local.check_now(api, group);
+        if local.is_err() || !self.shared.up.load(Ordering::Relaxed) {
+            return Decision::now(local);
+        }
+        let Some(conn) = self.shared.conn.load_full() else {
+            return Decision::now(local);
+        };
+        let shared = self.shared.clone();
+        let api = api.name.clone();
+        let group = group.map(str::to_string);
+        Decision::later(async move {
+            // Redis silent: the local limiter's answer (it passed) stands.
+            shared
+                .ask(&conn, &api, group.as_deref())
+                .await
+                .unwrap_or(Ok(()))
+        })
+    }
+
+    fn cleanup(&self) -> usize {
+        self.local.cleanup()
+    }
+
+    fn tracked_groups(&self) -> usize {
+        self.local.tracked_groups()
+    }
+
+    fn background(&self, stop: BoxFuture) -> Option<BoxFuture> {
+        let shared = self.shared.clone();
+        Some(Box::pin(async move {
+            tokio::pin!(stop);
+            loop {
+                let next = tokio::select! {
+                    _ = &mut stop => return,
+                    next = shared.probe() => next,
+                };
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = tokio::time::sleep(next) => {}
+                }
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_governors() {
+        // 2/s, burst 5: t = 500 ms, tau = 4 t.
+        assert_eq!(gcra_ns(2, 5), (500_000_000, 2_000_000_000));
+        assert_eq!(gcra_ns(200, 1), (5_000_000, 0));
+    }
+}
