@@ -2,17 +2,20 @@
 //! `max_body_bytes` (chunked bodies) within `body_read_timeout`, so memory stays flat and no
 //! slow caller holds a request open for ever.
 
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::Request;
 use http_body::Body;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::Limited;
+use pin_project_lite::pin_project;
+use tokio::time::Timeout;
 use tower::{Layer, Service};
 
-use super::{BoxFuture, GatewayResponse};
+use super::GatewayResponse;
 use crate::error::GatewayError;
 
 #[derive(Debug, Clone, Copy)]
@@ -47,17 +50,13 @@ pub struct ReadBody<S> {
 
 impl<S, B> Service<Request<B>> for ReadBody<S>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: Body<Data = Bytes> + Send + 'static,
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError> + Clone,
+    B: Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     type Response = GatewayResponse;
     type Error = GatewayError;
-    type Future = BoxFuture<Result<GatewayResponse, GatewayError>>;
+    type Future = BodyFuture<S, B>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -65,70 +64,155 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let max = self.max_bytes;
-        let timeout = self.timeout;
+        let (parts, body) = req.into_parts();
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return BodyFuture::Refused {
+                error: Some(GatewayError::BodyTooLarge { limit: max }),
+            };
+        }
         // Take the service that was driven to readiness; leave a clone in its place.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let (parts, body) = req.into_parts();
-            let declared = parts
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max as u64) {
-                return Err(GatewayError::BodyTooLarge { limit: max });
-            }
-            let read = tokio::time::timeout(timeout, read_all(Limited::new(body, max)));
-            let bytes = match read.await {
-                Ok(Ok(bytes)) => bytes,
-                Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                    return Err(GatewayError::BodyTooLarge { limit: max });
-                }
-                Err(_) => {
-                    return Err(GatewayError::InvalidJson(format!(
-                        "the request body did not arrive within {}",
-                        humantime::format_duration(timeout)
-                    )));
-                }
-                Ok(Err(_)) => {
-                    return Err(GatewayError::InvalidJson(
-                        "the request body could not be read to its end".into(),
-                    ));
-                }
-            };
-            inner.call(Request::from_parts(parts, bytes)).await
-        })
+        BodyFuture::Reading {
+            read: tokio::time::timeout(self.timeout, ReadAll::new(Limited::new(body, max))),
+            parts: Some(parts),
+            inner: std::mem::replace(&mut self.inner, clone),
+            max,
+            timeout: self.timeout,
+        }
     }
 }
 
-/// The whole body. A body that arrives as one data frame (the usual case for a small JSON
-/// request) is passed on as it came, without a copy or a frame queue; more frames are joined.
-async fn read_all<B>(body: B) -> Result<Bytes, B::Error>
+pin_project! {
+    /// Reads the body within the deadline, then calls the inner service with it.
+    #[project = BodyProj]
+    pub enum BodyFuture<S, B>
+    where
+        S: Service<Request<Bytes>>,
+    {
+        Reading {
+            #[pin]
+            read: Timeout<ReadAll<Limited<B>>>,
+            parts: Option<http::request::Parts>,
+            inner: S,
+            max: usize,
+            timeout: Duration,
+        },
+        Calling {
+            #[pin]
+            call: S::Future,
+        },
+        Refused {
+            error: Option<GatewayError>,
+        },
+    }
+}
+
+impl<S, B> Future for BodyFuture<S, B>
 where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError>,
     B: Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            // Trailers carry nothing the gateway forwards.
-            continue;
-        };
-        match (&mut first, &mut joined) {
-            (None, None) => first = Some(data),
-            (Some(earlier), None) => {
-                let mut buf = BytesMut::with_capacity(earlier.len() + data.len());
-                buf.extend_from_slice(earlier);
-                buf.extend_from_slice(&data);
-                first = None;
-                joined = Some(buf);
-            }
-            (_, Some(buf)) => buf.extend_from_slice(&data),
+    type Output = Result<GatewayResponse, GatewayError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project() {
+                BodyProj::Calling { call } => return call.poll(cx),
+                BodyProj::Refused { error } => {
+                    return Poll::Ready(Err(error.take().unwrap_or(GatewayError::Overloaded)))
+                }
+                BodyProj::Reading {
+                    read,
+                    parts,
+                    inner,
+                    max,
+                    timeout,
+                } => match (ready!(read.poll(cx)), parts.take()) {
+                    (Ok(Ok(bytes)), Some(parts)) => BodyFuture::Calling {
+                        call: inner.call(Request::from_parts(parts, bytes)),
+                    },
+                    (result, _) => BodyFuture::Refused {
+                        error: Some(read_error(result, *max, *timeout)),
+                    },
+                },
+            };
+            self.set(next);
         }
     }
-    Ok(joined.map_or_else(|| first.unwrap_or_default(), BytesMut::freeze))
+}
+
+/// What a failed read is answered with.
+fn read_error<E>(
+    result: Result<Result<Bytes, Box<dyn std::error::Error + Send + Sync>>, E>,
+    max: usize,
+    timeout: Duration,
+) -> GatewayError {
+    match result {
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            GatewayError::BodyTooLarge { limit: max }
+        }
+        Err(_) => GatewayError::InvalidJson(format!(
+            "the request body did not arrive within {}",
+            humantime::format_duration(timeout)
+        )),
+        _ => GatewayError::InvalidJson("the request body could not be read to its end".into()),
+    }
+}
+
+pin_project! {
+    /// The whole body. A body that arrives as one data frame (the usual case for a small
+    /// JSON request) is passed on as it came, without a copy or a frame queue; more frames
+    /// are joined.
+    pub struct ReadAll<B> {
+        #[pin]
+        body: B,
+        first: Option<Bytes>,
+        joined: Option<BytesMut>,
+    }
+}
+
+impl<B> ReadAll<B> {
+    pub fn new(body: B) -> Self {
+        ReadAll {
+            body,
+            first: None,
+            joined: None,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Future for ReadAll<B> {
+    type Output = Result<Bytes, B::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        while let Some(frame) = ready!(this.body.as_mut().poll_frame(cx)) {
+            let Ok(data) = frame?.into_data() else {
+                // Trailers carry nothing the gateway forwards.
+                continue;
+            };
+            match (this.first.take(), this.joined.as_mut()) {
+                (None, None) => *this.first = Some(data),
+                (Some(earlier), None) => {
+                    let mut buf = BytesMut::with_capacity(earlier.len() + data.len());
+                    buf.extend_from_slice(&earlier);
+                    buf.extend_from_slice(&data);
+                    *this.joined = Some(buf);
+                }
+                (_, Some(buf)) => buf.extend_from_slice(&data),
+            }
+        }
+        Poll::Ready(Ok(match this.joined.take() {
+            Some(buf) => buf.freeze(),
+            None => this.first.take().unwrap_or_default(),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -146,11 +230,11 @@ mod tests {
 
     #[tokio::test]
     async fn one_frame_passes_as_it_came_and_more_are_joined() {
-        let one = read_all(Full::new(Bytes::from_static(b"{\"a\":1}"))).await;
+        let one = ReadAll::new(Full::new(Bytes::from_static(b"{\"a\":1}"))).await;
         assert_eq!(one.as_deref().ok(), Some(&b"{\"a\":1}"[..]));
-        let many = read_all(frames(&["{\"a\"", ":", "1}"])).await;
+        let many = ReadAll::new(frames(&["{\"a\"", ":", "1}"])).await;
         assert_eq!(many.as_deref().ok(), Some(&b"{\"a\":1}"[..]));
-        let none = read_all(frames(&[])).await;
+        let none = ReadAll::new(frames(&[])).await;
         assert_eq!(none.as_deref().ok(), Some(&b""[..]));
     }
 }

@@ -6,15 +6,18 @@
 //!
 //! Which host an attempt goes to, and the circuit, live in [`crate::upstream::targets`].
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::{BoxFuture, GatewayResponse, RequestId, UpstreamReport};
+use super::{GatewayResponse, RequestId, UpstreamReport};
 use crate::credentials::{unix_now, Credentials};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -144,15 +147,11 @@ fn elapsed_of(result: &Result<GatewayResponse, GatewayError>) -> Duration {
 
 impl<S> Service<Request<Bytes>> for Retry<S>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError> + Clone,
 {
     type Response = GatewayResponse;
     type Error = GatewayError;
-    type Future = BoxFuture<Result<GatewayResponse, GatewayError>>;
+    type Future = RetryFuture<S>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -161,65 +160,127 @@ where
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let targets = self.targets.clone();
-        let credentials = self.credentials.clone();
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            let on_primary = !targets.circuit_open();
-            let first_target = match (&targets.backup, on_primary) {
-                (Some(backup), false) => {
-                    metrics.upstream_retry("circuit_open");
-                    backup.clone()
-                }
-                _ => targets.primary.clone(),
-            };
-            let spare = Spare::of(&req);
-            let first = inner.call(to(req, &first_target, &targets)).await;
-            match &first {
-                Err(e) if e.never_reached_upstream() && on_primary => {
-                    targets.primary_failed_to_connect();
-                    let Some(backup) = targets.backup.clone() else {
-                        return first;
-                    };
-                    // Never reached the primary: the backup gets the one more attempt.
-                    metrics.upstream_retry("connect_failover");
-                    tracing::info!("primary upstream unreachable; trying the backup host");
-                    let earlier = elapsed_of(&first);
-                    let second = inner
-                        .call(to(spare.into_request(), &backup, &targets))
-                        .await;
-                    add_elapsed(second, earlier)
-                }
-                Ok(response)
-                    if response
-                        .extensions()
-                        .get::<UpstreamReport>()
-                        .and_then(|r| r.error_code)
-                        == Some(USERSIG_EXPIRED) =>
-                {
-                    if on_primary {
-                        targets.primary_answered();
-                    }
-                    // Refused at authentication, so nothing was applied: renew, resend once.
-                    credentials.renew(unix_now());
-                    metrics.upstream_retry("usersig_expired");
-                    tracing::warn!(
-                        "upstream said the UserSig expired; renewed it and resending once"
-                    );
-                    let earlier = elapsed_of(&first);
-                    let second = inner
-                        .call(to(spare.into_request(), &first_target, &targets))
-                        .await;
-                    add_elapsed(second, earlier)
-                }
-                _ => {
-                    // The primary was reached (whatever it said): the circuit stays closed.
-                    if on_primary {
-                        targets.primary_answered();
-                    }
-                    first
-                }
+        let on_primary = !self.targets.circuit_open();
+        let first_target = match (&self.targets.backup, on_primary) {
+            (Some(backup), false) => {
+                self.metrics.upstream_retry("circuit_open");
+                backup.clone()
             }
-        })
+            _ => self.targets.primary.clone(),
+        };
+        let spare = Spare::of(&req);
+        RetryFuture::First {
+            call: inner.call(to(req, &first_target, &self.targets)),
+            attempt: Some(FirstAttempt {
+                inner,
+                spare,
+                on_primary,
+                target: first_target,
+                targets: self.targets.clone(),
+                credentials: self.credentials.clone(),
+                metrics: self.metrics.clone(),
+            }),
+        }
+    }
+}
+
+/// What the first attempt keeps for deciding, once it is answered, whether a second may go.
+pub struct FirstAttempt<S> {
+    inner: S,
+    spare: Spare,
+    on_primary: bool,
+    target: UpstreamBase,
+    targets: Arc<Targets>,
+    credentials: Arc<Credentials>,
+    metrics: Metrics,
+}
+
+impl<S> FirstAttempt<S> {
+    /// Where a second attempt goes, if one may go at all.
+    fn second_target(&self, first: &Result<GatewayResponse, GatewayError>) -> Option<UpstreamBase> {
+        let targets = &self.targets;
+        match first {
+            Err(e) if e.never_reached_upstream() && self.on_primary => {
+                targets.primary_failed_to_connect();
+                let backup = targets.backup.clone()?;
+                // Never reached the primary: the backup gets the one more attempt.
+                self.metrics.upstream_retry("connect_failover");
+                tracing::info!("primary upstream unreachable; trying the backup host");
+                Some(backup)
+            }
+            Ok(response)
+                if response
+                    .extensions()
+                    .get::<UpstreamReport>()
+                    .and_then(|r| r.error_code)
+                    == Some(USERSIG_EXPIRED) =>
+            {
+                if self.on_primary {
+                    targets.primary_answered();
+                }
+                // Refused at authentication, so nothing was applied: renew, resend once.
+                self.credentials.renew(unix_now());
+                self.metrics.upstream_retry("usersig_expired");
+                tracing::warn!("upstream said the UserSig expired; renewed it and resending once");
+                Some(self.target.clone())
+            }
+            _ => {
+                // The primary was reached (whatever it said): the circuit stays closed.
+                if self.on_primary {
+                    targets.primary_answered();
+                }
+                None
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The first attempt, then at most one more.
+    #[project = RetryProj]
+    pub enum RetryFuture<S>
+    where
+        S: Service<Request<Bytes>>,
+    {
+        First {
+            #[pin]
+            call: S::Future,
+            attempt: Option<FirstAttempt<S>>,
+        },
+        Second {
+            #[pin]
+            call: S::Future,
+            earlier: Duration,
+        },
+    }
+}
+
+impl<S> Future for RetryFuture<S>
+where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError>,
+{
+    type Output = Result<GatewayResponse, GatewayError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.as_mut().project() {
+            RetryProj::Second { call, earlier } => {
+                let second = ready!(call.poll(cx));
+                Poll::Ready(add_elapsed(second, *earlier))
+            }
+            RetryProj::First { call, attempt } => {
+                let first = ready!(call.poll(cx));
+                let Some(mut attempt) = attempt.take() else {
+                    return Poll::Ready(first);
+                };
+                let Some(target) = attempt.second_target(&first) else {
+                    return Poll::Ready(first);
+                };
+                let earlier = elapsed_of(&first);
+                let req = to(attempt.spare.into_request(), &target, &attempt.targets);
+                let call = attempt.inner.call(req);
+                self.set(RetryFuture::Second { call, earlier });
+                self.poll(cx)
+            }
+        }
     }
 }
