@@ -45,6 +45,31 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub auth: AuthConfig,
     pub apis: ApiAllowList,
+    pub coalesce: CoalesceConfig,
+}
+
+/// Hot-group write coalescing: concurrent increments of one group share one upstream call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CoalesceConfig {
+    /// Merge concurrent `Increase` / `Decrease` of one group.
+    pub enabled: bool,
+    /// Longest a caller waits for its group's next call; past it: 10006, never applied.
+    pub max_wait: Duration,
+    /// Callers in one batch at most.
+    pub max_callers: usize,
+    /// Concurrent identical `get_group_counter` calls of one group share one call.
+    pub reads: bool,
+}
+
+impl Default for CoalesceConfig {
+    fn default() -> Self {
+        CoalesceConfig {
+            enabled: true,
+            max_wait: Duration::from_secs(1),
+            max_callers: 1000,
+            reads: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -258,6 +283,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
     ),
     ("auth", &["tokens_file"]),
     ("apis", &["allow"]),
+    ("coalesce", &["enabled", "max_wait", "max_callers", "reads"]),
 ];
 
 /// Shortest and longest UserSig lifetimes the gateway accepts for its own admin sig.
@@ -296,6 +322,7 @@ impl Config {
         let rate = r.section(&table, "rate_limit").unwrap_or(&empty);
         let auth = r.section(&table, "auth").unwrap_or(&empty);
         let apis = r.section(&table, "apis").unwrap_or(&empty);
+        let coalesce = r.section(&table, "coalesce").unwrap_or(&empty);
 
         let default_listen = SocketAddr::from(([0, 0, 0, 0], 8080));
         let default_admin = SocketAddr::from(([0, 0, 0, 0], 9090));
@@ -493,6 +520,30 @@ impl Config {
 
         let apis = r.allow_list(apis);
 
+        let defaults = CoalesceConfig::default();
+        let coalesce = CoalesceConfig {
+            enabled: r
+                .boolean(coalesce, "coalesce", "enabled")
+                .unwrap_or(defaults.enabled),
+            max_wait: r
+                .duration(coalesce, "coalesce", "max_wait", false)
+                .unwrap_or(defaults.max_wait),
+            max_callers: r
+                .positive_int(coalesce, "coalesce", "max_callers", 100_000)
+                .map_or(defaults.max_callers, |n| n as usize),
+            reads: r
+                .boolean(coalesce, "coalesce", "reads")
+                .unwrap_or(defaults.reads),
+        };
+        // Waiting callers are answered within the grace period: sent, or refused at max_wait.
+        if coalesce.enabled && coalesce.max_wait > server.shutdown_grace {
+            r.problem(
+                "coalesce.max_wait",
+                Some(humantime::format_duration(coalesce.max_wait).to_string()),
+                "must be at most server.shutdown_grace, so that callers waiting at shutdown are answered",
+            );
+        }
+
         match (r.problems.is_empty(), sdkappid, endpoint, secret) {
             (true, Some(sdkappid), Some(endpoint), Some(secret)) => Ok(Config {
                 server,
@@ -510,6 +561,7 @@ impl Config {
                 rate_limit,
                 auth,
                 apis,
+                coalesce,
             }),
             _ => Err(Problems(r.problems)),
         }
@@ -628,6 +680,21 @@ impl Reader {
                     &format!("{section}.{key}"),
                     Some(other.to_string()),
                     "must be a string",
+                );
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, t: &Table, section: &str, key: &str) -> Option<bool> {
+        match t.get(key) {
+            None => None,
+            Some(Value::Boolean(b)) => Some(*b),
+            Some(other) => {
+                self.problem(
+                    &format!("{section}.{key}"),
+                    Some(other.to_string()),
+                    "must be true or false",
                 );
                 None
             }
@@ -787,6 +854,39 @@ secret_key_file = "/run/secret"
         assert_eq!(c.rate_limit.cleanup_interval, Duration::from_secs(10));
         assert_eq!(c.apis, ApiAllowList::counters());
         assert_eq!(c.chat.secret, SecretSource::File("/run/secret".into()));
+        assert_eq!(c.coalesce, CoalesceConfig::default());
+        assert!(c.coalesce.enabled && c.coalesce.reads);
+        assert_eq!(c.coalesce.max_wait, Duration::from_secs(1));
+        assert_eq!(c.coalesce.max_callers, 1000);
+    }
+
+    #[test]
+    fn coalesce_keys_are_checked() {
+        let text = format!(
+            "{MINIMAL}[coalesce]\nenabled = false\nmax_wait = \"250ms\"\nmax_callers = 50\nreads = false\n"
+        );
+        let c = Config::parse(&text).expect("valid").coalesce;
+        assert_eq!(
+            c,
+            CoalesceConfig {
+                enabled: false,
+                max_wait: Duration::from_millis(250),
+                max_callers: 50,
+                reads: false,
+            }
+        );
+        for (key, value) in [
+            ("enabled", "1"),
+            ("max_wait", "\"0s\""),
+            ("max_callers", "0"),
+            ("reads", "\"yes\""),
+            ("max_wait", "\"30s\""),
+        ] {
+            let text = format!("{MINIMAL}[coalesce]\n{key} = {value}\n");
+            let problems = Config::parse(&text).expect_err("invalid").0;
+            assert_eq!(problems.len(), 1, "{key} = {value}: {problems:?}");
+            assert_eq!(problems[0].key, format!("coalesce.{key}"));
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::config::{
-    ApiAllowList, AuthConfig, ChatConfig, Config, Endpoint, RateLimitConfig, SecretSource,
-    ServerConfig, UpstreamConfig,
+    ApiAllowList, AuthConfig, ChatConfig, CoalesceConfig, Config, Endpoint, RateLimitConfig,
+    SecretSource, ServerConfig, UpstreamConfig,
 };
 use crate::emulator::{self, Emulator};
 use crate::usersig::SecretKey;
@@ -116,6 +116,7 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send) -> Result<(), Sandbo
         },
         auth: AuthConfig::default(),
         apis: ApiAllowList::counters(),
+        coalesce: CoalesceConfig::default(),
     };
     println!("chat-gateway sandbox: an in-process Chat emulator plays Tencent (sdkappid {SANDBOX_SDKAPPID}, throwaway key)");
     println!("callers: http://{SANDBOX_LISTEN}   admin: http://{SANDBOX_ADMIN}/metrics");

@@ -12,6 +12,7 @@ use tower::{Service, ServiceBuilder};
 
 use crate::api::ApiTable;
 use crate::auth::{Authenticator, Tokens, TokensError};
+use crate::coalesce::CoalesceLayer;
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::error::GatewayError;
@@ -50,6 +51,8 @@ pub struct StackParts {
     pub authenticator: Option<Arc<Authenticator>>,
     /// Primary and backup upstream, and the circuit between them.
     pub targets: Arc<Targets>,
+    /// Hot-group coalescing, with its per-group state.
+    pub coalesce: CoalesceLayer,
 }
 
 /// What can stop the gateway from being assembled.
@@ -121,14 +124,16 @@ impl StackParts {
                 .map(|b| Arc::from(b.base())),
             metrics.clone(),
         );
+        let limiter = rate_limit::from_config(&config.rate_limit);
         Ok(StackParts {
+            coalesce: CoalesceLayer::new(config.coalesce.clone(), limiter.clone(), metrics.clone()),
             table: Arc::new(ApiTable::new(&config.apis)),
             lifecycle: Arc::new(Lifecycle::new()),
             credentials,
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
             max_in_flight: config.server.max_in_flight,
-            limiter: rate_limit::from_config(&config.rate_limit),
+            limiter,
             authenticator,
             targets,
             metrics,
@@ -201,6 +206,8 @@ where
         ))
         // A JSON object; counter payloads keep Tencent's rules.
         .layer(CheckLayer::new(Validate))
+        // Concurrent increments of one group share one call and one token (taken here).
+        .layer(parts.coalesce.clone())
         // Per GroupId, then per API for the app: only valid requests spend tokens.
         .layer(LimitLayer::new(
             parts.limiter.clone(),
