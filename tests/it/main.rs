@@ -2,6 +2,7 @@
 
 mod answers;
 mod binary;
+mod coalesce;
 mod faults;
 mod forwarding;
 mod observability;

@@ -1,4 +1,6 @@
 //! Rate limits through the gateway: per group, per app, and what reaches the upstream.
+//! Increments here run with coalescing off: with it on, a refused increment waits for its
+//! token (see coalesce.rs).
 
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ async fn a_hot_group_is_limited_while_others_pass() {
     let gw = spawn_gateway(&config_text(
         &emulator.endpoint(),
         "",
-        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 5\napp_per_second = 1000\napp_burst = 1000\n",
+        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 5\napp_per_second = 1000\napp_burst = 1000\n[coalesce]\nenabled = false\n",
     ))
     .await;
     for i in 0..5 {
@@ -77,7 +79,7 @@ async fn a_low_app_limit_yields_60007() {
     let gw = spawn_gateway(&config_text(
         &emulator.endpoint(),
         "",
-        "[rate_limit]\ngroup_per_second = 100\ngroup_burst = 100\napp_per_second = 1\napp_burst = 2\n",
+        "[rate_limit]\ngroup_per_second = 100\ngroup_burst = 100\napp_per_second = 1\napp_burst = 2\n[coalesce]\nenabled = false\n",
     ))
     .await;
     let mut codes = Vec::new();
