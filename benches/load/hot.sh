@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# Hot-group scenario: Increase +1 to ONE group from thousands of connections, against the
+# Chat emulator answering after LATENCY, through chat-gateway with coalescing on, with it off,
+# and through nginx as a plain re-signing proxy (which forwards every call). See README.md.
+#
+#   bash benches/load/hot.sh                     # 10 s per target
+#   DURATION=3 CONNS=2000 bash benches/load/hot.sh   # smoke
+#
+# Settings (environment variables, defaults in brackets):
+#   DURATION [10]  seconds of each measured run     CONNS [6000]  wrk connections
+#   LATENCY [50ms] the emulator's answer time        TARGETS ["on off nginx"]
+#   MAX_CALLERS [5000] coalesce.max_callers         PROXY_CPU [0] WRK_CPU [1] (taskset)
+#   GATEWAY_BIN [target/release/chat-gateway]       KEEP [0] keep the work directory
+#   EMU_PORT [18280] GATEWAY_PORT [18281] GATEWAY_ADMIN_PORT [18282] NGINX_PORT [18283]
+#
+# Little's law: callers in flight = rate x latency; 50 000 increments a second at ~80 ms each
+# need ~4 000 callers at once, hence the connection count and the raised file limit.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-6000}
+LATENCY=${LATENCY:-50ms}
+TARGETS=${TARGETS:-on off nginx}
+MAX_CALLERS=${MAX_CALLERS:-5000}
+PROXY_CPU=${PROXY_CPU:-0}
+WRK_CPU=${WRK_CPU:-1}
+GATEWAY_BIN=${GATEWAY_BIN:-$REPO/target/release/chat-gateway}
+KEEP=${KEEP:-0}
+EMU_PORT=${EMU_PORT:-18280}
+GATEWAY_PORT=${GATEWAY_PORT:-18281}
+GATEWAY_ADMIN_PORT=${GATEWAY_ADMIN_PORT:-18282}
+NGINX_PORT=${NGINX_PORT:-18283}
+SDKAPPID=1400000000
+IDENTIFIER=administrator
+API=/v4/group_open_http_svc/update_group_counter
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "hot.sh: $*"; exit 2; }
+for v in DURATION CONNS MAX_CALLERS PROXY_CPU WRK_CPU EMU_PORT GATEWAY_PORT GATEWAY_ADMIN_PORT NGINX_PORT; do
+  [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
+done
+for t in wrk nginx taskset curl ss; do command -v $t >/dev/null || die "missing $t"; done
+[ -x "$GATEWAY_BIN" ] || die "no gateway binary at $GATEWAY_BIN (cargo build --release)"
+for p in $EMU_PORT $GATEWAY_PORT $GATEWAY_ADMIN_PORT $NGINX_PORT; do
+  ! ss -Htln "sport = :$p" | grep -q . || die "port $p is taken"
+done
+want_fd=$((CONNS * 3 + 1024)); hard=$(ulimit -Hn)
+[ "$hard" != unlimited ] && [ "$hard" -lt "$want_fd" ] && want_fd=$hard
+ulimit -n "$want_fd"
+CLK_TCK=$(getconf CLK_TCK)
+
+WORK=$(mktemp -d /tmp/chat-gateway-hot.XXXXXX)
+PIDS=()
+cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do stop "$pid"; done
+  [ "$KEEP" = 1 ] && say "==> kept $WORK" || rm -rf "$WORK"
+  exit "$rc"
+}
+stop() {            # stop PID: SIGTERM, then SIGKILL after 5 s; only processes started here
+  local pid=$1 i
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+wait_port() { local i; for i in $(seq 100); do ss -Htln "sport = :$1" | grep -q . && return 0; sleep 0.1; done; return 1; }
+ticks() { local s f; s=$(cat "/proc/$1/stat") || { echo 0; return; }; s=${s##*) }; read -r -a f <<<"$s"; echo $((f[11] + f[12])); }
+
+cp "$GATEWAY_BIN" "$WORK/chat-gateway"; BIN=$WORK/chat-gateway
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/key"; chmod 600 "$WORK/key"
+USERSIG=$("$BIN" usersig --sdkappid $SDKAPPID --identifier $IDENTIFIER --expire 86400 --secret-key-file "$WORK/key")
+
+say "==> emulator on CPU $WRK_CPU, latency $LATENCY"
+taskset -c "$WRK_CPU" "$BIN" emulator --listen 127.0.0.1:$EMU_PORT --sdkappid $SDKAPPID \
+  --secret-key-file "$WORK/key" --latency "$LATENCY" >"$WORK/emulator.log" 2>&1 &
+PIDS+=($!)
+wait_port $EMU_PORT || die "emulator did not start"
+
+gateway_config() {  # gateway_config true|false
+  cat <<EOC
+[server]
+listen = "127.0.0.1:$GATEWAY_PORT"
+admin_listen = "127.0.0.1:$GATEWAY_ADMIN_PORT"
+drain_delay = "0s"
+shutdown_grace = "3s"
+max_in_flight = $((CONNS + 1000))
+[chat]
+sdkappid = $SDKAPPID
+identifier = "$IDENTIFIER"
+endpoint = "http://127.0.0.1:$EMU_PORT"
+secret_key_file = "$WORK/key"
+[coalesce]
+enabled = $1
+max_callers = $MAX_CALLERS
+EOC
+}
+cat >"$WORK/nginx.conf" <<EOC
+worker_processes 1;
+worker_rlimit_nofile $want_fd;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx.error.log warn;
+events { worker_connections $((want_fd - 100)); multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx.body;
+  proxy_temp_path $WORK/nginx.proxy;
+  keepalive_requests 100000000;
+  upstream chat { server 127.0.0.1:$EMU_PORT; keepalive 1024; keepalive_requests 100000000; }
+  map \$msec \$random32 { "~(?<s>[0-9]{6})\.(?<ms>[0-9]{3})\$" "\$s\$ms"; default "0"; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT backlog=8192;
+    location ~ ^/v4/[^/]+/[^/]+\$ {
+      rewrite ^ \$uri?sdkappid=$SDKAPPID&identifier=$IDENTIFIER&usersig=$USERSIG&random=\$random32&contenttype=json? break;
+      proxy_pass http://chat;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_read_timeout 5s;
+    }
+  }
+}
+EOC
+
+value_of() {        # value_of PORT GROUP: the group's likes, read through the proxy on PORT
+  curl -sS --max-time 5 -X POST -H 'Content-Type: application/json' \
+    --data-binary "{\"GroupId\":\"$2\",\"GroupCounterKeys\":[\"likes\"]}" \
+    "http://127.0.0.1:$1/v4/group_open_http_svc/get_group_counter" |
+    sed -n 's/.*"Value":\([0-9-]*\).*/\1/p'
+}
+
+printf '| target | wrk req/s | OK answers/s | applied increments/s | upstream calls/s | p50 ms | p99 ms | CPU us/applied increment | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n' >"$WORK/table.md"
+for target in $TARGETS; do
+  group="live-$target-$$"
+  case $target in
+    on|off)
+      gateway_config "$([ $target = on ] && echo true || echo false)" >"$WORK/gw-$target.toml"
+      RUST_LOG=warn taskset -c "$PROXY_CPU" "$BIN" serve --config "$WORK/gw-$target.toml" >"$WORK/gw-$target.log" 2>&1 &
+      pid=$!; PIDS+=($pid); port=$GATEWAY_PORT
+      wait_port $GATEWAY_PORT || die "gateway did not start (see $WORK/gw-$target.log)"
+      ;;
+    nginx)
+      taskset -c "$PROXY_CPU" nginx -p "$WORK" -c "$WORK/nginx.conf" -e "$WORK/nginx.error.log" -g 'daemon off;' >"$WORK/nginx.log" 2>&1 &
+      pid=$!; PIDS+=($pid); port=$NGINX_PORT
+      wait_port $NGINX_PORT || die "nginx did not start"
+      sleep 0.2; pid=$(cat "/proc/$pid/task/$pid/children" | awk '{print $1}'); PIDS+=($pid)
+      ;;
+    *) die "unknown target $target";;
+  esac
+  before=$(ticks "$pid")
+  say "==> $target: wrk -c $CONNS -d ${DURATION}s into one group ($group)"
+  LOAD_BODY="{\"GroupId\":\"$group\",\"GroupCounter\":[{\"Key\":\"likes\",\"Value\":1}],\"Mode\":\"Increase\"}" \
+    taskset -c "$WRK_CPU" wrk -t1 -c "$CONNS" -d "${DURATION}s" --timeout 5s -s "$HERE/post.lua" \
+    "http://127.0.0.1:$port$API" >"$WORK/wrk-$target.txt" 2>&1 || die "wrk failed (see $WORK/wrk-$target.txt)"
+  after=$(ticks "$pid")
+  sleep 1.5   # the last calls return
+  rss_kb=$(awk '$1 == "VmHWM:" {print $2}' "/proc/$pid/status")
+  applied=$(value_of "$port" "$group"); applied=${applied:-0}
+  line=$(grep '^LOADRESULT' "$WORK/wrk-$target.txt")
+  get() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<"$line"; }
+  reqs=$(get requests); dur_us=$(get duration_us); notok=$(get not_ok); non2xx=$(get non2xx)
+  if [ "$target" = nginx ]; then
+    calls=$reqs
+  else
+    calls=$(curl -sS "http://127.0.0.1:$GATEWAY_ADMIN_PORT/metrics" |
+      awk '/^chat_gateway_upstream_responses_total\{api="group_open_http_svc\/update_group_counter"/ {s += $2} END {print s + 0}')
+  fi
+  awk -v r="$reqs" -v d="$dur_us" -v bad="$((notok + non2xx))" -v a="$applied" -v c="$calls" \
+      -v p50="$(get p50_us)" -v p99="$(get p99_us)" -v t="$((after - before))" -v hz="$CLK_TCK" \
+      -v rss="$rss_kb" -v name="$target" 'BEGIN {
+    s = d / 1e6
+    printf "| %s | %.0f | %.0f | %.0f | %.1f | %.1f | %.1f | %.2f | %.1f |\n", name, r / s, (r - bad) / s,
+      a / s, c / s, p50 / 1000, p99 / 1000, (a > 0 ? t / hz * 1e6 / a : 0), rss / 1024 }' >>"$WORK/table.md"
+  say "    $(tail -1 "$WORK/table.md")"
+  for p in "${PIDS[@]:1}"; do stop "$p"; done
+  PIDS=("${PIDS[0]}")
+done
+say ""
+cat "$WORK/table.md"
