@@ -360,3 +360,114 @@ fn rebuild(
     *merge = fresh.with_max_callers_of(merge);
     (kept, out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::coalesce::merge::Mode;
+
+    fn member(value: i64, wait: Duration) -> (Member, oneshot::Receiver<Answer>) {
+        let (tx, rx) = oneshot::channel();
+        let m = Member {
+            inc: Increment {
+                mode: Mode::Increase,
+                counters: vec![("likes".into(), value)],
+            },
+            body: Bytes::new(),
+            deadline: Instant::now() + wait,
+            tx,
+        };
+        (m, rx)
+    }
+
+    fn parts() -> http::request::Parts {
+        Request::new(()).into_parts().0
+    }
+
+    fn new_id(joined: Joined) -> u64 {
+        match joined {
+            Joined::New { id, .. } => id,
+            Joined::Existing => panic!("expected a new batch"),
+        }
+    }
+
+    #[test]
+    fn groups_are_forgotten_once_nothing_is_in_flight_or_waiting() {
+        let r = Registry::new();
+        let second = Duration::from_secs(1);
+        for i in 0..1000 {
+            let group = format!("g{i}");
+            let (m, _rx) = member(1, second);
+            let id = new_id(r.join(&group, m, parts(), 10));
+            let (sealed, late) = r.seal(&group, id, Instant::now());
+            assert!(sealed.is_some() && late.is_empty());
+            r.finish(&group);
+        }
+        assert_eq!(
+            r.busy_groups(),
+            0,
+            "a flood of distinct groups leaves nothing"
+        );
+
+        // Every caller past its deadline: the batch and the group go.
+        let (m, _rx) = member(1, Duration::ZERO);
+        let id = new_id(r.join("e", m, parts(), 10));
+        let (gone, left) = r.expire("e", id, Instant::now() + second);
+        assert_eq!((gone.len(), left), (1, 0));
+        assert_eq!(r.turn("e", id), Turn::Gone);
+        assert_eq!(r.busy_groups(), 0);
+
+        // A caller that hung up before its batch was sealed is never sent.
+        let (m, rx) = member(1, second);
+        let id = new_id(r.join("h", m, parts(), 10));
+        drop(rx);
+        let (sealed, late) = r.seal("h", id, Instant::now());
+        assert!(sealed.is_none() && late.is_empty());
+        assert_eq!(r.busy_groups(), 0);
+
+        // Shared reads: the lane goes when nobody waits.
+        let key = ReadKey { keys: None };
+        let (tx, _rx) = oneshot::channel();
+        assert!(matches!(
+            r.join_read("r", key.clone(), Request::new(Bytes::new()), tx, 10),
+            ReadJoin::New
+        ));
+        assert!(r.take_reads("r", &key).is_some());
+        assert!(r.take_reads("r", &key).is_none());
+        assert_eq!(r.busy_groups(), 0);
+    }
+
+    #[test]
+    fn a_batch_waits_while_its_group_has_a_call_in_flight_unless_full() {
+        let r = Registry::new();
+        let wait = Duration::from_secs(1);
+        let (m, _a) = member(1, wait);
+        let first = new_id(r.join("g", m, parts(), 2));
+        assert_eq!(r.turn("g", first), Turn::Go, "nothing in flight");
+        let (sealed, _) = r.seal("g", first, Instant::now());
+        assert!(sealed.is_some());
+        let (m, _b) = member(1, wait);
+        let next = new_id(r.join("g", m, parts(), 2));
+        assert!(
+            matches!(r.turn("g", next), Turn::Wait(_)),
+            "a call is in flight"
+        );
+        let (m, _c) = member(1, wait);
+        assert!(matches!(r.join("g", m, parts(), 2), Joined::Existing));
+        assert_eq!(r.turn("g", next), Turn::Go, "full: it need not wait");
+        let (m, _d) = member(1, wait);
+        let third = new_id(r.join("g", m, parts(), 2));
+        r.finish("g");
+        assert_eq!(r.turn("g", third), Turn::Go, "the call returned");
+        // Expiring one of two callers rebuilds the sums from the one left.
+        let (m, _e) = member(5, Duration::ZERO);
+        assert!(matches!(r.join("g", m, parts(), 2), Joined::Existing));
+        let (gone, left) = r.expire("g", third, Instant::now());
+        assert_eq!((gone.len(), left), (1, 1));
+        let (sealed, _) = r.seal("g", third, Instant::now());
+        let sealed = sealed.expect("one caller left");
+        assert_eq!(sealed.merge.sums().collect::<Vec<_>>(), [("likes", 1)]);
+    }
+}
