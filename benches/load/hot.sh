@@ -7,9 +7,13 @@
 #   DURATION=3 CONNS=2000 bash benches/load/hot.sh   # smoke
 #
 # Settings (environment variables, defaults in brackets):
-#   DURATION [10]  seconds of each measured run     CONNS [6000]  wrk connections
+#   DURATION [10]  seconds of each measured run
+#   CLIENT [h2load] h2load (HTTP/2: H2_CONNS connections x STREAMS streams, h2c to the proxy) or
+#                  wrk (HTTP/1.1: CONNS connections); Debian: nghttp2-client, wrk
+#   H2_CONNS [60] STREAMS [100] CONNS [6000]
 #   LATENCY [50ms] the emulator's answer time        TARGETS ["on off nginx"]
 #   MAX_CALLERS [5000] coalesce.max_callers         PROXY_CPU [0] WRK_CPU [1] (taskset)
+#   EMU_CPU [0,1]  the emulator's CPUs: both, so that a busy wrk does not add to its latency
 #   GATEWAY_BIN [target/release/chat-gateway]       KEEP [0] keep the work directory
 #   EMU_PORT [18280] GATEWAY_PORT [18281] GATEWAY_ADMIN_PORT [18282] NGINX_PORT [18283]
 #
@@ -21,11 +25,15 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-6000}
+CLIENT=${CLIENT:-h2load}
+H2_CONNS=${H2_CONNS:-60}
+STREAMS=${STREAMS:-100}
 LATENCY=${LATENCY:-50ms}
 TARGETS=${TARGETS:-on off nginx}
 MAX_CALLERS=${MAX_CALLERS:-5000}
 PROXY_CPU=${PROXY_CPU:-0}
 WRK_CPU=${WRK_CPU:-1}
+EMU_CPU=${EMU_CPU:-0,1}
 GATEWAY_BIN=${GATEWAY_BIN:-$REPO/target/release/chat-gateway}
 KEEP=${KEEP:-0}
 EMU_PORT=${EMU_PORT:-18280}
@@ -38,10 +46,11 @@ API=/v4/group_open_http_svc/update_group_counter
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "hot.sh: $*"; exit 2; }
-for v in DURATION CONNS MAX_CALLERS PROXY_CPU WRK_CPU EMU_PORT GATEWAY_PORT GATEWAY_ADMIN_PORT NGINX_PORT; do
+case $CLIENT in h2load) CONC=$((H2_CONNS * STREAMS));; wrk) CONC=$CONNS;; *) die "CLIENT is h2load or wrk";; esac
+for v in DURATION CONNS H2_CONNS STREAMS MAX_CALLERS PROXY_CPU WRK_CPU EMU_PORT GATEWAY_PORT GATEWAY_ADMIN_PORT NGINX_PORT; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
 done
-for t in wrk nginx taskset curl ss; do command -v $t >/dev/null || die "missing $t"; done
+for t in $CLIENT nginx taskset curl ss; do command -v $t >/dev/null || die "missing $t"; done
 [ -x "$GATEWAY_BIN" ] || die "no gateway binary at $GATEWAY_BIN (cargo build --release)"
 for p in $EMU_PORT $GATEWAY_PORT $GATEWAY_ADMIN_PORT $NGINX_PORT; do
   ! ss -Htln "sport = :$p" | grep -q . || die "port $p is taken"
@@ -77,8 +86,8 @@ cp "$GATEWAY_BIN" "$WORK/chat-gateway"; BIN=$WORK/chat-gateway
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/key"; chmod 600 "$WORK/key"
 USERSIG=$("$BIN" usersig --sdkappid $SDKAPPID --identifier $IDENTIFIER --expire 86400 --secret-key-file "$WORK/key")
 
-say "==> emulator on CPU $WRK_CPU, latency $LATENCY"
-taskset -c "$WRK_CPU" "$BIN" emulator --listen 127.0.0.1:$EMU_PORT --sdkappid $SDKAPPID \
+say "==> emulator on CPUs $EMU_CPU, latency $LATENCY"
+taskset -c "$EMU_CPU" "$BIN" emulator --listen 127.0.0.1:$EMU_PORT --sdkappid $SDKAPPID \
   --secret-key-file "$WORK/key" --latency "$LATENCY" >"$WORK/emulator.log" 2>&1 &
 PIDS+=($!)
 wait_port $EMU_PORT || die "emulator did not start"
@@ -90,7 +99,7 @@ listen = "127.0.0.1:$GATEWAY_PORT"
 admin_listen = "127.0.0.1:$GATEWAY_ADMIN_PORT"
 drain_delay = "0s"
 shutdown_grace = "3s"
-max_in_flight = $((CONNS + 1000))
+max_in_flight = $((CONC + 1000))
 [chat]
 sdkappid = $SDKAPPID
 identifier = "$IDENTIFIER"
@@ -115,7 +124,8 @@ http {
   upstream chat { server 127.0.0.1:$EMU_PORT; keepalive 1024; keepalive_requests 100000000; }
   map \$msec \$random32 { "~(?<s>[0-9]{6})\.(?<ms>[0-9]{3})\$" "\$s\$ms"; default "0"; }
   server {
-    listen 127.0.0.1:$NGINX_PORT backlog=8192;
+    listen 127.0.0.1:$NGINX_PORT $([ "$CLIENT" = h2load ] && echo http2) backlog=8192;
+    http2_max_concurrent_streams 256;
     location ~ ^/v4/[^/]+/[^/]+\$ {
       rewrite ^ \$uri?sdkappid=$SDKAPPID&identifier=$IDENTIFIER&usersig=$USERSIG&random=\$random32&contenttype=json? break;
       proxy_pass http://chat;
@@ -134,7 +144,7 @@ value_of() {        # value_of PORT GROUP: the group's likes, read through the p
     sed -n 's/.*"Value":\([0-9-]*\).*/\1/p'
 }
 
-printf '| target | wrk req/s | OK answers/s | applied increments/s | upstream calls/s | p50 ms | p99 ms | CPU us/applied increment | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n' >"$WORK/table.md"
+printf '| target | client req/s | OK answers/s | applied increments/s | upstream calls/s | p50 ms | p99 ms | CPU us/applied increment | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n' >"$WORK/table.md"
 for target in $TARGETS; do
   group="live-$target-$$"
   case $target in
@@ -153,15 +163,33 @@ for target in $TARGETS; do
     *) die "unknown target $target";;
   esac
   before=$(ticks "$pid")
-  say "==> $target: wrk -c $CONNS -d ${DURATION}s into one group ($group)"
-  LOAD_BODY="{\"GroupId\":\"$group\",\"GroupCounter\":[{\"Key\":\"likes\",\"Value\":1}],\"Mode\":\"Increase\"}" \
-    taskset -c "$WRK_CPU" wrk -t1 -c "$CONNS" -d "${DURATION}s" --timeout 5s -s "$HERE/post.lua" \
-    "http://127.0.0.1:$port$API" >"$WORK/wrk-$target.txt" 2>&1 || die "wrk failed (see $WORK/wrk-$target.txt)"
+  body="{\"GroupId\":\"$group\",\"GroupCounter\":[{\"Key\":\"likes\",\"Value\":1}],\"Mode\":\"Increase\"}"
+  if [ "$CLIENT" = wrk ]; then
+    say "==> $target: wrk -c $CONNS -d ${DURATION}s into one group ($group)"
+    LOAD_BODY="$body" taskset -c "$WRK_CPU" wrk -t1 -c "$CONNS" -d "${DURATION}s" --timeout 5s -s "$HERE/post.lua" \
+      "http://127.0.0.1:$port$API" >"$WORK/client-$target.txt" 2>&1 || die "wrk failed (see $WORK/client-$target.txt)"
+  else
+    say "==> $target: h2load -c $H2_CONNS -m $STREAMS -D $DURATION into one group ($group)"
+    printf '%s' "$body" >"$WORK/body.json"
+    taskset -c "$WRK_CPU" h2load -t1 -c "$H2_CONNS" -m "$STREAMS" -D "$DURATION" -d "$WORK/body.json" \
+      -H 'content-type: application/json' --log-file "$WORK/h2load-$target.log" \
+      "http://127.0.0.1:$port$API" >"$WORK/client-$target.txt" 2>&1 || die "h2load failed (see $WORK/client-$target.txt)"
+  fi
   after=$(ticks "$pid")
   sleep 1.5   # the last calls return
   rss_kb=$(awk '$1 == "VmHWM:" {print $2}' "/proc/$pid/status")
   applied=$(value_of "$port" "$group"); applied=${applied:-0}
-  line=$(grep '^LOADRESULT' "$WORK/wrk-$target.txt")
+  if [ "$CLIENT" = wrk ]; then
+    line=$(grep '^LOADRESULT' "$WORK/client-$target.txt")
+  else
+    # The log: start time, status, microseconds per request. Percentiles from it; a 2xx that
+    # is a gateway refusal (10006) is counted as OK here: "applied" is what the emulator holds.
+    n=$(wc -l <"$WORK/h2load-$target.log")
+    pct() { awk '{print $3}' "$WORK/h2load-$target.log" | sort -n | awk -v p="$1" -v n="$n" 'NR == int(n * p / 100) + 1 {print; exit}'; }
+    secs=$(sed -n 's/^finished in \([0-9.]*\)s.*/\1/p' "$WORK/client-$target.txt")
+    bad=$(awk '$2 < 200 || $2 > 299' "$WORK/h2load-$target.log" | wc -l)
+    line="LOADRESULT requests=$n duration_us=$(awk -v s="$secs" 'BEGIN {printf "%d", s * 1e6}') non2xx=$bad not_ok=0 p50_us=$(pct 50) p99_us=$(pct 99)"
+  fi
   get() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<"$line"; }
   reqs=$(get requests); dur_us=$(get duration_us); notok=$(get not_ok); non2xx=$(get non2xx)
   if [ "$target" = nginx ]; then

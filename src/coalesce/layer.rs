@@ -300,6 +300,13 @@ where
         }
         let result = self.inner.clone().oneshot(req).await;
         registry.finish(&self.group);
+        if n > 1 {
+            // `finish` woke the group's next batch: let it be sent (its driver, then the
+            // upstream connection's task) before thousands of answers queue up ahead of it on
+            // a busy runtime and hold back the group's next call.
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+        }
         let members = std::mem::take(&mut pending.members);
         if n == 1 {
             if let Some(m) = members.into_iter().next() {
