@@ -326,11 +326,23 @@ where
                     .ok()
                     .then(|| merge::answer_values(&answer.body))
                     .flatten();
+                // Callers with the same keys (a live stream's likes: all of them) share one
+                // answer body.
+                let mut last: Option<(Vec<String>, Bytes)> = None;
                 for m in members {
-                    let body = values
-                        .as_ref()
-                        .and_then(|v| merge::caller_answer(v, &m.inc))
-                        .map_or_else(|| answer.body.clone(), Bytes::from);
+                    let body = match &last {
+                        Some((keys, body)) if m.inc.keys().eq(keys.iter().map(String::as_str)) => {
+                            body.clone()
+                        }
+                        _ => {
+                            let body = values
+                                .as_ref()
+                                .and_then(|v| merge::caller_answer(v, &m.inc))
+                                .map_or_else(|| answer.body.clone(), Bytes::from);
+                            last = Some((m.inc.keys().map(str::to_string).collect(), body.clone()));
+                            body
+                        }
+                    };
                     let _ = m.tx.send(Ok(answer.answer(body, n)));
                 }
             }
