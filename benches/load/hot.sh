@@ -188,7 +188,8 @@ for target in $TARGETS; do
     # The log: start time, status, microseconds per request. Percentiles from it; a 2xx that
     # is a gateway refusal (10006) is counted as OK here: "applied" is what the emulator holds.
     n=$(wc -l <"$WORK/h2load-$target.log")
-    pct() { awk '{print $3}' "$WORK/h2load-$target.log" | sort -n | awk -v p="$1" -v n="$n" 'NR == int(n * p / 100) + 1 {print; exit}'; }
+    # Reads to the end (no early exit: with pipefail, sort would die of SIGPIPE).
+    pct() { awk '{print $3}' "$WORK/h2load-$target.log" | sort -n | awk -v p="$1" -v n="$n" 'NR == int(n * p / 100) + 1 {v = $1} END {print v}'; }
     secs=$(sed -n 's/^finished in \([0-9.]*\)s.*/\1/p' "$WORK/client-$target.txt")
     bad=$(awk '$2 < 200 || $2 > 299' "$WORK/h2load-$target.log" | wc -l)
     line="LOADRESULT requests=$n duration_us=$(awk -v s="$secs" 'BEGIN {printf "%d", s * 1e6}') non2xx=$bad not_ok=0 p50_us=$(pct 50) p99_us=$(pct 99)"
