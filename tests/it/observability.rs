@@ -858,7 +858,9 @@ async fn no_group_key_usersig_or_secret_in_the_scrape() {
     let gw = spawn_gateway(&config_text(
         &upstream.endpoint(),
         "",
-        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 2\napp_per_second = 1000\napp_burst = 1000\n",
+        // Coalescing off: a refused increment must be answered at once (with it on, it waits
+        // for its token).
+        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 2\napp_per_second = 1000\napp_burst = 1000\n[coalesce]\nenabled = false\n",
     ))
     .await;
 
