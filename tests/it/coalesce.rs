@@ -551,3 +551,45 @@ async fn a_batch_waiting_at_shutdown_is_still_sent() {
     assert_eq!(emulator.emulator.store().value("s", "n"), Some(6));
     assert_eq!(emulator.emulator.requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_fails_over_to_the_backup_when_the_primary_cannot_be_reached() {
+    let emulator = spawn_emulator_with_latency(None, Duration::from_millis(100)).await;
+    // A port nobody listens on: every connect is refused, so nothing ever reached it.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let gw = spawn_gateway(&config_text(
+        &format!("http://{closed}"),
+        &format!("backup_endpoint = \"{}\"", emulator.endpoint()),
+        "",
+    ))
+    .await;
+    let addr = gw.addr;
+    let first =
+        tokio::spawn(async move { post(addr, UPDATE, body("f", "Increase", &[("n", 1)])).await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let replies = all_at_once(
+        addr,
+        UPDATE,
+        (0..30)
+            .map(|_| body("f", "Increase", &[("n", 1)]))
+            .collect(),
+    )
+    .await;
+    assert_eq!(first.await.expect("first").error_code(), 0);
+    for r in &replies {
+        assert_eq!(r.error_code(), 0, "{:?}", r.body);
+    }
+    assert_eq!(
+        emulator.emulator.store().value("f", "n"),
+        Some(31),
+        "each applied once"
+    );
+    assert!(
+        emulator.emulator.requests() <= 3,
+        "{} calls",
+        emulator.emulator.requests()
+    );
+}
