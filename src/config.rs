@@ -12,6 +12,9 @@ use toml::{Table, Value};
 
 use crate::region::Region;
 
+mod coalesce;
+pub use coalesce::CoalesceConfig;
+
 /// One thing wrong with a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -46,30 +49,6 @@ pub struct Config {
     pub auth: AuthConfig,
     pub apis: ApiAllowList,
     pub coalesce: CoalesceConfig,
-}
-
-/// Hot-group write coalescing: concurrent increments of one group share one upstream call.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CoalesceConfig {
-    /// Merge concurrent `Increase` / `Decrease` of one group.
-    pub enabled: bool,
-    /// Longest a caller waits for its group's next call; past it: 10006, never applied.
-    pub max_wait: Duration,
-    /// Callers in one batch at most.
-    pub max_callers: usize,
-    /// Concurrent identical `get_group_counter` calls of one group share one call.
-    pub reads: bool,
-}
-
-impl Default for CoalesceConfig {
-    fn default() -> Self {
-        CoalesceConfig {
-            enabled: true,
-            max_wait: Duration::from_secs(1),
-            max_callers: 1000,
-            reads: true,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -322,7 +301,7 @@ impl Config {
         let rate = r.section(&table, "rate_limit").unwrap_or(&empty);
         let auth = r.section(&table, "auth").unwrap_or(&empty);
         let apis = r.section(&table, "apis").unwrap_or(&empty);
-        let coalesce = r.section(&table, "coalesce").unwrap_or(&empty);
+        let coalesce_table = r.section(&table, "coalesce").unwrap_or(&empty);
 
         let default_listen = SocketAddr::from(([0, 0, 0, 0], 8080));
         let default_admin = SocketAddr::from(([0, 0, 0, 0], 9090));
@@ -520,29 +499,7 @@ impl Config {
 
         let apis = r.allow_list(apis);
 
-        let defaults = CoalesceConfig::default();
-        let coalesce = CoalesceConfig {
-            enabled: r
-                .boolean(coalesce, "coalesce", "enabled")
-                .unwrap_or(defaults.enabled),
-            max_wait: r
-                .duration(coalesce, "coalesce", "max_wait", false)
-                .unwrap_or(defaults.max_wait),
-            max_callers: r
-                .positive_int(coalesce, "coalesce", "max_callers", 100_000)
-                .map_or(defaults.max_callers, |n| n as usize),
-            reads: r
-                .boolean(coalesce, "coalesce", "reads")
-                .unwrap_or(defaults.reads),
-        };
-        // Waiting callers are answered within the grace period: sent, or refused at max_wait.
-        if coalesce.enabled && coalesce.max_wait > server.shutdown_grace {
-            r.problem(
-                "coalesce.max_wait",
-                Some(humantime::format_duration(coalesce.max_wait).to_string()),
-                "must be at most server.shutdown_grace, so that callers waiting at shutdown are answered",
-            );
-        }
+        let coalesce = coalesce::read(&mut r, coalesce_table, &server);
 
         match (r.problems.is_empty(), sdkappid, endpoint, secret) {
             (true, Some(sdkappid), Some(endpoint), Some(secret)) => Ok(Config {
@@ -686,7 +643,7 @@ impl Reader {
         }
     }
 
-    fn boolean(&mut self, t: &Table, section: &str, key: &str) -> Option<bool> {
+    pub(crate) fn boolean(&mut self, t: &Table, section: &str, key: &str) -> Option<bool> {
         match t.get(key) {
             None => None,
             Some(Value::Boolean(b)) => Some(*b),
@@ -855,38 +812,6 @@ secret_key_file = "/run/secret"
         assert_eq!(c.apis, ApiAllowList::counters());
         assert_eq!(c.chat.secret, SecretSource::File("/run/secret".into()));
         assert_eq!(c.coalesce, CoalesceConfig::default());
-        assert!(c.coalesce.enabled && c.coalesce.reads);
-        assert_eq!(c.coalesce.max_wait, Duration::from_secs(1));
-        assert_eq!(c.coalesce.max_callers, 1000);
-    }
-
-    #[test]
-    fn coalesce_keys_are_checked() {
-        let text = format!(
-            "{MINIMAL}[coalesce]\nenabled = false\nmax_wait = \"250ms\"\nmax_callers = 50\nreads = false\n"
-        );
-        let c = Config::parse(&text).expect("valid").coalesce;
-        assert_eq!(
-            c,
-            CoalesceConfig {
-                enabled: false,
-                max_wait: Duration::from_millis(250),
-                max_callers: 50,
-                reads: false,
-            }
-        );
-        for (key, value) in [
-            ("enabled", "1"),
-            ("max_wait", "\"0s\""),
-            ("max_callers", "0"),
-            ("reads", "\"yes\""),
-            ("max_wait", "\"30s\""),
-        ] {
-            let text = format!("{MINIMAL}[coalesce]\n{key} = {value}\n");
-            let problems = Config::parse(&text).expect_err("invalid").0;
-            assert_eq!(problems.len(), 1, "{key} = {value}: {problems:?}");
-            assert_eq!(problems[0].key, format!("coalesce.{key}"));
-        }
     }
 
     #[test]
