@@ -254,15 +254,16 @@ where
         }
         // 2. One group token and one app token for the whole batch, which stays open to
         //    joiners while it waits for them.
+        let mut group_token = false;
         loop {
-            match self
-                .shared
-                .limiter
-                .check(&self.api, Some(&self.group))
-                .await
-            {
+            let group = (!group_token).then_some(&*self.group);
+            match self.shared.limiter.check(&self.api, group).await {
                 Ok(()) => break,
                 Err(refusal) => {
+                    // The app limit refuses only after the group's token was taken (group
+                    // first): from then on wait for the app's alone, so that a batch never
+                    // spends more than one of its group's tokens.
+                    group_token |= refusal.scope == Scope::App;
                     let retry_at = Instant::now() + refusal.retry_after;
                     // Callers whose max_wait ends before the token can come are answered now.
                     if self.expire(id, retry_at, Some(refusal)) == 0 {

@@ -593,3 +593,31 @@ async fn a_batch_fails_over_to_the_backup_when_the_primary_cannot_be_reached() {
         emulator.emulator.requests()
     );
 }
+
+#[tokio::test]
+async fn a_batch_waiting_for_the_app_budget_spends_one_group_token() {
+    let emulator = spawn_emulator(None).await;
+    // The app: a call every 500ms. Each group: one token a second.
+    let gw = spawn_gateway(&config_text(
+        &emulator.endpoint(),
+        "",
+        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 1\napp_per_second = 2\napp_burst = 1\n",
+    ))
+    .await;
+    assert_eq!(
+        post(gw.addr, UPDATE, body("a1", "Increase", &[("n", 1)]))
+            .await
+            .error_code(),
+        0
+    );
+    // g2's token is taken at once, the app's comes ~500ms later: it must not spend g2's
+    // next token (a second away, past max_wait) while it waits.
+    let started = Instant::now();
+    let reply = post(gw.addr, UPDATE, body("a2", "Increase", &[("n", 1)])).await;
+    assert_eq!(reply.error_code(), 0, "{:?}", reply.body);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "it waited for the app"
+    );
+    assert_eq!(emulator.emulator.store().value("a2", "n"), Some(1));
+}
