@@ -4,13 +4,14 @@
 # and through nginx as a plain re-signing proxy (which forwards every call). See README.md.
 #
 #   bash benches/load/hot.sh                     # 10 s per target
+#   NICE=-5 bash benches/load/hot.sh             # as root, on a machine doing other work
 #   DURATION=3 CONNS=2000 bash benches/load/hot.sh   # smoke
 #
 # Settings (environment variables, defaults in brackets):
 #   DURATION [10]  seconds of each measured run
 #   CLIENT [h2load] h2load (HTTP/2: H2_CONNS connections x STREAMS streams, h2c to the proxy) or
 #                  wrk (HTTP/1.1: CONNS connections); Debian: nghttp2-client, wrk
-#   H2_CONNS [60] STREAMS [100] CONNS [6000]
+#   H2_CONNS [70] STREAMS [100] CONNS [7000]
 #   LATENCY [50ms] the emulator's answer time        TARGETS ["on off nginx"]
 #   MAX_CALLERS [5000] coalesce.max_callers         PROXY_CPU [0] WRK_CPU [1] (taskset)
 #   EMU_CPU [0,1]  the emulator's CPUs: both, so that a busy wrk does not add to its latency
@@ -26,9 +27,9 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 DURATION=${DURATION:-10}
-CONNS=${CONNS:-6000}
+CONNS=${CONNS:-7000}
 CLIENT=${CLIENT:-h2load}
-H2_CONNS=${H2_CONNS:-60}
+H2_CONNS=${H2_CONNS:-70}
 STREAMS=${STREAMS:-100}
 LATENCY=${LATENCY:-50ms}
 TARGETS=${TARGETS:-on off nginx}
