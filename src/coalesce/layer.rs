@@ -40,8 +40,6 @@ pub struct CoalesceLayer {
 
 struct Shared {
     registry: Registry,
-    /// Where batches are driven (see [`DriverThread`]).
-    drivers: DriverThread,
     config: CoalesceConfig,
     limiter: Arc<dyn RateLimiter>,
     metrics: Metrics,
@@ -60,7 +58,6 @@ impl CoalesceLayer {
         CoalesceLayer {
             shared: Arc::new(Shared {
                 registry: Registry::new(),
-                drivers: DriverThread::start(),
                 config,
                 limiter,
                 metrics,
@@ -167,7 +164,7 @@ where
                 api,
                 group: Arc::from(group.as_str()),
             };
-            self.shared.drivers.spawn(driver.drive_writes(id, turn));
+            tokio::spawn(driver.drive_writes(id, turn));
         }
         async move {
             match rx.await {
@@ -204,7 +201,7 @@ where
                     api,
                     group: Arc::from(group.as_str()),
                 };
-                self.shared.drivers.spawn(driver.drive_reads(key));
+                tokio::spawn(driver.drive_reads(key));
             }
         }
         Ok(Box::pin(async move {
@@ -213,63 +210,6 @@ where
                 Err(_) => Err(GatewayError::Draining),
             }
         }))
-    }
-}
-
-/// A thread of its own, with a single-threaded runtime, for the batch drivers and the upstream
-/// connections they open. A group's next call goes as soon as its call in flight returns: on
-/// the thread that serves callers, that answer would wait behind the work of thousands of
-/// callers being answered and asking again, and every caller of the group would wait with it.
-/// Without the thread (it could not be started), drivers run on the callers' runtime.
-struct DriverThread {
-    handle: Option<tokio::runtime::Handle>,
-    /// Dropped with the layer: the thread's runtime then stops.
-    _stop: Option<oneshot::Sender<()>>,
-}
-
-impl DriverThread {
-    fn start() -> Self {
-        let started = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .and_then(|runtime| {
-                let handle = runtime.handle().clone();
-                let (stop, stopped) = oneshot::channel::<()>();
-                std::thread::Builder::new()
-                    .name("coalesce".into())
-                    .spawn(move || {
-                        runtime.block_on(async {
-                            let _ = stopped.await;
-                        });
-                        // Dropping the runtime here drops what is left: batches still waiting
-                        // answer their callers (see `Pending`).
-                    })
-                    .map(|_| (handle, stop))
-            });
-        match started {
-            Ok((handle, stop)) => DriverThread {
-                handle: Some(handle),
-                _stop: Some(stop),
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread for coalescing; batches run with the callers");
-                DriverThread {
-                    handle: None,
-                    _stop: None,
-                }
-            }
-        }
-    }
-
-    fn spawn(&self, driver: impl std::future::Future<Output = ()> + Send + 'static) {
-        match &self.handle {
-            Some(handle) => {
-                handle.spawn(driver);
-            }
-            None => {
-                tokio::spawn(driver);
-            }
-        }
     }
 }
 
