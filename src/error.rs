@@ -9,7 +9,8 @@ use http::StatusCode;
 
 use crate::envelope::Reason;
 
-#[derive(Debug, thiserror::Error)]
+/// `Clone`: one failed coalesced call is every caller's answer.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
     #[error("{0}")]
     NotAllowed(String),

@@ -14,6 +14,7 @@
 //!   -> body        size limit, bounded read
 //!   -> shed        a bound on requests in flight; overload is refused at once
 //!   -> validate    a JSON object; counter payload rules
+//!   -> coalesce    concurrent increments (and identical reads) of one group share one call
 //!   -> rate limit  per GroupId, then per API for the app
 //!   -> retry       a second attempt only when the first never reached Tencent
 //!   -> sign        the gateway's own query: sdkappid, identifier, usersig, random
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod api;
 pub mod apis;
 pub mod auth;
+pub mod coalesce;
 pub mod config;
 pub mod credentials;
 pub mod emulator;

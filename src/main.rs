@@ -71,6 +71,9 @@ enum Command {
         identifier: String,
         #[arg(long)]
         secret_key_file: Option<PathBuf>,
+        /// Wait this long before each answer (e.g. "50ms"), as Tencent's round trip would.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        latency: std::time::Duration,
     },
 }
 
@@ -115,12 +118,14 @@ fn main() -> ExitCode {
             sdkappid,
             identifier,
             secret_key_file,
+            latency,
         } => block_on(emulator(
             listen,
             tls_cert.zip(tls_key),
             sdkappid,
             identifier,
             secret_key_file,
+            latency,
         )),
     }
 }
@@ -287,6 +292,7 @@ async fn emulator(
     sdkappid: u64,
     identifier: String,
     secret_key_file: Option<PathBuf>,
+    latency: std::time::Duration,
 ) -> ExitCode {
     let key = match cli_key(secret_key_file.as_deref()) {
         Ok(k) => k,
@@ -310,8 +316,9 @@ async fn emulator(
         Err(e) => return fail(&format!("cannot listen on {listen}: {e}")),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(%listen, scheme, sdkappid, admin = %identifier, "Chat emulator serving");
-    let emulator = chat_gateway::emulator::Emulator::new(sdkappid, &identifier, key);
+    tracing::info!(%listen, scheme, sdkappid, admin = %identifier, latency = ?latency, "Chat emulator serving");
+    let emulator =
+        chat_gateway::emulator::Emulator::with_latency(sdkappid, &identifier, key, latency);
     chat_gateway::emulator::serve(listener, emulator, tls, shutdown_signal()).await;
     ExitCode::SUCCESS
 }

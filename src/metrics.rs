@@ -26,6 +26,11 @@ const OVERHEAD_BUCKETS: &[f64] = &[
     0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 ];
 
+/// Callers per coalesced call: one (sent alone) to thousands (a live stream's likes).
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
+
 /// How a request ended, as the `outcome` label says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -136,6 +141,8 @@ struct Inner {
     connections_refused: prometheus::IntCounter,
     /// Registered on first use: it exists only with caller authentication.
     caller_tokens_loaded: std::sync::OnceLock<IntGauge>,
+    coalesced: IntCounterVec,
+    batch_size: HistogramVec,
     error_codes: BoundedLabels,
 }
 
@@ -285,6 +292,18 @@ impl Metrics {
         .expect("valid metric definition");
         r.register(Box::new(connections_refused.clone()))
             .expect("metric registered once");
+        let coalesced = counter(
+            &r,
+            "chat_gateway_coalesced_requests_total",
+            "Callers answered from an upstream call they shared with others (coalescing).",
+            &["api"],
+        );
+        let batch_size = histogram(
+            &r,
+            "chat_gateway_coalesce_batch_size",
+            "Callers per upstream call sent by the coalescing layer (1: sent alone).",
+            BATCH_BUCKETS,
+        );
         let build_info = IntGaugeVec::new(
             Opts::new("chat_gateway_build_info", "The running version; always 1."),
             &["version"],
@@ -324,6 +343,8 @@ impl Metrics {
             caller_connections,
             connections_refused,
             caller_tokens_loaded: std::sync::OnceLock::new(),
+            coalesced,
+            batch_size,
             error_codes: BoundedLabels::new(MAX_ERROR_CODES),
         }))
     }
@@ -397,6 +418,20 @@ impl Metrics {
 
     pub fn upstream_retry(&self, reason: &str) {
         self.0.upstream_retries.with_label_values(&[reason]).inc();
+    }
+
+    /// One call sent for `callers` coalescing callers.
+    pub fn coalesce_call(&self, api: &str, callers: usize) {
+        self.0
+            .batch_size
+            .with_label_values(&[api])
+            .observe(callers as f64);
+        if callers > 1 {
+            self.0
+                .coalesced
+                .with_label_values(&[api])
+                .inc_by(callers as u64);
+        }
     }
 
     pub fn circuit_open(&self, open: bool) {
@@ -495,6 +530,7 @@ mod tests {
         api.upstream_duration(0.1);
         api.rate_limited("group");
         m.upstream_error_code("a/b", Some(0));
+        m.coalesce_call("a/b", 3);
         let text = scrape(&m);
         for name in [
             "chat_gateway_requests_total{api=\"a/b\",outcome=\"ok\"} 1",
@@ -509,6 +545,8 @@ mod tests {
             "chat_gateway_usersig_renewals_total{result=\"ok\"}",
             "chat_gateway_secret_key_loaded 1",
             "chat_gateway_build_info{version=",
+            "chat_gateway_coalesced_requests_total{api=\"a/b\"} 3",
+            "chat_gateway_coalesce_batch_size_bucket{api=\"a/b\",le=\"5\"} 1",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

@@ -15,6 +15,8 @@ use crate::Listeners;
 pub const SANDBOX_SDKAPPID: u64 = 1400000000;
 pub const SANDBOX_LISTEN: &str = "127.0.0.1:8080";
 pub const SANDBOX_ADMIN: &str = "127.0.0.1:9090";
+/// The sandbox emulator's answer time.
+pub const SANDBOX_LATENCY: Duration = Duration::from_millis(30);
 
 /// The line printed at start; the README shows the same one.
 pub fn curl_line(listen: SocketAddr) -> String {
@@ -60,7 +62,13 @@ pub async fn run(shutdown: impl Future<Output = ()> + Send) -> Result<(), Sandbo
         })?;
     let callers = bind(SANDBOX_LISTEN).await?;
     let admin = bind(SANDBOX_ADMIN).await?;
-    let emulator = Emulator::new(SANDBOX_SDKAPPID, "administrator", key.clone());
+    // A realistic round trip, so that coalescing can be seen (and measured) without Tencent.
+    let emulator = Emulator::with_latency(
+        SANDBOX_SDKAPPID,
+        "administrator",
+        key.clone(),
+        SANDBOX_LATENCY,
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let emulator_task = tokio::spawn(emulator::serve(emulator_listener, emulator, None, async {
         let _ = stop_rx.await;

@@ -12,6 +12,7 @@ use tower::{Service, ServiceBuilder};
 
 use crate::api::ApiTable;
 use crate::auth::{Authenticator, Tokens, TokensError};
+use crate::coalesce::CoalesceLayer;
 use crate::config::Config;
 use crate::credentials::Credentials;
 use crate::error::GatewayError;
@@ -52,6 +53,8 @@ pub struct StackParts {
     pub authenticator: Option<Arc<Authenticator>>,
     /// Primary and backup upstream, and the circuit between them.
     pub targets: Arc<Targets>,
+    /// Hot-group coalescing, with its per-group state.
+    pub coalesce: CoalesceLayer,
 }
 
 /// What can stop the gateway from being assembled.
@@ -127,7 +130,9 @@ impl StackParts {
                 .map(|b| Arc::from(b.base())),
             metrics.clone(),
         );
+        let limiter = rate_limit::from_config(&config.rate_limit, config.chat.sdkappid, &metrics)?;
         Ok(StackParts {
+            coalesce: CoalesceLayer::new(config.coalesce.clone(), limiter.clone(), metrics.clone()),
             table: Arc::new(ApiTable::new(&config.apis)),
             lifecycle: Arc::new(Lifecycle::new()),
             credentials,
@@ -135,7 +140,7 @@ impl StackParts {
             body_read_timeout: config.server.body_read_timeout,
             max_in_flight: config.server.max_in_flight,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
-            limiter: rate_limit::from_config(&config.rate_limit, config.chat.sdkappid, &metrics)?,
+            limiter,
             authenticator,
             targets,
             metrics,
@@ -212,6 +217,8 @@ where
         .layer(ShedLayer::shared(parts.in_flight.clone()))
         // A JSON object; counter payloads keep Tencent's rules.
         .layer(CheckLayer::new(Validate))
+        // Concurrent increments of one group share one call and one token (taken here).
+        .layer(parts.coalesce.clone())
         // Per GroupId, then per API for the app: only valid requests spend tokens.
         .layer(LimitLayer::new(
             parts.limiter.clone(),

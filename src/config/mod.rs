@@ -8,6 +8,7 @@
 pub mod apis;
 pub mod auth;
 pub mod chat;
+pub mod coalesce;
 pub mod rate_limit;
 mod reader;
 pub mod redis;
@@ -22,6 +23,7 @@ use toml::Table;
 pub use apis::{is_api_name, ApiAllowList};
 pub use auth::AuthConfig;
 pub use chat::{ChatConfig, Endpoint, SecretSource};
+pub use coalesce::CoalesceConfig;
 pub use rate_limit::RateLimitConfig;
 pub use reader::MAX_DURATION;
 pub use redis::{Backend, RedisBackend, RedisUrl};
@@ -63,16 +65,18 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub auth: AuthConfig,
     pub apis: ApiAllowList,
+    pub coalesce: CoalesceConfig,
 }
 
 /// The sections and the keys each may hold; anything else is an error.
-const SCHEMA: [(&str, &[&str]); 6] = [
+const SCHEMA: [(&str, &[&str]); 7] = [
     ("server", server::KEYS),
     ("chat", chat::KEYS),
     ("upstream", upstream::KEYS),
     ("rate_limit", rate_limit::KEYS),
     ("auth", auth::KEYS),
     ("apis", apis::KEYS),
+    ("coalesce", coalesce::KEYS),
 ];
 
 impl Config {
@@ -86,6 +90,7 @@ impl Config {
             rate_limit: RateLimitConfig::default(),
             auth: AuthConfig::default(),
             apis: ApiAllowList::default(),
+            coalesce: CoalesceConfig::default(),
         }
     }
 
@@ -114,7 +119,7 @@ impl Config {
         r.unknown_keys(&table, &SCHEMA);
 
         let empty = Table::new();
-        let [server, chat, upstream, rate_limit, auth, apis] =
+        let [server, chat, upstream, rate_limit, auth, apis, coalesce] =
             SCHEMA.map(|(name, _)| r.section(&table, name).unwrap_or(&empty));
         let server = server::read(&mut r, server);
         let chat = chat::read(&mut r, chat);
@@ -122,6 +127,7 @@ impl Config {
         let rate_limit = rate_limit::read(&mut r, rate_limit);
         let auth = auth::read(&mut r, auth);
         let apis = apis::read(&mut r, apis);
+        let coalesce = coalesce::read(&mut r, coalesce, &server);
 
         match (r.problems.is_empty(), chat) {
             (true, Some(chat)) => Ok(Config {
@@ -131,6 +137,7 @@ impl Config {
                 rate_limit,
                 auth,
                 apis,
+                coalesce,
             }),
             _ => Err(Problems(r.problems)),
         }
@@ -180,6 +187,7 @@ secret_key_file = "/run/secret"
         assert_eq!(c.rate_limit.cleanup_interval, Duration::from_secs(10));
         assert_eq!(c.apis, ApiAllowList::counters());
         assert_eq!(c.chat.secret, SecretSource::File("/run/secret".into()));
+        assert_eq!(c.coalesce, CoalesceConfig::default());
     }
 
     #[test]

@@ -85,6 +85,21 @@ impl Reader {
         }
     }
 
+    pub fn boolean(&mut self, t: &Table, section: &str, key: &str) -> Option<bool> {
+        match t.get(key) {
+            None => None,
+            Some(Value::Boolean(b)) => Some(*b),
+            Some(other) => {
+                self.problem(
+                    &format!("{section}.{key}"),
+                    Some(other.to_string()),
+                    "must be true or false",
+                );
+                None
+            }
+        }
+    }
+
     pub fn socket_addr(&mut self, t: &Table, section: &str, key: &str) -> Option<SocketAddr> {
         let text = self.string(t, section, key)?;
         match text.parse::<SocketAddr>() {

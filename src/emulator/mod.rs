@@ -34,6 +34,8 @@ pub struct Emulator {
     key: SecretKey,
     store: CounterStore,
     requests: AtomicU64,
+    /// Added to every answer, so that a test or benchmark sees Tencent's round trip.
+    latency: std::time::Duration,
 }
 
 impl std::fmt::Debug for Emulator {
@@ -47,13 +49,28 @@ impl std::fmt::Debug for Emulator {
 
 impl Emulator {
     pub fn new(sdkappid: u64, admin: &str, key: SecretKey) -> Arc<Self> {
+        Emulator::with_latency(sdkappid, admin, key, std::time::Duration::ZERO)
+    }
+
+    /// An emulator that waits `latency` before answering each request.
+    pub fn with_latency(
+        sdkappid: u64,
+        admin: &str,
+        key: SecretKey,
+        latency: std::time::Duration,
+    ) -> Arc<Self> {
         Arc::new(Emulator {
             sdkappid,
             admin: admin.to_string(),
             key,
             store: CounterStore::new(),
             requests: AtomicU64::new(0),
+            latency,
         })
+    }
+
+    pub fn latency(&self) -> std::time::Duration {
+        self.latency
     }
 
     pub fn store(&self) -> &CounterStore {
@@ -199,6 +216,9 @@ async fn handle(
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
+    if !emulator.latency.is_zero() {
+        tokio::time::sleep(emulator.latency).await;
+    }
     let answer = emulator.answer(&parts.method, &parts.uri, &body);
     let mut response = Response::new(Full::new(Bytes::from(answer)));
     *response.status_mut() = StatusCode::OK;

@@ -3,6 +3,7 @@
 mod answers;
 mod binary;
 mod caller_tls;
+mod coalesce;
 mod failover;
 mod faults;
 mod forwarding;

@@ -359,7 +359,7 @@ async fn rate_limit_outcomes_are_counted_once() {
     let gw = spawn_gateway(&config_text(
         &emulator.endpoint(),
         "",
-        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 1\napp_per_second = 1000\napp_burst = 1000\n",
+        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 1\napp_per_second = 1000\napp_burst = 1000\n[coalesce]\nenabled = false\n",
     ))
     .await;
     let (reply, moves) = measure_rate_limited(&gw, "rate_limit_group", |_| increase("hot")).await;
@@ -375,7 +375,7 @@ async fn rate_limit_outcomes_are_counted_once() {
     let gw = spawn_gateway(&config_text(
         &emulator.endpoint(),
         "",
-        "[rate_limit]\ngroup_per_second = 1000\ngroup_burst = 1000\napp_per_second = 1\napp_burst = 1\n",
+        "[rate_limit]\ngroup_per_second = 1000\ngroup_burst = 1000\napp_per_second = 1\napp_burst = 1\n[coalesce]\nenabled = false\n",
     ))
     .await;
     let (reply, moves) =
@@ -553,7 +553,7 @@ async fn promtool_accepts_a_live_scrape() {
     let gw = spawn_gateway(&config_text(
         &upstream.endpoint(),
         "",
-        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 1\napp_per_second = 1000\napp_burst = 1000\n",
+        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 1\napp_per_second = 1000\napp_burst = 1000\n[coalesce]\nenabled = false\n",
     ))
     .await;
     mixed_traffic(&gw).await;
@@ -757,7 +757,7 @@ async fn a_real_prometheus_scrapes_the_contract_series() {
     let gw = spawn_gateway(&config_text(
         &emulator.endpoint(),
         "",
-        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 1\napp_per_second = 1000\napp_burst = 1000\n",
+        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 1\napp_per_second = 1000\napp_burst = 1000\n[coalesce]\nenabled = false\n",
     ))
     .await;
     let prometheus = Prometheus::start(&binary, gw.admin).await;
@@ -858,7 +858,9 @@ async fn no_group_key_usersig_or_secret_in_the_scrape() {
     let gw = spawn_gateway(&config_text(
         &upstream.endpoint(),
         "",
-        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 2\napp_per_second = 1000\napp_burst = 1000\n",
+        // Coalescing off: a refused increment must be answered at once (with it on, it waits
+        // for its token).
+        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 2\napp_per_second = 1000\napp_burst = 1000\n[coalesce]\nenabled = false\n",
     ))
     .await;
 

@@ -1,4 +1,6 @@
 //! Rate limits through the gateway: per group, per app, and what reaches the upstream.
+//! Increments here run with coalescing off: with it on, a refused increment waits for its
+//! token (see coalesce.rs).
 
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ async fn a_hot_group_is_limited_while_others_pass() {
     let gw = spawn_gateway(&config_text(
         &emulator.endpoint(),
         "",
-        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 5\napp_per_second = 1000\napp_burst = 1000\n",
+        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 5\napp_per_second = 1000\napp_burst = 1000\n[coalesce]\nenabled = false\n",
     ))
     .await;
     for i in 0..5 {
@@ -77,7 +79,7 @@ async fn a_low_app_limit_yields_60007() {
     let gw = spawn_gateway(&config_text(
         &emulator.endpoint(),
         "",
-        "[rate_limit]\ngroup_per_second = 100\ngroup_burst = 100\napp_per_second = 1\napp_burst = 2\n",
+        "[rate_limit]\ngroup_per_second = 100\ngroup_burst = 100\napp_per_second = 1\napp_burst = 2\n[coalesce]\nenabled = false\n",
     ))
     .await;
     let mut codes = Vec::new();
@@ -185,7 +187,8 @@ async fn a_request_refused_by_its_group_limit_spends_nothing_of_the_apps_budget(
     let gw = spawn_gateway(&config_text(
         &emulator.endpoint(),
         "",
-        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 1\napp_per_second = 1\napp_burst = 2\n",
+        // Refusals at once: with coalescing an increment would wait for its token instead.
+        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 1\napp_per_second = 1\napp_burst = 2\n[coalesce]\nenabled = false\n",
     ))
     .await;
     assert_eq!(post(gw.addr, UPDATE, increase("hot")).await.error_code(), 0);

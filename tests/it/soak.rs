@@ -185,11 +185,15 @@ async fn connect(addr: std::net::SocketAddr) -> Result<Sender, String> {
     Ok(sender)
 }
 
-async fn call(sender: &mut Sender, id: u64) -> Result<Reply, String> {
-    let body = format!(
+/// An Increase carrying its id in an extra member: never merged, forwarded byte for byte.
+fn soak_body(id: u64) -> String {
+    format!(
         r#"{{"GroupId":"soak-{}","GroupCounter":[{{"Key":"n","Value":1}}],"Mode":"Increase","SoakId":{id}}}"#,
         id % GROUPS
-    );
+    )
+}
+
+async fn call(sender: &mut Sender, body: String) -> Result<Reply, String> {
     sender.ready().await.map_err(|e| format!("ready: {e}"))?;
     let req = Request::post(UPDATE)
         .header("host", "gateway")
@@ -213,6 +217,71 @@ async fn call(sender: &mut Sender, id: u64) -> Result<Reply, String> {
     })
 }
 
+/// Hands out ids at `rate` per second to `callers` callers, each on its own keep-alive
+/// connection, for `secs` seconds; a tick finding every caller busy is counted, not queued.
+/// Returns each id's outcome, how many ids were sent, and the busy ticks.
+async fn drive(
+    addr: std::net::SocketAddr,
+    secs: u64,
+    rate: u64,
+    callers: usize,
+    body: fn(u64) -> String,
+) -> (HashMap<u64, Outcome>, u64, u64) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<u64>(callers);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let outcomes: Arc<Mutex<HashMap<u64, Outcome>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let (rx, outcomes) = (rx.clone(), outcomes.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sender: Option<Sender> = None;
+            loop {
+                let Some(id) = rx.lock().await.recv().await else {
+                    return;
+                };
+                let result = async {
+                    if sender.is_none() {
+                        sender = Some(connect(addr).await?);
+                    }
+                    let s = sender.as_mut().ok_or("no connection")?;
+                    match tokio::time::timeout(Duration::from_secs(10), call(s, body(id))).await {
+                        Ok(result) => result,
+                        Err(_) => Err("no answer within 10s".to_string()),
+                    }
+                }
+                .await;
+                let outcome = match result {
+                    Ok(reply) => classify(&reply),
+                    Err(e) => {
+                        sender = None;
+                        Outcome::CallerError(e)
+                    }
+                };
+                outcomes.lock().expect("lock").insert(id, outcome);
+            }
+        }));
+    }
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let (mut next_id, mut busy) = (0u64, 0u64);
+    while started.elapsed() < Duration::from_secs(secs) {
+        ticker.tick().await;
+        match tx.try_send(next_id) {
+            Ok(()) => next_id += 1,
+            Err(_) => busy += 1,
+        }
+    }
+    drop(tx);
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("callers finish within 30s")
+            .expect("caller did not panic");
+    }
+    let outcomes = outcomes.lock().expect("lock").clone();
+    (outcomes, next_id, busy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_acknowledged_increases_are_applied_exactly_once() {
     let secs: u64 = std::env::var("SOAK_SECS")
@@ -233,59 +302,8 @@ async fn soak_acknowledged_increases_are_applied_exactly_once() {
     );
     let gw = spawn_gateway(&config).await;
 
-    // A ticker hands out ids at RATE per second to a bounded pool of callers, each on its own
-    // keep-alive connection. A tick finding every caller busy is counted, not queued.
-    let (tx, rx) = tokio::sync::mpsc::channel::<u64>(CALLERS);
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let outcomes: Arc<Mutex<HashMap<u64, Outcome>>> = Arc::default();
-    let mut callers = Vec::new();
-    for _ in 0..CALLERS {
-        let (rx, outcomes, addr) = (rx.clone(), outcomes.clone(), gw.addr);
-        callers.push(tokio::spawn(async move {
-            let mut sender: Option<Sender> = None;
-            loop {
-                let Some(id) = rx.lock().await.recv().await else {
-                    return;
-                };
-                let result = async {
-                    if sender.is_none() {
-                        sender = Some(connect(addr).await?);
-                    }
-                    let s = sender.as_mut().ok_or("no connection")?;
-                    match tokio::time::timeout(Duration::from_secs(10), call(s, id)).await {
-                        Ok(result) => result,
-                        Err(_) => Err("no answer within 10s".to_string()),
-                    }
-                }
-                .await;
-                let outcome = match result {
-                    Ok(reply) => classify(&reply),
-                    Err(e) => {
-                        sender = None;
-                        Outcome::CallerError(e)
-                    }
-                };
-                outcomes.lock().expect("lock").insert(id, outcome);
-            }
-        }));
-    }
     let started = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
-    let (mut next_id, mut busy) = (0u64, 0u64);
-    while started.elapsed() < Duration::from_secs(secs) {
-        ticker.tick().await;
-        match tx.try_send(next_id) {
-            Ok(()) => next_id += 1,
-            Err(_) => busy += 1,
-        }
-    }
-    drop(tx);
-    for caller in callers {
-        tokio::time::timeout(Duration::from_secs(30), caller)
-            .await
-            .expect("callers finish within 30s")
-            .expect("caller did not panic");
-    }
+    let (outcomes, sent, busy) = drive(gw.addr, secs, RATE, CALLERS, soak_body).await;
     // Late answers (up to 2s) still apply: wait for the upstream to be idle.
     let idle_by = Instant::now() + Duration::from_secs(15);
     while state.active.load(Ordering::SeqCst) > 0 {
@@ -294,9 +312,7 @@ async fn soak_acknowledged_increases_are_applied_exactly_once() {
     }
     let elapsed = started.elapsed();
 
-    let outcomes = outcomes.lock().expect("lock").clone();
     let applied = state.applied.lock().expect("lock").clone();
-    let sent = next_id;
     let count = |want: fn(&Outcome) -> bool| outcomes.values().filter(|o| want(o)).count();
     let ok = count(|o| *o == Outcome::Ok);
     let unavailable = count(|o| *o == Outcome::Unavailable);
@@ -366,6 +382,196 @@ async fn soak_acknowledged_increases_are_applied_exactly_once() {
             unavailable > 0 && timeout > 0,
             "faults were injected and seen"
         );
+    }
+    drop(gw);
+}
+
+/// The coalesced soak's upstream: what it received and applied, by sums (merged calls carry
+/// no caller ids).
+#[derive(Default)]
+struct MergedUpstream {
+    store: CounterStore,
+    /// Sum of the Values of every call that reached it, except those refused with 70001
+    /// (refused at authentication: provably not applied).
+    received: std::sync::atomic::AtomicI64,
+    applied: std::sync::atomic::AtomicI64,
+    usersig_refusals: AtomicUsize,
+    active: AtomicUsize,
+}
+
+impl MergedUpstream {
+    fn apply(&self, sum: i64, body: &[u8]) -> Vec<u8> {
+        let answer = self.store.handle(UPDATE_API, body);
+        if chat_gateway::upstream::error_code(&answer) == Some(0) {
+            self.applied.fetch_add(sum, Ordering::SeqCst);
+        }
+        answer
+    }
+}
+
+fn merged_upstream(state: Arc<MergedUpstream>) -> RawScript {
+    raw_script(move |mut c| {
+        let state = state.clone();
+        async move {
+            let mut buf = Vec::new();
+            while let Some(req) = read_raw_request(&mut c.stream, &mut buf).await {
+                let _active = Active::enter(&state.active);
+                let sum: i64 = serde_json::from_slice::<serde_json::Value>(&req.body)
+                    .ok()
+                    .and_then(|v| {
+                        v["GroupCounter"]
+                            .as_array()
+                            .map(|a| a.iter().filter_map(|e| e["Value"].as_i64()).sum())
+                    })
+                    .unwrap_or(0);
+                if rand::random_range(0..100u32) < 5 {
+                    state.usersig_refusals.fetch_add(1, Ordering::SeqCst);
+                    let refusal = r#"{"ActionStatus":"FAIL","ErrorCode":70001,"ErrorInfo":"UserSig expired"}"#;
+                    if c.stream
+                        .write_all(&raw_json_response(refusal))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
+                }
+                state.received.fetch_add(sum, Ordering::SeqCst);
+                let answer = match pick_fate() {
+                    Fate::Normal => {
+                        // A round trip long enough for callers to gather behind it.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        state.apply(sum, &req.body)
+                    }
+                    Fate::ResetBefore => {
+                        let _ = c.stream.set_zero_linger();
+                        return;
+                    }
+                    Fate::ResetAfter => {
+                        state.apply(sum, &req.body);
+                        let _ = c.stream.set_zero_linger();
+                        return;
+                    }
+                    Fate::Late(wait) => {
+                        tokio::time::sleep(wait).await;
+                        state.apply(sum, &req.body)
+                    }
+                    Fate::ApplyThenStall(wait) => {
+                        let answer = state.apply(sum, &req.body);
+                        tokio::time::sleep(wait).await;
+                        answer
+                    }
+                    Fate::StallThenApply(wait) => {
+                        tokio::time::sleep(wait).await;
+                        state.apply(sum, &req.body)
+                    }
+                };
+                let answer = String::from_utf8_lossy(&answer).into_owned();
+                if c.stream
+                    .write_all(&raw_json_response(&answer))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// A mergeable Increase +1 to one of two hot groups.
+fn hot_body(id: u64) -> String {
+    format!(
+        r#"{{"GroupId":"hot-{}","GroupCounter":[{{"Key":"n","Value":1}}],"Mode":"Increase"}}"#,
+        id % 2
+    )
+}
+
+/// The same faults (resets before and after applying, late answers, stalls past
+/// request_timeout) plus 70001 refusals, with coalescing on and callers merged into batches.
+/// Merged calls carry no caller ids, so the proof is by sums: with `ok` callers answered OK
+/// and `doubt` answered 502/504,
+///   ok <= applied <= received <= ok + doubt
+/// (every acknowledged increment was applied; nothing beyond the in-doubt ones was; no call
+/// that reached the upstream was sent again: 70001 refusals excepted, which apply nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_coalesced_increases_are_applied_exactly_once() {
+    let secs: u64 = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10)
+        .clamp(1, 3600);
+    let state = Arc::new(MergedUpstream::default());
+    let upstream = spawn_raw_upstream(merged_upstream(state.clone())).await;
+    let config = config_text(
+        &upstream.endpoint(),
+        "",
+        "[rate_limit]\ngroup_per_second = 100000\ngroup_burst = 100000\napp_per_second = 100000\napp_burst = 100000\n",
+    )
+    .replace(
+        "request_timeout = \"2s\"",
+        &format!("request_timeout = \"{}ms\"", REQUEST_TIMEOUT.as_millis()),
+    );
+    let gw = spawn_gateway(&config).await;
+    let started = Instant::now();
+    let (outcomes, sent, busy) = drive(gw.addr, secs, 2 * RATE, 2 * CALLERS, hot_body).await;
+    let idle_by = Instant::now() + Duration::from_secs(15);
+    while state.active.load(Ordering::SeqCst) > 0 {
+        assert!(Instant::now() < idle_by, "upstream still busy after 15s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let count = |want: &dyn Fn(&Outcome) -> bool| outcomes.values().filter(|o| want(o)).count();
+    let ok = count(&|o| *o == Outcome::Ok) as i64;
+    let doubt = count(&|o| matches!(o, Outcome::Unavailable | Outcome::Timeout)) as i64;
+    let refused = count(&|o| {
+        matches!(o, Outcome::Other(200, Some(10006), Some(r)) if r == "rate_limit_group")
+            || matches!(o, Outcome::Other(200, Some(70001), None))
+    });
+    let others: Vec<&Outcome> = outcomes
+        .values()
+        .filter(|o| {
+            !matches!(o, Outcome::Ok | Outcome::Unavailable | Outcome::Timeout)
+                && !matches!(o, Outcome::Other(200, Some(10006 | 70001), _))
+        })
+        .collect();
+    let applied = state.applied.load(Ordering::SeqCst);
+    let received = state.received.load(Ordering::SeqCst);
+    let stored: i64 = (0..2)
+        .map(|g| state.store.value(&format!("hot-{g}"), "n").unwrap_or(0))
+        .sum();
+    let metrics = scrape(gw.admin).await;
+    let merged = metric(
+        &metrics,
+        r#"chat_gateway_coalesced_requests_total{api="group_open_http_svc/update_group_counter"}"#,
+    );
+    let calls = metric(
+        &metrics,
+        r#"chat_gateway_coalesce_batch_size_count{api="group_open_http_svc/update_group_counter"}"#,
+    );
+    println!(
+        "coalesced soak: secs={secs} elapsed={:.1}s sent={sent} ok={ok} in_doubt={doubt} refused={refused} other={} applied={applied} received={received} calls={calls} merged_callers={merged} usersig_refusals={} busy_ticks={busy}",
+        started.elapsed().as_secs_f64(),
+        others.len(),
+        state.usersig_refusals.load(Ordering::SeqCst),
+    );
+    assert_eq!(outcomes.len() as u64, sent, "every id sent got an outcome");
+    assert!(
+        others.is_empty(),
+        "unexpected answers: {:?}",
+        &others[..others.len().min(10)]
+    );
+    assert_eq!(stored, applied, "the counters add up to what was applied");
+    assert!(ok <= applied, "acknowledged {ok} but applied {applied}");
+    assert!(applied <= received);
+    assert!(
+        received <= ok + doubt,
+        "received {received} > ok {ok} + in doubt {doubt}: a call was sent twice"
+    );
+    assert!(merged > 0.0, "callers were merged");
+    assert!((calls as u64) < sent, "fewer calls than callers");
+    if secs >= 5 {
+        assert!(doubt > 0, "faults were injected and seen");
+        assert!(state.usersig_refusals.load(Ordering::SeqCst) > 0);
     }
     drop(gw);
 }

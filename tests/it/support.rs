@@ -133,9 +133,17 @@ impl EmulatorHandle {
 }
 
 pub async fn spawn_emulator(tls: Option<&TestCa>) -> EmulatorHandle {
+    spawn_emulator_with_latency(tls, Duration::ZERO).await
+}
+
+/// An emulator that waits `latency` before each answer.
+pub async fn spawn_emulator_with_latency(
+    tls: Option<&TestCa>,
+    latency: Duration,
+) -> EmulatorHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let emulator = Emulator::new(SDKAPPID, ADMIN, key());
+    let emulator = Emulator::with_latency(SDKAPPID, ADMIN, key(), latency);
     let (stop, stopped) = Stopper::new();
     tokio::spawn(emulator::serve(
         listener,

@@ -1,0 +1,473 @@
+//! Per-group state: the batches of one group waiting to be sent, how many of its increment
+//! calls are in flight, and its shared reads. A group's entry lives only while it has something
+//! in flight or waiting, so a flood of distinct groups leaves nothing behind.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use http::Request;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+
+use super::merge::{Increment, Merge, ReadKey};
+use crate::error::GatewayError;
+use crate::middleware::GatewayResponse;
+
+pub type Answer = Result<GatewayResponse, GatewayError>;
+
+/// Independent locks, so that unrelated groups rarely wait on each other.
+const SHARDS: usize = 16;
+
+/// One caller waiting in a write batch.
+#[derive(Debug)]
+pub struct Member {
+    pub inc: Increment,
+    /// The caller's body as it came: a batch of one sends exactly these bytes.
+    pub body: Bytes,
+    /// When its `max_wait` runs out.
+    pub deadline: Instant,
+    pub tx: oneshot::Sender<Answer>,
+}
+
+/// A batch still open to joiners.
+#[derive(Debug)]
+struct OpenBatch {
+    id: u64,
+    merge: Merge,
+    members: Vec<Member>,
+    /// The first caller's request head (method, path, headers, extensions): the batch's own.
+    template: http::request::Parts,
+}
+
+impl OpenBatch {
+    fn earliest_deadline(&self) -> Option<Instant> {
+        self.members.iter().map(|m| m.deadline).min()
+    }
+}
+
+/// A batch that got its token: no longer joinable, about to be sent.
+#[derive(Debug)]
+pub struct Sealed {
+    pub merge: Merge,
+    pub members: Vec<Member>,
+    pub template: http::request::Parts,
+}
+
+#[derive(Debug)]
+struct ReadLane {
+    key: ReadKey,
+    /// Callers for the next shared read (the one in flight already has its own).
+    waiting: Vec<oneshot::Sender<Answer>>,
+    template: Option<Request<Bytes>>,
+}
+
+#[derive(Debug)]
+struct GroupState {
+    /// Increment calls of this group sent and not yet answered.
+    calls: usize,
+    open: Vec<OpenBatch>,
+    /// Woken when a call returns or a batch fills up.
+    turn: Arc<Notify>,
+    reads: Vec<ReadLane>,
+}
+
+impl GroupState {
+    fn new() -> Self {
+        GroupState {
+            calls: 0,
+            open: Vec::new(),
+            turn: Arc::new(Notify::new()),
+            reads: Vec::new(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.calls == 0 && self.open.is_empty() && self.reads.is_empty()
+    }
+}
+
+/// What a waiting batch should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    /// Nothing of the group is in flight (or the batch is full): take a token and go.
+    Go,
+    /// Wait for the group's call in flight, at most until this caller's deadline.
+    Wait(Instant),
+    /// The batch is gone (every caller answered).
+    Gone,
+}
+
+type Shard = Mutex<HashMap<Box<str>, GroupState>>;
+
+/// Every busy group's state.
+#[derive(Debug)]
+pub struct Registry {
+    shards: Box<[Shard]>,
+    hasher: std::hash::RandomState,
+    next_id: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+/// What a reader's arrival did.
+#[derive(Debug)]
+pub enum ReadJoin {
+    /// A new shared read, which the caller must drive.
+    New,
+    /// It joined the next shared read.
+    Joined,
+    /// The next shared read has its most callers: send this one alone.
+    Full(Box<Request<Bytes>>),
+}
+
+/// What a write caller's arrival did.
+#[derive(Debug)]
+pub enum Joined {
+    /// It joined a batch that is already driven.
+    Existing,
+    /// It started a new batch, which the caller must drive.
+    New { id: u64, turn: Arc<Notify> },
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: std::hash::RandomState::new(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    fn shard(&self, group: &str) -> MutexGuard<'_, HashMap<Box<str>, GroupState>> {
+        let i = (self.hasher.hash_one(group) as usize) % self.shards.len();
+        // Nothing panics while holding the lock; should it, the map is still consistent.
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Groups with something in flight or waiting (for tests and memory checks).
+    pub fn busy_groups(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .sum()
+    }
+
+    /// Puts a caller's increment into the group's first open batch that takes it, else into a
+    /// new batch after the others.
+    pub fn join(
+        &self,
+        group: &str,
+        member: Member,
+        parts: http::request::Parts,
+        max_callers: usize,
+    ) -> Joined {
+        let mut shard = self.shard(group);
+        let state = shard.entry(group.into()).or_insert_with(GroupState::new);
+        for batch in &mut state.open {
+            if batch.merge.try_join(&member.inc).is_ok() {
+                batch.members.push(member);
+                if batch.merge.is_full() {
+                    state.turn.notify_waiters();
+                }
+                return Joined::Existing;
+            }
+        }
+        let mut merge = Merge::new(member.inc.mode, max_callers);
+        // A fresh batch takes any single valid increment.
+        let _ = merge.try_join(&member.inc);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        state.open.push(OpenBatch {
+            id,
+            merge,
+            members: vec![member],
+            template: parts,
+        });
+        Joined::New {
+            id,
+            turn: state.turn.clone(),
+        }
+    }
+
+    /// Whether batch `id` may go now.
+    pub fn turn(&self, group: &str, id: u64) -> Turn {
+        let shard = self.shard(group);
+        let Some(state) = shard.get(group) else {
+            return Turn::Gone;
+        };
+        let Some(batch) = state.open.iter().find(|b| b.id == id) else {
+            return Turn::Gone;
+        };
+        match batch.earliest_deadline() {
+            None => Turn::Gone,
+            Some(_) if state.calls == 0 || batch.merge.is_full() => Turn::Go,
+            Some(deadline) => Turn::Wait(deadline),
+        }
+    }
+
+    /// Takes out of batch `id` the callers whose deadline is at or before `before` and those
+    /// who hung up; returns them and how many stay. A batch left empty is removed.
+    pub fn expire(&self, group: &str, id: u64, before: Instant) -> (Vec<Member>, usize) {
+        let mut shard = self.shard(group);
+        let Some(state) = shard.get_mut(group) else {
+            return (Vec::new(), 0);
+        };
+        let Some(at) = state.open.iter().position(|b| b.id == id) else {
+            return (Vec::new(), 0);
+        };
+        let batch = &mut state.open[at];
+        let (gone, stay): (Vec<Member>, Vec<Member>) = std::mem::take(&mut batch.members)
+            .into_iter()
+            .partition(|m| m.deadline <= before || m.tx.is_closed());
+        let (stay, mut gone) = rebuild(&mut batch.merge, stay, gone);
+        let left = stay.len();
+        batch.members = stay;
+        if left == 0 {
+            state.open.remove(at);
+            remove_if_idle(&mut shard, group);
+        }
+        gone.retain(|m| !m.tx.is_closed());
+        (gone, left)
+    }
+
+    /// Closes batch `id` for sending: it leaves the open list and counts as in flight.
+    /// Callers past their deadline or gone are returned apart (never sent). `None` when no
+    /// caller is left to send for.
+    pub fn seal(&self, group: &str, id: u64, now: Instant) -> (Option<Sealed>, Vec<Member>) {
+        let mut shard = self.shard(group);
+        let Some(state) = shard.get_mut(group) else {
+            return (None, Vec::new());
+        };
+        let Some(at) = state.open.iter().position(|b| b.id == id) else {
+            return (None, Vec::new());
+        };
+        let mut batch = state.open.remove(at);
+        let (late, live): (Vec<Member>, Vec<Member>) = std::mem::take(&mut batch.members)
+            .into_iter()
+            .partition(|m| m.deadline < now || m.tx.is_closed());
+        let (live, mut late) = rebuild(&mut batch.merge, live, late);
+        late.retain(|m| !m.tx.is_closed());
+        if live.is_empty() {
+            remove_if_idle(&mut shard, group);
+            return (None, late);
+        }
+        state.calls += 1;
+        (
+            Some(Sealed {
+                merge: batch.merge,
+                members: live,
+                template: batch.template,
+            }),
+            late,
+        )
+    }
+
+    /// A sealed batch's call returned: the group's next batch may go.
+    pub fn finish(&self, group: &str) {
+        let mut shard = self.shard(group);
+        if let Some(state) = shard.get_mut(group) {
+            state.calls = state.calls.saturating_sub(1);
+            state.turn.notify_waiters();
+        }
+        remove_if_idle(&mut shard, group);
+    }
+
+    /// Adds a reader to the group's next shared read with the same keys.
+    pub fn join_read(
+        &self,
+        group: &str,
+        key: ReadKey,
+        req: Request<Bytes>,
+        tx: oneshot::Sender<Answer>,
+        max_callers: usize,
+    ) -> ReadJoin {
+        let mut shard = self.shard(group);
+        let state = shard.entry(group.into()).or_insert_with(GroupState::new);
+        match state.reads.iter_mut().find(|l| l.key == key) {
+            Some(lane) if lane.waiting.len() >= max_callers => ReadJoin::Full(Box::new(req)),
+            Some(lane) => {
+                lane.waiting.push(tx);
+                if lane.template.is_none() {
+                    lane.template = Some(req);
+                }
+                ReadJoin::Joined
+            }
+            None => {
+                state.reads.push(ReadLane {
+                    key,
+                    waiting: vec![tx],
+                    template: Some(req),
+                });
+                ReadJoin::New
+            }
+        }
+    }
+
+    /// The readers of the next shared read and its request; `None` (and the lane is removed)
+    /// when nobody waits.
+    pub fn take_reads(
+        &self,
+        group: &str,
+        key: &ReadKey,
+    ) -> Option<(Request<Bytes>, Vec<oneshot::Sender<Answer>>)> {
+        let mut shard = self.shard(group);
+        let state = shard.get_mut(group)?;
+        let at = state.reads.iter().position(|l| l.key == *key)?;
+        let lane = &mut state.reads[at];
+        lane.waiting.retain(|tx| !tx.is_closed());
+        match (lane.waiting.is_empty(), lane.template.take()) {
+            (false, Some(req)) => Some((req, std::mem::take(&mut lane.waiting))),
+            _ => {
+                state.reads.remove(at);
+                remove_if_idle(&mut shard, group);
+                None
+            }
+        }
+    }
+}
+
+fn remove_if_idle(shard: &mut HashMap<Box<str>, GroupState>, group: &str) {
+    if shard.get(group).is_some_and(GroupState::is_idle) {
+        shard.remove(group);
+    }
+}
+
+/// The sums of the callers that stay, from scratch. Any subset of a batch fits (see
+/// [`super::merge::Refused::Sign`]); a caller that should not is moved to `out` all the same.
+fn rebuild(
+    merge: &mut Merge,
+    stay: Vec<Member>,
+    mut out: Vec<Member>,
+) -> (Vec<Member>, Vec<Member>) {
+    if out.is_empty() {
+        return (stay, out);
+    }
+    let mut fresh = Merge::new(merge.mode(), usize::MAX);
+    let mut kept = Vec::with_capacity(stay.len());
+    for m in stay {
+        if fresh.try_join(&m.inc).is_ok() {
+            kept.push(m);
+        } else {
+            out.push(m);
+        }
+    }
+    *merge = fresh.with_max_callers_of(merge);
+    (kept, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::coalesce::merge::Mode;
+
+    fn member(value: i64, wait: Duration) -> (Member, oneshot::Receiver<Answer>) {
+        let (tx, rx) = oneshot::channel();
+        let m = Member {
+            inc: Increment {
+                mode: Mode::Increase,
+                counters: vec![("likes".into(), value)],
+            },
+            body: Bytes::new(),
+            deadline: Instant::now() + wait,
+            tx,
+        };
+        (m, rx)
+    }
+
+    fn parts() -> http::request::Parts {
+        Request::new(()).into_parts().0
+    }
+
+    fn new_id(joined: Joined) -> u64 {
+        match joined {
+            Joined::New { id, .. } => id,
+            Joined::Existing => panic!("expected a new batch"),
+        }
+    }
+
+    #[test]
+    fn groups_are_forgotten_once_nothing_is_in_flight_or_waiting() {
+        let r = Registry::new();
+        let second = Duration::from_secs(1);
+        for i in 0..1000 {
+            let group = format!("g{i}");
+            let (m, _rx) = member(1, second);
+            let id = new_id(r.join(&group, m, parts(), 10));
+            let (sealed, late) = r.seal(&group, id, Instant::now());
+            assert!(sealed.is_some() && late.is_empty());
+            r.finish(&group);
+        }
+        assert_eq!(
+            r.busy_groups(),
+            0,
+            "a flood of distinct groups leaves nothing"
+        );
+
+        // Every caller past its deadline: the batch and the group go.
+        let (m, _rx) = member(1, Duration::ZERO);
+        let id = new_id(r.join("e", m, parts(), 10));
+        let (gone, left) = r.expire("e", id, Instant::now() + second);
+        assert_eq!((gone.len(), left), (1, 0));
+        assert_eq!(r.turn("e", id), Turn::Gone);
+        assert_eq!(r.busy_groups(), 0);
+
+        // A caller that hung up before its batch was sealed is never sent.
+        let (m, rx) = member(1, second);
+        let id = new_id(r.join("h", m, parts(), 10));
+        drop(rx);
+        let (sealed, late) = r.seal("h", id, Instant::now());
+        assert!(sealed.is_none() && late.is_empty());
+        assert_eq!(r.busy_groups(), 0);
+
+        // Shared reads: the lane goes when nobody waits.
+        let key = ReadKey { keys: None };
+        let (tx, _rx) = oneshot::channel();
+        assert!(matches!(
+            r.join_read("r", key.clone(), Request::new(Bytes::new()), tx, 10),
+            ReadJoin::New
+        ));
+        assert!(r.take_reads("r", &key).is_some());
+        assert!(r.take_reads("r", &key).is_none());
+        assert_eq!(r.busy_groups(), 0);
+    }
+
+    #[test]
+    fn a_batch_waits_while_its_group_has_a_call_in_flight_unless_full() {
+        let r = Registry::new();
+        let wait = Duration::from_secs(1);
+        let (m, _a) = member(1, wait);
+        let first = new_id(r.join("g", m, parts(), 2));
+        assert_eq!(r.turn("g", first), Turn::Go, "nothing in flight");
+        let (sealed, _) = r.seal("g", first, Instant::now());
+        assert!(sealed.is_some());
+        let (m, _b) = member(1, wait);
+        let next = new_id(r.join("g", m, parts(), 2));
+        assert!(
+            matches!(r.turn("g", next), Turn::Wait(_)),
+            "a call is in flight"
+        );
+        let (m, _c) = member(1, wait);
+        assert!(matches!(r.join("g", m, parts(), 2), Joined::Existing));
+        assert_eq!(r.turn("g", next), Turn::Go, "full: it need not wait");
+        let (m, _d) = member(1, wait);
+        let third = new_id(r.join("g", m, parts(), 2));
+        r.finish("g");
+        assert_eq!(r.turn("g", third), Turn::Go, "the call returned");
+        // Expiring one of two callers rebuilds the sums from the one left.
+        let (m, _e) = member(5, Duration::ZERO);
+        assert!(matches!(r.join("g", m, parts(), 2), Joined::Existing));
+        let (gone, left) = r.expire("g", third, Instant::now());
+        assert_eq!((gone.len(), left), (1, 1));
+        let (sealed, _) = r.seal("g", third, Instant::now());
+        let sealed = sealed.expect("one caller left");
+        assert_eq!(sealed.merge.sums().collect::<Vec<_>>(), [("likes", 1)]);
+    }
+}
