@@ -269,6 +269,27 @@ impl Registry {
     }
 
     /// A sealed batch's call returned: the group's next batch may go.
+    /// Claims an idle group for one call sent at once, as its caller's own bytes: `false` when
+    /// an increment call of the group is in flight or a batch is waiting (then the caller
+    /// joins a batch). A claimed group counts one call in flight, so increments arriving
+    /// meanwhile start its next batch; [`Registry::finish`] ends the claim.
+    pub fn try_claim(&self, group: &str) -> bool {
+        let mut shard = self.shard(group);
+        match shard.get_mut(group) {
+            Some(state) if state.calls > 0 || !state.open.is_empty() => false,
+            Some(state) => {
+                state.calls += 1;
+                true
+            }
+            None => {
+                let mut state = GroupState::new();
+                state.calls = 1;
+                shard.insert(group.into(), state);
+                true
+            }
+        }
+    }
+
     pub fn finish(&self, group: &str) {
         let mut shard = self.shard(group);
         if let Some(state) = shard.get_mut(group) {
@@ -366,6 +387,20 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn a_claim_is_had_only_on_a_quiet_group_and_ends_with_finish() {
+        let registry = Registry::new();
+        assert!(registry.try_claim("g"));
+        assert!(!registry.try_claim("g"), "one call of the group at a time");
+        assert!(registry.try_claim("other"), "groups are independent");
+        assert_eq!(registry.busy_groups(), 2);
+        registry.finish("g");
+        registry.finish("other");
+        assert_eq!(registry.busy_groups(), 0, "nothing kept once idle");
+        assert!(registry.try_claim("g"), "claimable again");
+        registry.finish("g");
+    }
     use crate::coalesce::merge::Mode;
 
     fn member(value: i64, wait: Duration) -> (Member, oneshot::Receiver<Answer>) {

@@ -20,6 +20,7 @@ use super::group::{Answer, Joined, Member, ReadJoin, Registry, Turn};
 use super::merge::{self, ReadKey};
 use super::COALESCED_HEADER;
 use crate::api::Api;
+use crate::apis::PayloadFacts;
 use crate::config::CoalesceConfig;
 use crate::error::{GatewayError, UpstreamFailure};
 use crate::metrics::Metrics;
@@ -103,30 +104,125 @@ where
 {
     type Response = GatewayResponse;
     type Error = GatewayError;
-    type Future = Either<S::Future, BoxFuture<Answer>>;
+    type Future = Either<Either<S::Future, ClaimedCall<S::Future>>, BoxFuture<Answer>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Bytes>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
+        let alone = |call| Either::Left(Either::Left(call));
         let Some(api) = req.extensions().get::<Api>().cloned() else {
-            return Either::Left(self.inner.call(req));
+            return alone(self.inner.call(req));
         };
         let config = &self.shared.config;
         if config.enabled && &*api.name == UPDATE_API {
-            if let Some((group, inc)) = merge::parse_increment(req.body()) {
-                return Either::Right(Box::pin(self.write(api, group, inc, req)));
+            let group_token = match self.send_at_once(&api, &mut req) {
+                AtOnce::Sent(claim) => {
+                    return Either::Left(Either::Right(ClaimedCall {
+                        call: self.inner.call(req),
+                        _claim: claim,
+                    }))
+                }
+                AtOnce::NotNow { group_token } => group_token,
+            };
+            let increment = req
+                .extensions_mut()
+                .remove::<PayloadFacts>()
+                .map(merge::increment_of);
+            match increment {
+                Some(Ok((group, inc))) => {
+                    return Either::Right(Box::pin(self.write(api, group, inc, req, group_token)))
+                }
+                Some(Err(facts)) => {
+                    req.extensions_mut().insert(facts);
+                }
+                None => {}
             }
         } else if config.reads && &*api.name == GET_API {
             if let Some((group, key)) = merge::parse_read(req.body()) {
                 return match self.read(api, group, key, req) {
                     Ok(waiting) => Either::Right(waiting),
-                    Err(req) => Either::Left(self.inner.call(*req)),
+                    Err(req) => alone(self.inner.call(*req)),
                 };
             }
         }
-        Either::Left(self.inner.call(req))
+        alone(self.inner.call(req))
+    }
+}
+
+impl<S> Coalesce<S> {
+    /// The common case, a lone increment of a quiet group, without a task or a channel: when
+    /// nothing of the group is in flight or waiting and the limiter has its tokens now, the
+    /// caller's own request is sent from the caller's own future, which holds the group
+    /// until the answer (increments arriving meanwhile start the group's next batch).
+    /// `None` when it must join a batch instead (the group is busy, the token is not there
+    /// yet, or the limiter cannot answer at once).
+    fn send_at_once(&self, api: &Api, req: &mut Request<Bytes>) -> AtOnce {
+        let shared = &self.shared;
+        let not_now = AtOnce::NotNow { group_token: false };
+        if !shared.limiter.decides_at_once() {
+            return not_now;
+        }
+        let Some(facts) = req.extensions().get::<PayloadFacts>() else {
+            return not_now;
+        };
+        if !merge::is_mergeable(facts) || !shared.registry.try_claim(&facts.group_id) {
+            return not_now;
+        }
+        let claim = Claim {
+            shared: shared.clone(),
+            group: facts.group_id.clone(),
+        };
+        match shared.limiter.check(api, Some(&facts.group_id)).ready() {
+            Some(Ok(())) => {
+                req.extensions_mut().insert(TokensTaken);
+                shared.metrics.coalesce_call(&api.name, 1);
+                AtOnce::Sent(claim)
+            }
+            // No token now: the caller waits for one in a batch (which others may join). A
+            // refusal by the app limit has already spent the group's token: the batch then
+            // waits for the app's alone.
+            Some(Err(refusal)) => AtOnce::NotNow {
+                group_token: refusal.scope == Scope::App,
+            },
+            None => not_now,
+        }
+    }
+}
+
+/// What [`Coalesce::send_at_once`] did.
+enum AtOnce {
+    Sent(Claim),
+    NotNow { group_token: bool },
+}
+
+/// A quiet group claimed by one call sent at once; dropping it (the answer came, or the
+/// caller hung up) ends the call for the group and wakes its next batch.
+pub struct Claim {
+    shared: Arc<Shared>,
+    group: Box<str>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.shared.registry.finish(&self.group);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call sent at once, holding its group's claim until it is answered.
+    pub struct ClaimedCall<F> {
+        #[pin]
+        call: F,
+        _claim: Claim,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for ClaimedCall<F> {
+    type Output = F::Output;
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().call.poll(cx)
     }
 }
 
@@ -144,6 +240,7 @@ where
         group: String,
         inc: merge::Increment,
         req: Request<Bytes>,
+        group_token: bool,
     ) -> impl std::future::Future<Output = Answer> + Send + 'static {
         let (parts, body) = req.into_parts();
         let (tx, rx) = oneshot::channel();
@@ -164,7 +261,7 @@ where
                 api,
                 group: Arc::from(group.as_str()),
             };
-            tokio::spawn(driver.drive_writes(id, turn));
+            tokio::spawn(driver.drive_writes(id, turn, group_token));
         }
         async move {
             match rx.await {
@@ -230,7 +327,9 @@ where
         + 'static,
     S::Future: Send,
 {
-    async fn drive_writes(self, id: u64, turn: Arc<tokio::sync::Notify>) {
+    /// `group_token`: the group's token was already taken for this batch (its first caller
+    /// found the app's budget spent).
+    async fn drive_writes(self, id: u64, turn: Arc<tokio::sync::Notify>, mut group_token: bool) {
         let registry = &self.shared.registry;
         // 1. While the group's call is in flight, the batch gathers callers.
         loop {
@@ -254,7 +353,6 @@ where
         }
         // 2. One group token and one app token for the whole batch, which stays open to
         //    joiners while it waits for them.
-        let mut group_token = false;
         loop {
             let group = (!group_token).then_some(&*self.group);
             match self.shared.limiter.check(&self.api, group).await {

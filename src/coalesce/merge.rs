@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::apis::{CounterUpdate, PayloadFacts};
+use crate::validation::Mode as ValidatedMode;
+
 /// Tencent's most counters per call (and per group).
 pub const MAX_KEYS: usize = 20;
 
@@ -221,6 +224,47 @@ struct Entry {
 /// The GroupId and increment of a mergeable `update_group_counter` body: exactly `GroupId`,
 /// `GroupCounter` (entries of `Key` and `Value`) and `Mode` `Increase` or `Decrease`. Anything
 /// else (`Set`, no Mode, other members, duplicate keys) is `None`: sent alone, as it came.
+/// The increment validation found in a body, if it may be merged: a plain update (only
+/// `GroupId`, `GroupCounter` entries of `Key` and `Value`, and `Mode`) with `Mode` `Increase`
+/// or `Decrease`. Takes the facts, so the keys are moved, not copied or parsed again.
+pub fn increment_of(facts: PayloadFacts) -> Result<(String, Increment), PayloadFacts> {
+    let mode = match facts.update.as_ref() {
+        Some(CounterUpdate {
+            mode: Some(ValidatedMode::Increase),
+            plain: true,
+            counters,
+        }) if (1..=MAX_KEYS).contains(&counters.len()) => Mode::Increase,
+        Some(CounterUpdate {
+            mode: Some(ValidatedMode::Decrease),
+            plain: true,
+            counters,
+        }) if (1..=MAX_KEYS).contains(&counters.len()) => Mode::Decrease,
+        _ => return Err(facts),
+    };
+    let counters = facts
+        .update
+        .map(|u| u.counters)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| (key.into_string(), value))
+        .collect();
+    Ok((facts.group_id.into_string(), Increment { mode, counters }))
+}
+
+/// Whether validation found a mergeable increment (see [`increment_of`]), without taking it.
+pub fn is_mergeable(facts: &PayloadFacts) -> bool {
+    matches!(
+        &facts.update,
+        Some(CounterUpdate {
+            mode: Some(ValidatedMode::Increase | ValidatedMode::Decrease),
+            plain: true,
+            counters,
+        }) if (1..=MAX_KEYS).contains(&counters.len())
+    )
+}
+
+/// Parses a body on its own (without validation's facts): what the property tests compare
+/// [`increment_of`] against.
 pub fn parse_increment(body: &[u8]) -> Option<(String, Increment)> {
     let parsed: UpdateBody = serde_json::from_slice(body).ok()?;
     let mode = match parsed.mode.as_str() {
@@ -331,6 +375,33 @@ pub fn caller_answer(values: &[(String, i64)], inc: &Increment) -> Option<Vec<u8
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What validation learned, made into an increment, is what the body says.
+    #[test]
+    fn validated_facts_give_the_same_increment_as_the_body() {
+        let validate = crate::apis::update_group_counter::API.validate;
+        for body in [
+            r#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":3}],"Mode":"Increase"}"#,
+            r#"{"Mode":"Decrease","GroupCounter":[{"Value":-2,"Key":"a"},{"Key":"b","Value":9223372036854775807}],"GroupId":"g\u0031"}"#,
+        ] {
+            let facts = validate(body.as_bytes()).expect("valid");
+            assert!(is_mergeable(&facts), "{body}");
+            let from_facts = increment_of(facts).expect("mergeable");
+            let parsed = parse_increment(body.as_bytes()).expect("parses");
+            assert_eq!(from_facts.0, parsed.0, "{body}");
+            assert_eq!(from_facts.1.mode, parsed.1.mode, "{body}");
+            assert_eq!(from_facts.1.counters, parsed.1.counters, "{body}");
+        }
+        for body in [
+            r#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":3}],"Mode":"Set"}"#,
+            r#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":3}]}"#,
+            r#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":3}],"Mode":"Increase","X":1}"#,
+        ] {
+            let facts = validate(body.as_bytes()).expect("valid");
+            assert!(!is_mergeable(&facts), "{body}");
+            assert!(increment_of(facts).is_err(), "{body}");
+        }
+    }
     use proptest::prelude::*;
 
     fn inc(mode: Mode, counters: &[(&str, i64)]) -> Increment {

@@ -182,6 +182,10 @@ where
         Decision::now(self.check_now(api, group))
     }
 
+    fn decides_at_once(&self) -> bool {
+        true
+    }
+
     fn cleanup(&self) -> usize {
         self.groups.retain_recent();
         self.groups.shrink_to_fit();

@@ -104,6 +104,11 @@ impl Future for Decision {
 /// a call refused for its group spends nothing of the app's budget.
 pub trait RateLimiter: Send + Sync + 'static {
     fn check(&self, api: &Api, group: Option<&str>) -> Decision;
+    /// Whether every [`Decision`] is made at once (no I/O), so a caller may check inline and
+    /// act on the answer without waiting.
+    fn decides_at_once(&self) -> bool {
+        false
+    }
     /// Drops the state of groups that have been quiet long enough to be indistinguishable from
     /// new ones; returns how many groups are still tracked.
     fn cleanup(&self) -> usize;
