@@ -69,8 +69,9 @@ struct GroupState {
     /// Increment calls of this group sent and not yet answered.
     calls: usize,
     open: Vec<OpenBatch>,
-    /// Woken when a call returns or a batch fills up.
-    turn: Arc<Notify>,
+    /// Woken when a call returns or a batch fills up; made when a batch first waits on it, so
+    /// a lone call of a quiet group costs none.
+    turn: Option<Arc<Notify>>,
     reads: Vec<ReadLane>,
 }
 
@@ -79,8 +80,14 @@ impl GroupState {
         GroupState {
             calls: 0,
             open: Vec::new(),
-            turn: Arc::new(Notify::new()),
+            turn: None,
             reads: Vec::new(),
+        }
+    }
+
+    fn wake(&self) {
+        if let Some(turn) = &self.turn {
+            turn.notify_waiters();
         }
     }
 
@@ -174,7 +181,7 @@ impl Registry {
             if batch.merge.try_join(&member.inc).is_ok() {
                 batch.members.push(member);
                 if batch.merge.is_full() {
-                    state.turn.notify_waiters();
+                    state.wake();
                 }
                 return Joined::Existing;
             }
@@ -191,7 +198,7 @@ impl Registry {
         });
         Joined::New {
             id,
-            turn: state.turn.clone(),
+            turn: state.turn.get_or_insert_with(Default::default).clone(),
         }
     }
 
@@ -294,7 +301,7 @@ impl Registry {
         let mut shard = self.shard(group);
         if let Some(state) = shard.get_mut(group) {
             state.calls = state.calls.saturating_sub(1);
-            state.turn.notify_waiters();
+            state.wake();
         }
         remove_if_idle(&mut shard, group);
     }

@@ -164,17 +164,22 @@ impl<S> Coalesce<S> {
         if !shared.limiter.decides_at_once() {
             return not_now;
         }
-        let Some(facts) = req.extensions().get::<PayloadFacts>() else {
-            return not_now;
-        };
-        if !merge::is_mergeable(facts) || !shared.registry.try_claim(&facts.group_id) {
+        let mergeable = req.extensions().get::<PayloadFacts>().is_some_and(|facts| {
+            merge::is_mergeable(facts) && shared.registry.try_claim(&facts.group_id)
+        });
+        if !mergeable {
             return not_now;
         }
+        // Nothing after this layer reads the facts of a call that has its tokens: the claim
+        // takes the group's name from them (and the extension's place goes to the marker).
+        let Some(facts) = req.extensions_mut().remove::<PayloadFacts>() else {
+            return not_now;
+        };
         let claim = Claim {
             shared: shared.clone(),
-            group: facts.group_id.clone(),
+            group: facts.group_id,
         };
-        match shared.limiter.check(api, Some(&facts.group_id)).ready() {
+        match shared.limiter.check(api, Some(&claim.group)).ready() {
             Some(Ok(())) => {
                 req.extensions_mut().insert(TokensTaken);
                 shared.metrics.coalesce_call(&api.name, 1);
@@ -183,10 +188,16 @@ impl<S> Coalesce<S> {
             // No token now: the caller waits for one in a batch (which others may join). A
             // refusal by the app limit has already spent the group's token: the batch then
             // waits for the app's alone.
-            Some(Err(refusal)) => AtOnce::NotNow {
-                group_token: refusal.scope == Scope::App,
-            },
-            None => not_now,
+            result => {
+                let facts = PayloadFacts {
+                    group_id: claim.group.clone(),
+                    update: facts.update,
+                };
+                req.extensions_mut().insert(facts);
+                AtOnce::NotNow {
+                    group_token: matches!(result, Some(Err(r)) if r.scope == Scope::App),
+                }
+            }
         }
     }
 }

@@ -75,7 +75,7 @@ where
             parts.uri.path(),
             self.credentials.current().query_prefix(),
         );
-        parts.headers = upstream_headers(parts.extensions.get::<RequestId>());
+        set_upstream_headers(&mut parts.headers, parts.extensions.get::<RequestId>());
         parts.version = http::Version::HTTP_11;
         self.inner.call(Request::from_parts(parts, Full::new(body)))
     }
@@ -101,8 +101,9 @@ const USER_AGENT: &str = concat!("chat-gateway/", env!("CARGO_PKG_VERSION"));
 /// caller sends (forwarding headers, cookies, ranges, validators, encodings, a second or
 /// malformed Content-Type) never reaches Tencent; identity encoding keeps the answer plain
 /// JSON, as callers get it and as the ErrorCode is read.
-fn upstream_headers(request_id: Option<&RequestId>) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(4);
+fn set_upstream_headers(headers: &mut HeaderMap, request_id: Option<&RequestId>) {
+    // The caller's map is emptied and refilled: its room is reused, nothing of it is kept.
+    headers.clear();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
@@ -115,7 +116,6 @@ fn upstream_headers(request_id: Option<&RequestId>) -> HeaderMap {
     if let Some(id) = request_id {
         headers.insert(HeaderName::from_static("x-request-id"), id.0.clone());
     }
-    headers
 }
 
 #[cfg(test)]
@@ -156,7 +156,15 @@ mod tests {
     #[test]
     fn upstream_headers_are_the_gateways_own() {
         let id = RequestId(HeaderValue::from_static("0000abcd-1"));
-        let headers = upstream_headers(Some(&id));
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-forwarded-for", "10.0.0.1"),
+            ("cookie", "a=b"),
+            ("content-type", "text/plain"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        set_upstream_headers(&mut headers, Some(&id));
         let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
@@ -173,6 +181,8 @@ mod tests {
             .to_str()
             .expect("ascii")
             .starts_with("chat-gateway/"));
-        assert_eq!(upstream_headers(None).len(), 3);
+        let mut headers = HeaderMap::new();
+        set_upstream_headers(&mut headers, None);
+        assert_eq!(headers.len(), 3);
     }
 }
