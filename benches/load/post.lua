@@ -16,6 +16,20 @@ wrk.body = os.getenv("LOAD_BODY") or
   '{"GroupId":"live-1","GroupCounter":[{"Key":"likes","Value":1}],"Mode":"Increase"}'
 wrk.headers["Content-Type"] = "application/json"
 
+-- LOAD_GROUPS=N (N > 0): each request goes to the next of N groups, live-0 .. live-(N-1), in
+-- turn, so that no two requests in flight share a group and the gateway's coalescing has
+-- nothing to merge ("no hot group"); the body is otherwise LOAD_BODY's default.
+local groups = tonumber(os.getenv("LOAD_GROUPS") or "0") or 0
+local sent = 0
+if groups > 0 then
+  function request()
+    sent = sent + 1
+    return wrk.format(nil, nil, nil, string.format(
+      '{"GroupId":"live-%d","GroupCounter":[{"Key":"likes","Value":1}],"Mode":"Increase"}',
+      sent % groups))
+  end
+end
+
 local threads = {}
 
 function setup(thread)

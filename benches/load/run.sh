@@ -26,6 +26,8 @@
 #                       line per request, written to a file in the work directory
 #   GATEWAY_WORKERS []  server.worker_threads for the gateway (unset: the key is not written,
 #                       so the gateway's default applies)
+#   LOAD_GROUPS [1024]  requests cycle through this many groups (live-0 ..), so none is hot and
+#                       coalescing has nothing to merge; 0: every request sends LOAD_BODY
 #   RATE [1000000]      every rate_limit key (per second and burst) of the gateway
 #   UPSTREAM_H2 [0]     1: the upstream also offers HTTP/2 by ALPN. nginx proxies to it over
 #                       HTTP/1.1 either way (proxy_pass cannot speak HTTP/2); the gateway then
@@ -78,6 +80,9 @@ REDIS_CPU=${REDIS_CPU:-$WRK_CPU}
 SDKAPPID=1400000000
 IDENTIFIER=administrator
 API_PATH=/v4/group_open_http_svc/update_group_counter
+# Each request to the next of LOAD_GROUPS groups (no two in flight share one, so coalescing
+# merges nothing: the cost of the pipeline with it on and no hot group); 0: LOAD_BODY as it is.
+LOAD_GROUPS=${LOAD_GROUPS:-1024}
 BODY=${LOAD_BODY:-'{"GroupId":"live-1","GroupCounter":[{"Key":"likes","Value":1}],"Mode":"Increase"}'}
 OK_ENVELOPE='{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","GroupCounter":[{"Key":"likes","Value":1}]}'
 # Rate limits high enough that the benchmark is never limited (it reaches ~40 000 req/s at
@@ -485,7 +490,7 @@ wrk_run() {         # wrk_run URL CONNS SECONDS OUTFILE: wrk pinned to WRK_CPU, 
   # trap then stops `timeout`, which passes the signal on to wrk). `times` (a builtin: no fork)
   # before and after gives the CPU time of the reaped children, i.e. of wrk, in OUTFILE.time.
   times >"$4.times0"
-  LOAD_BODY="$BODY" timeout $(($3 + 30)) taskset -c "$WRK_CPU" "$WRK_BIN" -t1 -c"$2" \
+  LOAD_BODY="$BODY" LOAD_GROUPS="$LOAD_GROUPS" timeout $(($3 + 30)) taskset -c "$WRK_CPU" "$WRK_BIN" -t1 -c"$2" \
     -d"${3}s" --timeout 5s -s "$HERE/post.lua" "$1" >"$4" 2>&1 &
   local pid=$! rc=0
   STARTED[$pid]=timeout
