@@ -96,6 +96,41 @@ impl Drop for Active<'_> {
     }
 }
 
+/// Plays one request's fate at the upstream: `apply` it (the counter update) before, after or
+/// instead of a reset or a stall. `None` when the connection was reset (no answer).
+async fn play_fate(
+    stream: &TcpStream,
+    normal: Duration,
+    apply: impl Fn() -> Vec<u8>,
+) -> Option<Vec<u8>> {
+    match pick_fate() {
+        Fate::Normal => {
+            if !normal.is_zero() {
+                tokio::time::sleep(normal).await;
+            }
+            Some(apply())
+        }
+        Fate::ResetBefore => {
+            let _ = stream.set_zero_linger();
+            None
+        }
+        Fate::ResetAfter => {
+            apply();
+            let _ = stream.set_zero_linger();
+            None
+        }
+        Fate::Late(wait) | Fate::StallThenApply(wait) => {
+            tokio::time::sleep(wait).await;
+            Some(apply())
+        }
+        Fate::ApplyThenStall(wait) => {
+            let answer = apply();
+            tokio::time::sleep(wait).await;
+            Some(answer)
+        }
+    }
+}
+
 fn soak_id(body: &[u8]) -> Option<u64> {
     serde_json::from_slice::<serde_json::Value>(body).ok()?["SoakId"].as_u64()
 }
@@ -111,30 +146,10 @@ fn scripted_upstream(state: Arc<Upstream>) -> RawScript {
                     state.unparsable.fetch_add(1, Ordering::SeqCst);
                     return;
                 };
-                let answer = match pick_fate() {
-                    Fate::Normal => state.apply(id, &req.body),
-                    Fate::ResetBefore => {
-                        let _ = c.stream.set_zero_linger();
-                        return;
-                    }
-                    Fate::ResetAfter => {
-                        state.apply(id, &req.body);
-                        let _ = c.stream.set_zero_linger();
-                        return;
-                    }
-                    Fate::Late(wait) => {
-                        tokio::time::sleep(wait).await;
-                        state.apply(id, &req.body)
-                    }
-                    Fate::ApplyThenStall(wait) => {
-                        let answer = state.apply(id, &req.body);
-                        tokio::time::sleep(wait).await;
-                        answer
-                    }
-                    Fate::StallThenApply(wait) => {
-                        tokio::time::sleep(wait).await;
-                        state.apply(id, &req.body)
-                    }
+                let Some(answer) =
+                    play_fate(&c.stream, Duration::ZERO, || state.apply(id, &req.body)).await
+                else {
+                    return;
                 };
                 let answer = String::from_utf8_lossy(&answer).into_owned();
                 if c.stream
@@ -437,34 +452,12 @@ fn merged_upstream(state: Arc<MergedUpstream>) -> RawScript {
                     continue;
                 }
                 state.received.fetch_add(sum, Ordering::SeqCst);
-                let answer = match pick_fate() {
-                    Fate::Normal => {
-                        // A round trip long enough for callers to gather behind it.
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        state.apply(sum, &req.body)
-                    }
-                    Fate::ResetBefore => {
-                        let _ = c.stream.set_zero_linger();
-                        return;
-                    }
-                    Fate::ResetAfter => {
-                        state.apply(sum, &req.body);
-                        let _ = c.stream.set_zero_linger();
-                        return;
-                    }
-                    Fate::Late(wait) => {
-                        tokio::time::sleep(wait).await;
-                        state.apply(sum, &req.body)
-                    }
-                    Fate::ApplyThenStall(wait) => {
-                        let answer = state.apply(sum, &req.body);
-                        tokio::time::sleep(wait).await;
-                        answer
-                    }
-                    Fate::StallThenApply(wait) => {
-                        tokio::time::sleep(wait).await;
-                        state.apply(sum, &req.body)
-                    }
+                // A round trip long enough for callers to gather behind it.
+                let normal = Duration::from_millis(20);
+                let Some(answer) =
+                    play_fate(&c.stream, normal, || state.apply(sum, &req.body)).await
+                else {
+                    return;
                 };
                 let answer = String::from_utf8_lossy(&answer).into_owned();
                 if c.stream
