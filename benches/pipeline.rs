@@ -147,6 +147,17 @@ fn pipeline(c: &mut Criterion) {
     c.bench_function("stage/validation", |b| {
         b.iter(|| black_box(update_group_counter::API.validate(black_box(BODY)).is_ok()))
     });
+    c.bench_function("stage/validation_parse_only", |b| {
+        b.iter(|| {
+            black_box(
+                chat_gateway::validation::validate_counter(
+                    chat_gateway::validation::CounterPayload::Update,
+                    black_box(BODY),
+                )
+                .is_ok(),
+            )
+        })
+    });
     let api = parts.table.route(PATH).unwrap_or_else(|| panic!("allowed"));
     c.bench_function("stage/limit_check", |b| {
         b.iter(|| black_box(parts.limiter.check(&api, Some(black_box("live-1"))).ready()))

@@ -5,7 +5,8 @@
 
 use std::collections::HashSet;
 
-use chat_gateway::apis::{update_group_counter, CounterUpdate, REGISTRY};
+use chat_gateway::apis::{update_group_counter, PayloadFacts, REGISTRY};
+use chat_gateway::coalesce::merge;
 use chat_gateway::validation::{validate_object, Rejection};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
@@ -21,8 +22,8 @@ fuzz_target!(|body: &[u8]| {
                 assert_eq!(group_id, Some(&*facts.group_id));
                 assert_group_id(&facts.group_id);
                 if *api == update_group_counter::API {
-                    let update = facts.update.as_ref().expect("an update has update facts");
-                    assert_counter(object, update);
+                    assert!(facts.update.is_some(), "an update has update facts");
+                    assert_counter(object, facts, body);
                 } else if let Some(keys) = object.get("GroupCounterKeys") {
                     let keys = keys.as_array().expect("GroupCounterKeys is an array");
                     assert_keys(keys.iter().map(|k| k.as_str().expect("keys are strings")));
@@ -47,7 +48,7 @@ fn assert_group_id(id: &str) {
     assert!(!id.starts_with("@TGS#_"));
 }
 
-fn assert_counter(object: &Map<String, Value>, update: &CounterUpdate) {
+fn assert_counter(object: &Map<String, Value>, facts: PayloadFacts, body: &[u8]) {
     let entries = object
         .get("GroupCounter")
         .and_then(Value::as_array)
@@ -62,7 +63,7 @@ fn assert_counter(object: &Map<String, Value>, update: &CounterUpdate) {
             .and_then(Value::as_str)
             .expect("entries have a string Key")
     }));
-    // The facts hold the same entries, in order, with the same values.
+    // A mergeable update's increment holds the same entries, in order, with the same values.
     let read_back: Vec<(&str, i64)> = entries
         .iter()
         .map(|entry| {
@@ -70,8 +71,12 @@ fn assert_counter(object: &Map<String, Value>, update: &CounterUpdate) {
             (key, entry["Value"].as_i64().unwrap_or(0))
         })
         .collect();
-    let facts: Vec<(&str, i64)> = update.counters.iter().map(|(k, v)| (&**k, *v)).collect();
-    assert_eq!(facts, read_back);
+    if merge::is_mergeable(&facts) {
+        let (group, inc) = merge::increment_of(facts, body).expect("a mergeable body parses");
+        assert_eq!(Some(group.as_str()), object.get("GroupId").and_then(Value::as_str));
+        let taken: Vec<(&str, i64)> = inc.counters.iter().map(|(k, v)| (&**k, *v)).collect();
+        assert_eq!(taken, read_back);
+    }
     if let Some(mode) = object.get("Mode") {
         assert!(matches!(
             mode.as_str(),

@@ -1,5 +1,5 @@
 //! What validation learned about a request's payload: a request extension for the layers after
-//! it (the rate limiter keys on the group; a coalescing layer would read the update).
+//! it (the rate limiter keys on the group; the coalescing layer reads the update).
 
 use crate::validation::{CounterRequest, Mode};
 
@@ -12,7 +12,10 @@ pub struct PayloadFacts {
     pub update: Option<CounterUpdate>,
 }
 
-/// The parts of an `update_group_counter` body that decide how it may be sent or merged.
+/// The parts of an `update_group_counter` body that decide how it may be sent or merged. The
+/// keys and values are not kept: every update would pay for them, and only the increments that
+/// wait in a batch need them (the coalescer reads those from the body).
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CounterUpdate {
     /// `None` when the body has no `Mode`.
@@ -20,8 +23,6 @@ pub struct CounterUpdate {
     /// Only `GroupId`, `GroupCounter` (entries of only `Key` and `Value`) and `Mode`: a merge
     /// of two such bodies drops nothing either one said.
     pub plain: bool,
-    /// Each `GroupCounter` entry's key and value, in order.
-    pub counters: Vec<(Box<str>, i64)>,
 }
 
 impl PayloadFacts {
@@ -40,11 +41,6 @@ impl PayloadFacts {
             update: Some(CounterUpdate {
                 mode: request.mode,
                 plain: request.plain,
-                counters: request
-                    .counters
-                    .into_iter()
-                    .map(|(key, value)| (key.into(), value))
-                    .collect(),
             }),
         }
     }

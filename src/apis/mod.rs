@@ -147,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn update_facts_keep_mode_entries_and_whether_only_known_members_are_present() {
+    fn update_facts_keep_mode_and_whether_only_known_members_are_present() {
         let facts = |body: &str| update_group_counter::API.validate(body.as_bytes()).unwrap();
         let plain = facts(
             r#"{"GroupId":"g\u0031","GroupCounter":[{"Key":"likes","Value":1},{"Value":-3,"Key":"vi\u0065ws"}],"Mode":"Increase"}"#,
@@ -156,10 +156,6 @@ mod tests {
         let update = plain.update.unwrap();
         assert_eq!(update.mode, Some(Mode::Increase));
         assert!(update.plain);
-        assert_eq!(
-            update.counters,
-            [("likes".into(), 1), ("views".into(), -3)].to_vec()
-        );
         let extremes = facts(&format!(
             r#"{{"GroupId":"g","GroupCounter":[{{"Key":"a","Value":{}}},{{"Key":"b","Value":{}}}]}}"#,
             i64::MIN,
@@ -167,17 +163,13 @@ mod tests {
         ));
         let update = extremes.update.unwrap();
         assert_eq!(update.mode, None);
-        assert_eq!(
-            update.counters,
-            [("a".into(), i64::MIN), ("b".into(), i64::MAX)].to_vec()
-        );
+        assert!(update.plain);
         for extra in [
             r#"{"GroupId":"g","GroupCounter":[{"Key":"k","Value":1}],"Mode":"Increase","Note":1}"#,
             r#"{"GroupId":"g","GroupCounter":[{"Key":"k","Value":1,"Note":1}],"Mode":"Increase"}"#,
         ] {
             let update = facts(extra).update.unwrap();
             assert!(!update.plain, "{extra}");
-            assert_eq!(update.counters, [("k".into(), 1)].to_vec());
         }
         let get = get_group_counter::API
             .validate(br#"{"GroupId":"g","GroupCounterKeys":["k"]}"#)

@@ -415,7 +415,7 @@ mod tests {
         let m = Member {
             inc: Increment {
                 mode: Mode::Increase,
-                counters: vec![("likes".into(), value)],
+                counters: [("likes".into(), value)].into_iter().collect(),
             },
             body: Bytes::new(),
             deadline: Instant::now() + wait,

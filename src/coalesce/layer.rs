@@ -129,7 +129,7 @@ where
             let increment = req
                 .extensions_mut()
                 .remove::<PayloadFacts>()
-                .map(merge::increment_of);
+                .map(|facts| merge::increment_of(facts, req.body()));
             match increment {
                 Some(Ok((group, inc))) => {
                     return Either::Right(Box::pin(self.write(api, group, inc, req, group_token)))

@@ -3,6 +3,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::borrow::Cow;
+
+use compact_str::CompactString;
+use smallvec::SmallVec;
+
 use crate::apis::{CounterUpdate, PayloadFacts};
 use crate::validation::Mode as ValidatedMode;
 
@@ -24,11 +29,15 @@ impl Mode {
     }
 }
 
+/// An increment's `(Key, Value)` entries: the usual one or two, and keys up to 24 bytes, sit
+/// inline.
+pub type Counters = SmallVec<[(CompactString, i64); 2]>;
+
 /// One caller's increment: its Mode and its (Key, Value) entries, keys distinct.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Increment {
     pub mode: Mode,
-    pub counters: Vec<(String, i64)>,
+    pub counters: Counters,
 }
 
 impl Increment {
@@ -56,7 +65,7 @@ pub enum Refused {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct KeySum {
-    key: String,
+    key: CompactString,
     sum: i64,
     negative: bool,
     positive: bool,
@@ -203,52 +212,39 @@ pub fn batch_all(incs: &[Increment], max_callers: usize) -> Vec<Merge> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UpdateBody {
-    #[serde(rename = "GroupId")]
-    group_id: String,
-    #[serde(rename = "GroupCounter")]
-    group_counter: Vec<Entry>,
-    #[serde(rename = "Mode")]
-    mode: String,
+struct UpdateBody<'a> {
+    #[serde(rename = "GroupId", borrow)]
+    group_id: Cow<'a, str>,
+    #[serde(rename = "GroupCounter", borrow)]
+    group_counter: Vec<Entry<'a>>,
+    #[serde(rename = "Mode", borrow)]
+    mode: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Entry {
-    #[serde(rename = "Key")]
-    key: String,
+struct Entry<'a> {
+    #[serde(rename = "Key", borrow)]
+    key: Cow<'a, str>,
     #[serde(rename = "Value")]
     value: i64,
 }
 
-/// The GroupId and increment of a mergeable `update_group_counter` body: exactly `GroupId`,
-/// `GroupCounter` (entries of `Key` and `Value`) and `Mode` `Increase` or `Decrease`. Anything
-/// else (`Set`, no Mode, other members, duplicate keys) is `None`: sent alone, as it came.
-/// The increment validation found in a body, if it may be merged: a plain update (only
-/// `GroupId`, `GroupCounter` entries of `Key` and `Value`, and `Mode`) with `Mode` `Increase`
-/// or `Decrease`. Takes the facts, so the keys are moved, not copied or parsed again.
-pub fn increment_of(facts: PayloadFacts) -> Result<(String, Increment), PayloadFacts> {
-    let mode = match facts.update.as_ref() {
-        Some(CounterUpdate {
-            mode: Some(ValidatedMode::Increase),
-            plain: true,
-            counters,
-        }) if (1..=MAX_KEYS).contains(&counters.len()) => Mode::Increase,
-        Some(CounterUpdate {
-            mode: Some(ValidatedMode::Decrease),
-            plain: true,
-            counters,
-        }) if (1..=MAX_KEYS).contains(&counters.len()) => Mode::Decrease,
-        _ => return Err(facts),
-    };
-    let counters = facts
-        .update
-        .map(|u| u.counters)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(key, value)| (key.into_string(), value))
-        .collect();
-    Ok((facts.group_id.into_string(), Increment { mode, counters }))
+/// The increment of a body validation found mergeable: a plain update (only `GroupId`,
+/// `GroupCounter` entries of `Key` and `Value`, and `Mode`) with `Mode` `Increase` or
+/// `Decrease`. Anything else keeps its facts and is sent alone, as it came. Validation keeps no
+/// keys or values (every update would pay for them); only a caller that waits for a batch
+/// reads them here, from the same body.
+pub fn increment_of(facts: PayloadFacts, body: &[u8]) -> Result<(String, Increment), PayloadFacts> {
+    if !is_mergeable(&facts) {
+        return Err(facts);
+    }
+    match parse_body(body) {
+        Some((_, inc)) => Ok((facts.group_id.into_string(), inc)),
+        // Validation accepted this body as a plain increment, so it parses; were it not to, the
+        // request would still go out alone, unchanged.
+        None => Err(facts),
+    }
 }
 
 /// Whether validation found a mergeable increment (see [`increment_of`]), without taking it.
@@ -258,16 +254,20 @@ pub fn is_mergeable(facts: &PayloadFacts) -> bool {
         Some(CounterUpdate {
             mode: Some(ValidatedMode::Increase | ValidatedMode::Decrease),
             plain: true,
-            counters,
-        }) if (1..=MAX_KEYS).contains(&counters.len())
+        })
     )
 }
 
-/// Parses a body on its own (without validation's facts): what the property tests compare
-/// [`increment_of`] against.
+/// The GroupId and increment of a mergeable `update_group_counter` body: exactly `GroupId`,
+/// `GroupCounter` (1 to 20 entries of `Key` and `Value`, keys distinct) and `Mode` `Increase`
+/// or `Decrease`. Anything else (`Set`, no Mode, other members, duplicate keys) is `None`.
 pub fn parse_increment(body: &[u8]) -> Option<(String, Increment)> {
+    parse_body(body).map(|(group, inc)| (group.into_owned(), inc))
+}
+
+fn parse_body(body: &[u8]) -> Option<(Cow<'_, str>, Increment)> {
     let parsed: UpdateBody = serde_json::from_slice(body).ok()?;
-    let mode = match parsed.mode.as_str() {
+    let mode = match &*parsed.mode {
         "Increase" => Mode::Increase,
         "Decrease" => Mode::Decrease,
         _ => return None,
@@ -276,10 +276,10 @@ pub fn parse_increment(body: &[u8]) -> Option<(String, Increment)> {
     if n == 0 || n > MAX_KEYS {
         return None;
     }
-    let counters: Vec<(String, i64)> = parsed
+    let counters: Counters = parsed
         .group_counter
         .into_iter()
-        .map(|e| (e.key, e.value))
+        .map(|e| (CompactString::from(e.key), e.value))
         .collect();
     for (i, (key, _)) in counters.iter().enumerate() {
         if counters[..i].iter().any(|(k, _)| k == key) {
@@ -376,30 +376,39 @@ pub fn caller_answer(values: &[(String, i64)], inc: &Increment) -> Option<Vec<u8
 mod tests {
     use super::*;
 
-    /// What validation learned, made into an increment, is what the body says.
+    /// What validation finds mergeable is what the body's own parse finds mergeable, and the
+    /// increment taken with the facts is the body's.
     #[test]
     fn validated_facts_give_the_same_increment_as_the_body() {
         let validate = crate::apis::update_group_counter::API.validate;
         for body in [
             r#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":3}],"Mode":"Increase"}"#,
             r#"{"Mode":"Decrease","GroupCounter":[{"Value":-2,"Key":"a"},{"Key":"b","Value":9223372036854775807}],"GroupId":"g\u0031"}"#,
+            r#"{"GroupId":"g","GroupCounter":[{"Key":"a-key-longer-than-twenty-four-bytes","Value":1}],"Mode":"Increase"}"#,
         ] {
             let facts = validate(body.as_bytes()).expect("valid");
             assert!(is_mergeable(&facts), "{body}");
-            let from_facts = increment_of(facts).expect("mergeable");
+            let from_facts = increment_of(facts, body.as_bytes()).expect("mergeable");
             let parsed = parse_increment(body.as_bytes()).expect("parses");
             assert_eq!(from_facts.0, parsed.0, "{body}");
-            assert_eq!(from_facts.1.mode, parsed.1.mode, "{body}");
-            assert_eq!(from_facts.1.counters, parsed.1.counters, "{body}");
+            assert_eq!(from_facts.1, parsed.1, "{body}");
         }
+        let (group, inc) = parse_increment(
+            br#"{"Mode":"Decrease","GroupCounter":[{"Value":-2,"Key":"a"},{"Key":"b\u0031","Value":7}],"GroupId":"g\u0031"}"#,
+        )
+        .expect("parses");
+        assert_eq!(group, "g1");
+        assert_eq!(inc, self::inc(Mode::Decrease, &[("a", -2), ("b1", 7)]));
         for body in [
             r#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":3}],"Mode":"Set"}"#,
             r#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":3}]}"#,
             r#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":3}],"Mode":"Increase","X":1}"#,
+            r#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":3,"X":1}],"Mode":"Increase"}"#,
         ] {
             let facts = validate(body.as_bytes()).expect("valid");
             assert!(!is_mergeable(&facts), "{body}");
-            assert!(increment_of(facts).is_err(), "{body}");
+            assert!(increment_of(facts, body.as_bytes()).is_err(), "{body}");
+            assert!(parse_increment(body.as_bytes()).is_none(), "{body}");
         }
     }
     use proptest::prelude::*;
@@ -407,7 +416,7 @@ mod tests {
     fn inc(mode: Mode, counters: &[(&str, i64)]) -> Increment {
         Increment {
             mode,
-            counters: counters.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            counters: counters.iter().map(|(k, v)| ((*k).into(), *v)).collect(),
         }
     }
 
@@ -453,7 +462,7 @@ mod tests {
             m.try_join(&inc(Mode::Increase, &[("a", -2)])),
             Err(Refused::Sign)
         );
-        let many: Vec<(String, i64)> = (0..20).map(|i| (format!("k{i}"), 1)).collect();
+        let many: Counters = (0..20).map(|i| (format!("k{i}").into(), 1)).collect();
         assert_eq!(
             m.try_join(&Increment {
                 mode: Mode::Increase,
@@ -509,12 +518,83 @@ mod tests {
                 mode: if inc { Mode::Increase } else { Mode::Decrease },
                 counters: counters
                     .into_iter()
-                    .map(|(k, v)| (format!("k{k}"), v))
+                    .map(|(k, v)| (format!("k{k}").into(), v))
                     .collect(),
             })
     }
 
+    /// A JSON string for `text`, every character escaped as `\uXXXX` when `escape` says so.
+    fn json_string(text: &str, escape: bool) -> String {
+        if escape {
+            let units: String = text.encode_utf16().map(|u| format!("\\u{u:04x}")).collect();
+            format!("\"{units}\"")
+        } else {
+            serde_json::to_string(text).unwrap_or_default()
+        }
+    }
+
+    /// `inc` as an `update_group_counter` body for group `g`: members in any order, keys and
+    /// the Mode escaped or not, entries' members either way round, whitespace or none.
+    fn render(inc: &Increment, order: usize, escape: u32, spaced: bool) -> String {
+        let sep = if spaced { " , " } else { "," };
+        let colon = if spaced { " : " } else { ":" };
+        let entries: Vec<String> = inc
+            .counters
+            .iter()
+            .enumerate()
+            .map(|(i, (key, value))| {
+                let key = format!(
+                    "\"Key\"{colon}{}",
+                    json_string(key, escape & (1 << (i % 30)) != 0)
+                );
+                let value = format!("\"Value\"{colon}{value}");
+                if i % 2 == order % 2 {
+                    format!("{{{key}{sep}{value}}}")
+                } else {
+                    format!("{{{value}{sep}{key}}}")
+                }
+            })
+            .collect();
+        let mut members = [
+            format!("\"GroupId\"{colon}{}", json_string("g", escape & 1 != 0)),
+            format!("\"GroupCounter\"{colon}[{}]", entries.join(sep)),
+            format!(
+                "\"Mode\"{colon}{}",
+                json_string(inc.mode.as_str(), escape & 2 != 0)
+            ),
+        ];
+        members.rotate_left(order % 3);
+        if order % 2 == 1 {
+            members.swap(0, 1);
+        }
+        format!("{{{}}}", members.join(sep))
+    }
+
     proptest! {
+        /// Whatever the body's member order, escapes and whitespace, the increment taken with
+        /// validation's facts is exactly the one the body holds.
+        #[test]
+        fn a_validated_increment_is_the_one_its_body_holds(
+            inc in increment(),
+            order in 0usize..6,
+            escape in any::<u32>(),
+            spaced in any::<bool>(),
+        ) {
+            let body = render(&inc, order, escape, spaced);
+            let validate = crate::apis::update_group_counter::API.validate;
+            let facts = validate(body.as_bytes());
+            prop_assert!(facts.is_ok(), "{}", body);
+            let Ok(facts) = facts else { return Ok(()) };
+            prop_assert!(is_mergeable(&facts), "{}", body);
+            let taken = increment_of(facts, body.as_bytes());
+            prop_assert_eq!(taken, Ok(("g".to_owned(), inc.clone())), "{}", body);
+            // One member more and it is neither mergeable nor an increment.
+            let extra = format!("{{\"Note\":1,{}", &body[1..]);
+            let facts = validate(extra.as_bytes());
+            prop_assert!(facts.as_ref().is_ok_and(|f| !is_mergeable(f)), "{}", extra);
+            prop_assert_eq!(parse_increment(extra.as_bytes()), None, "{}", extra);
+        }
+
         /// Any sequence of increments, any batch size: every increment lands in exactly one
         /// batch, the per-(Mode, key) sums over all batches equal those of the increments, no
         /// batch holds more than 20 keys, mixes Modes, or leaves the 64-bit range.
@@ -526,7 +606,7 @@ mod tests {
             let mut want: HashMap<(bool, String), i128> = HashMap::new();
             for i in &incs {
                 for (k, v) in &i.counters {
-                    *want.entry((i.mode == Mode::Increase, k.clone())).or_default() += i128::from(*v);
+                    *want.entry((i.mode == Mode::Increase, k.to_string())).or_default() += i128::from(*v);
                 }
             }
             let mut got: HashMap<(bool, String), i128> = HashMap::new();

@@ -44,8 +44,6 @@ pub struct CounterRequest<'a> {
     pub group_id: Cow<'a, str>,
     /// Only for Update; `None` when absent.
     pub mode: Option<Mode>,
-    /// Only for Update: each `GroupCounter` entry's key and value, in order.
-    pub counters: Vec<(Cow<'a, str>, i64)>,
     /// No member besides the known ones (`GroupId`, `GroupCounter` with entries of only `Key`
     /// and `Value`, `Mode`, `GroupCounterKeys`): nothing a merge of two requests could drop.
     pub plain: bool,
@@ -174,11 +172,10 @@ impl<'de> Handler<'de> for Top {
         let Some(group_id) = group_id else {
             return Ok(None);
         };
-        let plain = !members.has_unknown() && (!members.has(GROUP_COUNTER) || counters.plain);
+        let plain = !members.has_unknown() && !counters.extras;
         Ok(Some(CounterRequest {
             group_id,
             mode,
-            counters: counters.list,
             plain,
         }))
     }
@@ -284,11 +281,10 @@ impl<'de> Handler<'de> for Key {
 #[derive(Clone, Copy)]
 struct Entry;
 
-/// A `GroupCounter` entry as read.
+/// A `GroupCounter` entry as read. Its value is checked, not kept: the body is forwarded as it
+/// came, and the coalescer reads a mergeable body's values itself.
 struct Counter<'de> {
     key: Cow<'de, str>,
-    /// `None` when missing or not a signed 64-bit integer (the request is then rejected).
-    value: Option<i64>,
     /// No member besides `Key` and `Value`.
     plain: bool,
 }
@@ -305,7 +301,6 @@ impl<'de> Handler<'de> for Entry {
     ) -> Result<Self::Out, A::Error> {
         let mut members = Members::default();
         let mut key = None;
-        let mut value = None;
         while let Some(name) = map.next_key_seed(Name)? {
             let bit = match &*name {
                 "Key" => KEY,
@@ -326,8 +321,7 @@ impl<'de> Handler<'de> for Entry {
             } else {
                 let raw: &'de RawValue = map.next_value()?;
                 let token = raw.get();
-                value = parse_i64_token(token);
-                if value.is_none() {
+                if parse_i64_token(token).is_none() {
                     ctx.invalid(|| {
                         format!(
                             "{member} must be an integer in the signed 64-bit range; got {}",
@@ -345,7 +339,7 @@ impl<'de> Handler<'de> for Entry {
             ctx.invalid(|| format!("{path}.Value is required"));
         }
         let plain = !members.has_unknown();
-        Ok(key.map(|key| Counter { key, value, plain }))
+        Ok(key.map(|key| Counter { key, plain }))
     }
 }
 
@@ -359,59 +353,41 @@ struct Entries<E> {
 /// The first [`MAX_ENTRIES`] entries with a valid key, in order: on the stack, no allocation.
 type Slots<T> = [Option<T>; MAX_ENTRIES];
 
-/// An entry of `GroupCounter` or `GroupCounterKeys`: its key for the uniqueness rule, and
-/// what the whole array yields to later layers.
-trait Keyed: Sized {
+/// An entry of `GroupCounter` or `GroupCounterKeys`: notes in what the whole array yields to
+/// later layers what it has to say, and hands over its key for the uniqueness rule.
+trait Keyed<'de> {
     type Collected: Default;
-    fn key(&self) -> &str;
-    fn collect(slots: Slots<Self>) -> Self::Collected;
+    fn into_key(self, collected: &mut Self::Collected) -> Cow<'de, str>;
 }
 
 /// `GroupCounterKeys` yields nothing: no layer reads the keys.
-impl Keyed for Cow<'_, str> {
+impl<'de> Keyed<'de> for Cow<'de, str> {
     type Collected = ();
 
-    fn key(&self) -> &str {
+    fn into_key(self, _: &mut ()) -> Cow<'de, str> {
         self
     }
-
-    fn collect(_: Slots<Self>) {}
 }
 
-impl<'de> Keyed for Counter<'de> {
-    type Collected = Counters<'de>;
+impl<'de> Keyed<'de> for Counter<'de> {
+    type Collected = Counters;
 
-    fn key(&self) -> &str {
-        &self.key
-    }
-
-    fn collect(slots: Slots<Self>) -> Counters<'de> {
-        let mut counters = Counters {
-            list: Vec::with_capacity(slots.iter().flatten().count()),
-            plain: true,
-        };
-        for counter in slots.into_iter().flatten() {
-            counters.plain &= counter.plain;
-            // An entry without a valid value has already rejected the request.
-            if let Some(value) = counter.value {
-                counters.list.push((counter.key, value));
-            }
-        }
-        counters
+    fn into_key(self, collected: &mut Counters) -> Cow<'de, str> {
+        collected.extras |= !self.plain;
+        self.key
     }
 }
 
-/// What `GroupCounter` yields: its entries' keys and values, and whether they held nothing else.
+/// What `GroupCounter` yields: whether an entry held more than `Key` and `Value`.
 #[derive(Default)]
-struct Counters<'de> {
-    list: Vec<(Cow<'de, str>, i64)>,
-    plain: bool,
+struct Counters {
+    extras: bool,
 }
 
 impl<'de, E, T> Handler<'de> for Entries<E>
 where
     E: Handler<'de, Out = Option<T>> + Copy,
-    T: Keyed,
+    T: Keyed<'de>,
 {
     type Out = T::Collected;
     const EXPECTED: &'static str = "an array";
@@ -424,7 +400,8 @@ where
     ) -> Result<T::Collected, A::Error> {
         // The array's size is judged before its entries: it wins over their problems.
         let clean = ctx.rejection.is_none();
-        let mut keys: Slots<T> = Default::default();
+        let mut keys: Slots<Cow<'de, str>> = Default::default();
+        let mut collected = T::Collected::default();
         let mut count = 0;
         loop {
             let index = Path::Index(&path, count);
@@ -438,13 +415,9 @@ where
                 else {
                     break;
                 };
-                if let Some(key) = key.as_ref().map(Keyed::key) {
-                    if keys
-                        .iter()
-                        .take(count)
-                        .flatten()
-                        .any(|seen| seen.key() == key)
-                    {
+                let key = key.map(|entry| entry.into_key(&mut collected));
+                if let Some(key) = key.as_deref() {
+                    if keys.iter().take(count).flatten().any(|seen| seen == key) {
                         ctx.invalid(|| {
                             format!("{index}{} repeats \"{}\"", self.key_suffix, echo(key))
                         });
@@ -473,6 +446,6 @@ where
                 info: format!("{path} has {count} entries; at most {MAX_ENTRIES} are allowed"),
             });
         }
-        Ok(T::collect(keys))
+        Ok(collected)
     }
 }
