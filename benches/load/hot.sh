@@ -9,6 +9,9 @@
 #
 # Settings (environment variables, defaults in brackets):
 #   DURATION [10]  seconds of each measured run
+#   WARMUP [1]     seconds at the start of each run left out of p50 / p99 (h2load only): all
+#                  callers arrive at once then, a step no live stream makes; the whole run's
+#                  p99 and the count of callers over the bound are printed beside them
 #   CLIENT [h2load] h2load (HTTP/2: H2_CONNS connections x STREAMS streams, h2c to the proxy) or
 #                  wrk (HTTP/1.1: CONNS connections); Debian: nghttp2-client, wrk
 #   H2_CONNS [70] STREAMS [100] CONNS [7000]
@@ -27,6 +30,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-1}
 CONNS=${CONNS:-7000}
 CLIENT=${CLIENT:-h2load}
 H2_CONNS=${H2_CONNS:-70}
@@ -51,7 +55,7 @@ API=/v4/group_open_http_svc/update_group_counter
 say() { printf '%s\n' "$*" >&2; }
 die() { say "hot.sh: $*"; exit 2; }
 case $CLIENT in h2load) CONC=$((H2_CONNS * STREAMS));; wrk) CONC=$CONNS;; *) die "CLIENT is h2load or wrk";; esac
-for v in DURATION CONNS H2_CONNS STREAMS MAX_CALLERS PROXY_CPU WRK_CPU EMU_PORT GATEWAY_PORT GATEWAY_ADMIN_PORT NGINX_PORT; do
+for v in DURATION WARMUP CONNS H2_CONNS STREAMS MAX_CALLERS PROXY_CPU WRK_CPU EMU_PORT GATEWAY_PORT GATEWAY_ADMIN_PORT NGINX_PORT; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a whole number"
 done
 for t in $CLIENT nginx taskset curl ss; do command -v $t >/dev/null || die "missing $t"; done
@@ -151,7 +155,7 @@ value_of() {        # value_of PORT GROUP: the group's likes, read through the p
     sed -n 's/.*"Value":\([0-9-]*\).*/\1/p'
 }
 
-printf '| target | client req/s | OK answers/s | applied increments/s | upstream calls/s | upstream round trip ms (as the gateway saw it) | p50 ms | p99 ms | CPU us/applied increment | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|\n' >"$WORK/table.md"
+printf '| target | client req/s | OK answers/s | applied increments/s | upstream calls/s | upstream round trip ms (as the gateway saw it) | p50 ms | p99 ms | p99 ms, whole run | callers over the bound, whole run | CPU us/applied increment | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n' >"$WORK/table.md"
 for target in $TARGETS; do
   group="live-$target-$$"
   case $target in
@@ -191,12 +195,20 @@ for target in $TARGETS; do
   else
     # The log: start time, status, microseconds per request. Percentiles from it; a 2xx that
     # is a gateway refusal (10006) is counted as OK here: "applied" is what the emulator holds.
-    n=$(wc -l <"$WORK/h2load-$target.log")
+    # Steady state: the requests that started WARMUP seconds or more after the first one.
+    t0=$(awk 'NR == 1 || $1 < t {t = $1} END {printf "%.0f", t}' "$WORK/h2load-$target.log")
+    awk -v from="$((t0 + WARMUP * 1000000))" '$1 >= from' "$WORK/h2load-$target.log" >"$WORK/steady-$target.log"
     # Reads to the end (no early exit: with pipefail, sort would die of SIGPIPE).
-    pct() { awk '{print $3}' "$WORK/h2load-$target.log" | sort -n | awk -v p="$1" -v n="$n" 'NR == int(n * p / 100) + 1 {v = $1} END {print v}'; }
+    pct() {  # pct P FILE
+      awk '{print $3}' "$2" | sort -n | awk -v p="$1" 'NR == FNR {n++; v[n] = $1} END {print (n ? v[int(n * p / 100) + 1] : 0)}'
+    }
+    n=$(wc -l <"$WORK/h2load-$target.log")
+    # The bound the hot-group target sets: 2 x the emulator's latency + 1 / group_per_second (20).
+    bound_us=$(awk -v l="$LATENCY" 'BEGIN { v = l + 0; if (l ~ /ms$/) v *= 1000; else if (l ~ /us$/) v *= 1; else v *= 1000000; printf "%d", 2 * v + 50000 }')
+    over=$(awk -v b="$bound_us" '$3 > b' "$WORK/h2load-$target.log" | wc -l)
     secs=$(sed -n 's/^finished in \([0-9.]*\)s.*/\1/p' "$WORK/client-$target.txt")
     bad=$(awk '$2 < 200 || $2 > 299' "$WORK/h2load-$target.log" | wc -l)
-    line="LOADRESULT requests=$n duration_us=$(awk -v s="$secs" 'BEGIN {printf "%d", s * 1e6}') non2xx=$bad not_ok=0 p50_us=$(pct 50) p99_us=$(pct 99)"
+    line="LOADRESULT requests=$n duration_us=$(awk -v s="$secs" 'BEGIN {printf "%d", s * 1e6}') non2xx=$bad not_ok=0 p50_us=$(pct 50 "$WORK/steady-$target.log") p99_us=$(pct 99 "$WORK/steady-$target.log") p99all_us=$(pct 99 "$WORK/h2load-$target.log") over=$over"
   fi
   get() { sed -n "s/.* $1=\([0-9.]*\).*/\1/p" <<<"$line"; }
   reqs=$(get requests); dur_us=$(get duration_us); notok=$(get not_ok); non2xx=$(get non2xx)
@@ -211,11 +223,12 @@ for target in $TARGETS; do
       if ($1 ~ /_sum/) s = $2; else c = $2 } END { if (c > 0) printf "%.1f", s / c * 1000; else print "-" }' "$WORK/metrics-$target.txt")
   fi
   awk -v r="$reqs" -v d="$dur_us" -v bad="$((notok + non2xx))" -v a="$applied" -v c="$calls" \
-      -v p50="$(get p50_us)" -v p99="$(get p99_us)" -v t="$((after - before))" -v hz="$CLK_TCK" \
-      -v rss="$rss_kb" -v name="$target" -v up="$up_ms" 'BEGIN {
+      -v p50="$(get p50_us)" -v p99="$(get p99_us)" -v p99all="$(get p99all_us)" -v over="$(get over)" \
+      -v t="$((after - before))" -v hz="$CLK_TCK" -v rss="$rss_kb" -v name="$target" -v up="$up_ms" 'BEGIN {
     s = d / 1e6
-    printf "| %s | %.0f | %.0f | %.0f | %.1f | %s | %.1f | %.1f | %.2f | %.1f |\n", name, r / s, (r - bad) / s,
-      a / s, c / s, up, p50 / 1000, p99 / 1000, (a > 0 ? t / hz * 1e6 / a : 0), rss / 1024 }' >>"$WORK/table.md"
+    all = (p99all == "" ? "-" : sprintf("%.1f", p99all / 1000)); if (over == "") over = "-"
+    printf "| %s | %.0f | %.0f | %.0f | %.1f | %s | %.1f | %.1f | %s | %s | %.2f | %.1f |\n", name, r / s, (r - bad) / s,
+      a / s, c / s, up, p50 / 1000, p99 / 1000, all, over, (a > 0 ? t / hz * 1e6 / a : 0), rss / 1024 }' >>"$WORK/table.md"
   say "    $(tail -1 "$WORK/table.md")"
   for p in "${PIDS[@]:1}"; do stop "$p"; done
   PIDS=("${PIDS[0]}")
