@@ -1,11 +1,10 @@
 //! The merge itself, without I/O: which increments may share one `update_group_counter` call,
 //! the per-key sums of a batch, the body sent for it and the answer each caller gets back.
 
-use serde::{Deserialize, Serialize};
-
 use std::borrow::Cow;
 
 use compact_str::CompactString;
+use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::apis::{CounterUpdate, PayloadFacts};
