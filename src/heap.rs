@@ -3,8 +3,8 @@
 //!
 //! Why mimalloc: a request allocates and frees a few dozen small buffers (header maps, h2
 //! frames, futures). In the load comparison (`benches/load/run.sh`, 64 connections) glibc malloc
-//! cost 27.5-28.3 µs of CPU per request, mimalloc 24.0-25.6; in the hot-group scenario
-//! (`hot.sh`) 19.3 against 9.3-11.6 µs per applied increment.
+//! cost 27.5-28.3 µs of CPU per request, mimalloc 23.7-24.1; in the hot-group scenario
+//! (`hot.sh`) 19.3 against 10.3-14.8 µs per applied increment.
 //!
 //! Why eager commit off: by default mimalloc commits arena memory ahead of use, and the first
 //! arena is made before `main` runs, so only a build-time default reaches it. At 1000
