@@ -190,16 +190,10 @@ impl<'de> Handler<'de> for GroupId {
     const TAKES_STRING: bool = true;
 
     fn string(self, ctx: &mut Ctx, path: Path<'_>, value: Cow<'de, str>) -> Self::Out {
-        if value.is_empty() {
-            ctx.invalid(|| format!("{path} must not be empty"));
-        } else if value.len() > MAX_GROUP_ID_BYTES {
-            ctx.invalid(|| {
-                format!(
-                    "{path} is {} bytes; at most {MAX_GROUP_ID_BYTES} are allowed",
-                    value.len()
-                )
-            });
-        } else if let Some((at, c)) = value
+        if !length_ok(ctx, path, &value, MAX_GROUP_ID_BYTES) {
+            return None;
+        }
+        if let Some((at, c)) = value
             .char_indices()
             .find(|&(_, c)| !(' '..='~').contains(&c))
         {
@@ -260,20 +254,20 @@ impl<'de> Handler<'de> for Key {
     const TAKES_STRING: bool = true;
 
     fn string(self, ctx: &mut Ctx, path: Path<'_>, value: Cow<'de, str>) -> Self::Out {
-        if value.is_empty() {
-            ctx.invalid(|| format!("{path} must not be empty"));
-            None
-        } else if value.len() > MAX_KEY_BYTES {
-            ctx.invalid(|| {
-                format!(
-                    "{path} is {} bytes; at most {MAX_KEY_BYTES} are allowed",
-                    value.len()
-                )
-            });
-            None
-        } else {
-            Some(value)
-        }
+        length_ok(ctx, path, &value, MAX_KEY_BYTES).then_some(value)
+    }
+}
+
+/// The rule group IDs and keys share: 1 to `max` bytes. Records why not and says no otherwise.
+fn length_ok(ctx: &mut Ctx, path: Path<'_>, value: &str, max: usize) -> bool {
+    if value.is_empty() {
+        ctx.invalid(|| format!("{path} must not be empty"));
+        false
+    } else if value.len() > max {
+        ctx.invalid(|| format!("{path} is {} bytes; at most {max} are allowed", value.len()));
+        false
+    } else {
+        true
     }
 }
 
