@@ -84,6 +84,12 @@ pub struct ApiMetrics {
     upstream_duration: prometheus::Histogram,
     rate_limited_group: prometheus::IntCounter,
     rate_limited_app: prometheus::IntCounter,
+    /// Made on first use, so that an API that never coalesces, or never hears back, shows no
+    /// empty series.
+    coalesce: std::sync::OnceLock<(prometheus::Histogram, prometheus::IntCounter)>,
+    upstream_ok: std::sync::OnceLock<prometheus::IntCounter>,
+    name: Box<str>,
+    metrics: Metrics,
 }
 
 impl ApiMetrics {
@@ -94,13 +100,8 @@ impl ApiMetrics {
         self.overhead.observe(overhead_seconds);
     }
 
-    /// A request whose caller left before the answer: counted, timed, but not in the overhead
-    /// histogram (how much of its time was the upstream's is unknown).
-    pub fn client_closed(&self, seconds: f64) {
-        self.unanswered(Outcome::ClientClosed, seconds);
-    }
-
-    /// A request that ended without an answer (`ClientClosed` or `Shutdown`).
+    /// A request that ended without an answer (`ClientClosed` or `Shutdown`): counted, timed,
+    /// but not in the overhead histogram (how much of its time was the upstream's is unknown).
     pub fn unanswered(&self, outcome: Outcome, seconds: f64) {
         self.outcomes[outcome.index()].inc();
         self.duration.observe(seconds);
@@ -114,6 +115,37 @@ impl ApiMetrics {
         match scope {
             "group" => self.rate_limited_group.inc(),
             _ => self.rate_limited_app.inc(),
+        }
+    }
+
+    /// One call sent for `callers` coalescing callers.
+    pub fn coalesce_call(&self, callers: usize) {
+        let (size, coalesced) = self.coalesce.get_or_init(|| {
+            let m = &self.metrics.0;
+            (
+                m.batch_size.with_label_values(&[&*self.name]),
+                m.coalesced.with_label_values(&[&*self.name]),
+            )
+        });
+        size.observe(callers as f64);
+        if callers > 1 {
+            coalesced.inc_by(callers as u64);
+        }
+    }
+
+    /// The ErrorCode of one upstream answer (`None`: unreadable). 0, by far the most common,
+    /// is a resolved series; the others go through the bounded label set.
+    pub fn upstream_error_code(&self, error_code: Option<i64>) {
+        if error_code == Some(0) {
+            self.upstream_ok
+                .get_or_init(|| {
+                    let m = &self.metrics.0;
+                    m.upstream_responses
+                        .with_label_values(&[&*self.name, &m.error_codes.label(0)])
+                })
+                .inc();
+        } else {
+            self.metrics.upstream_error_code(&self.name, error_code);
         }
     }
 }
@@ -361,6 +393,10 @@ impl Metrics {
             upstream_duration: m.upstream_duration.with_label_values(&[api]),
             rate_limited_group: m.rate_limited.with_label_values(&[api, "group"]),
             rate_limited_app: m.rate_limited.with_label_values(&[api, "app"]),
+            coalesce: std::sync::OnceLock::new(),
+            upstream_ok: std::sync::OnceLock::new(),
+            name: api.into(),
+            metrics: self.clone(),
         }
     }
 
@@ -418,20 +454,6 @@ impl Metrics {
 
     pub fn upstream_retry(&self, reason: &str) {
         self.0.upstream_retries.with_label_values(&[reason]).inc();
-    }
-
-    /// One call sent for `callers` coalescing callers.
-    pub fn coalesce_call(&self, api: &str, callers: usize) {
-        self.0
-            .batch_size
-            .with_label_values(&[api])
-            .observe(callers as f64);
-        if callers > 1 {
-            self.0
-                .coalesced
-                .with_label_values(&[api])
-                .inc_by(callers as u64);
-        }
     }
 
     pub fn circuit_open(&self, open: bool) {
@@ -529,8 +551,8 @@ mod tests {
         api.request(Outcome::Ok, 0.1, 0.00001);
         api.upstream_duration(0.1);
         api.rate_limited("group");
-        m.upstream_error_code("a/b", Some(0));
-        m.coalesce_call("a/b", 3);
+        api.upstream_error_code(Some(0));
+        api.coalesce_call(3);
         let text = scrape(&m);
         for name in [
             "chat_gateway_requests_total{api=\"a/b\",outcome=\"ok\"} 1",

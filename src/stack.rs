@@ -45,8 +45,7 @@ pub struct StackParts {
     pub credentials: Arc<Credentials>,
     pub max_body_bytes: usize,
     pub body_read_timeout: Duration,
-    pub max_in_flight: usize,
-    /// The `max_in_flight` permits, shared with the server for answers being written.
+    /// The `server.max_in_flight` permits, shared with the server for answers being written.
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub limiter: Arc<dyn RateLimiter>,
     /// `None`: callers are not authenticated.
@@ -138,7 +137,6 @@ impl StackParts {
             credentials,
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
-            max_in_flight: config.server.max_in_flight,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
             limiter,
             authenticator,

@@ -158,7 +158,8 @@ impl Registry {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Groups with something in flight or waiting (for tests and memory checks).
+    /// Groups with something in flight or waiting.
+    #[cfg(test)]
     pub fn busy_groups(&self) -> usize {
         self.shards
             .iter()

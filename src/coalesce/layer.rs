@@ -65,11 +65,6 @@ impl CoalesceLayer {
             }),
         }
     }
-
-    /// Groups with a batch or a shared read under way.
-    pub fn busy_groups(&self) -> usize {
-        self.shared.registry.busy_groups()
-    }
 }
 
 impl<S> Layer<S> for CoalesceLayer {
@@ -182,7 +177,7 @@ impl<S> Coalesce<S> {
         match shared.limiter.check(api, Some(&claim.group)).ready() {
             Some(Ok(())) => {
                 req.extensions_mut().insert(TokensTaken);
-                shared.metrics.coalesce_call(&api.name, 1);
+                api.metrics(&shared.metrics).coalesce_call(1);
                 AtOnce::Sent(claim)
             }
             // No token now: the caller waits for one in a batch (which others may join). A
@@ -400,7 +395,7 @@ where
         let mut req = Request::from_parts(sealed.template, body);
         req.extensions_mut().insert(TokensTaken);
         pending.sent = true;
-        self.shared.metrics.coalesce_call(&self.api.name, n);
+        self.api.metrics(&self.shared.metrics).coalesce_call(n);
         if n > 1 {
             tracing::debug!(
                 api = &*self.api.name,
@@ -492,7 +487,7 @@ where
     async fn drive_reads(self, key: ReadKey) {
         while let Some((req, waiting)) = self.shared.registry.take_reads(&self.group, &key) {
             let n = waiting.len();
-            self.shared.metrics.coalesce_call(&self.api.name, n);
+            self.api.metrics(&self.shared.metrics).coalesce_call(n);
             let result = self.inner.clone().oneshot(req).await;
             match (result, n) {
                 (result, 1) => {

@@ -18,12 +18,6 @@ pub struct ShedLayer {
 }
 
 impl ShedLayer {
-    pub fn new(max_in_flight: usize) -> Self {
-        ShedLayer {
-            permits: Arc::new(Semaphore::new(max_in_flight)),
-        }
-    }
-
     /// Over permits shared with others (the server counts answers being written).
     pub fn shared(permits: Arc<Semaphore>) -> Self {
         ShedLayer { permits }

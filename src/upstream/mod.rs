@@ -256,7 +256,10 @@ impl Service<Request<Full<Bytes>>> for UpstreamService {
                 Ok(Ok(mut response)) => {
                     let error_code = error_code(response.body_bytes());
                     time_round_trip(elapsed.as_secs_f64());
-                    metrics.upstream_error_code(name, error_code);
+                    match &api {
+                        Some(api) => api.metrics(&metrics).upstream_error_code(error_code),
+                        None => metrics.upstream_error_code(name, error_code),
+                    }
                     let response = response.finish(UpstreamReport {
                         error_code,
                         elapsed,
