@@ -212,6 +212,39 @@ mod tests {
         assert!(!creds.can_sign(signed.expires_at));
     }
 
+    /// The background loop renews at half-life, well before expiry, and keeps doing so; it
+    /// stops when told.
+    #[tokio::test(start_paused = true)]
+    async fn the_background_loop_renews_at_half_life_until_stopped() {
+        let creds = Credentials::new(1, "admin", Duration::from_secs(120), key(), Metrics::new());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(creds.clone().renew_in_background(async {
+            let _ = stopped.await;
+        }));
+        let first = creds.current().clone();
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert!(
+            Arc::ptr_eq(&first, &creds.current()),
+            "not before half-life"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let second = creds.current().clone();
+        assert!(
+            !Arc::ptr_eq(&first, &second),
+            "renewed at half-life, 60 s before expiry"
+        );
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            !Arc::ptr_eq(&second, &creds.current()),
+            "and again a half-life later"
+        );
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the loop stops when told")
+            .expect("join");
+    }
+
     #[test]
     fn renewal_replaces_the_sig_and_uses_a_rotated_key() {
         let creds = Credentials::new(1, "admin", Duration::from_secs(120), key(), Metrics::new());

@@ -302,6 +302,86 @@ async fn sigterm_drains_and_never_prints_secrets() {
     }
 }
 
+/// `chat-gateway emulator` with its defaults (app admin `administrator`, the key from
+/// `CHAT_GATEWAY_SECRET_KEY`) serving HTTPS from `--tls-cert` / `--tls-key`: a gateway that
+/// trusts the CA signs for `administrator` with the same key and gets through; one that signs
+/// for another admin gets the emulator's 60010.
+#[tokio::test]
+async fn standalone_emulator_over_tls_with_its_defaults() {
+    let ca = TestCa::new();
+    let (cert, key) = ca.server_files();
+    let dir = tempfile::tempdir().expect("dir");
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{SECRET}\n")).expect("write");
+    let emulator_port = free_port();
+    let emulator = Running::spawn(
+        Command::new(BIN)
+            .args([
+                "emulator",
+                "--listen",
+                &format!("127.0.0.1:{emulator_port}"),
+            ])
+            .args(["--sdkappid", &SDKAPPID.to_string()])
+            .arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .env("CHAT_GATEWAY_SECRET_KEY", SECRET),
+    );
+    let mut gateways = Vec::new();
+    for identifier in ["administrator", "someone-else"] {
+        let (port, admin_port) = (free_port(), free_port());
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndrain_delay = \"0s\"\n\
+             [chat]\nsdkappid = {SDKAPPID}\nidentifier = \"{identifier}\"\nendpoint = \"https://127.0.0.1:{emulator_port}\"\n\
+             secret_key_file = {:?}\nca_file = {:?}\n",
+            key_file.display().to_string(),
+            ca.ca_file().display().to_string(),
+        );
+        let path = dir.path().join(format!("{identifier}.toml"));
+        std::fs::write(&path, config).expect("write");
+        let gateway = Running::spawn(Command::new(BIN).arg("serve").arg("--config").arg(&path));
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+        wait_ready(admin).await;
+        gateways.push((
+            gateway,
+            format!("127.0.0.1:{port}")
+                .parse::<std::net::SocketAddr>()
+                .expect("addr"),
+        ));
+    }
+    let body = r#"{"GroupId":"tls","GroupCounter":[{"Key":"likes","Value":3}],"Mode":"Increase"}"#;
+    // The emulator may still be starting: poll until it answers through the gateway.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let reply = loop {
+        let reply = post(gateways[0].1, UPDATE, body).await;
+        if reply.rejected() != Some("upstream_unavailable") {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "the emulator never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(reply.error_code(), 0, "{:?}", reply.body);
+    assert_eq!(reply.json()["GroupCounter"][0]["Value"], 3);
+    let other = post(gateways[1].1, UPDATE, body).await;
+    assert_eq!(other.error_code(), 60010, "{:?}", other.body);
+    for (gateway, _) in gateways {
+        gateway.signal("-TERM");
+        let (code, output) =
+            tokio::task::spawn_blocking(move || gateway.wait(Duration::from_secs(10)))
+                .await
+                .expect("join");
+        assert_eq!(code, Some(0), "{output}");
+    }
+    emulator.signal("-TERM");
+    let (code, output) =
+        tokio::task::spawn_blocking(move || emulator.wait(Duration::from_secs(10)))
+            .await
+            .expect("join");
+    assert_eq!(code, Some(0), "{output}");
+    assert!(!output.contains(SECRET), "the emulator printed its key");
+}
+
 /// Two processes, as another team would run them: `chat-gateway emulator` on its own, and
 /// `chat-gateway serve` finding its config through `CHAT_GATEWAY_CONFIG` (no `--config`).
 #[tokio::test]

@@ -54,6 +54,9 @@ impl TestCa {
         .expect("tls config");
         let dir = tempfile::tempdir().expect("dir");
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write ca");
+        std::fs::write(dir.path().join("server.pem"), server.pem()).expect("write cert");
+        std::fs::write(dir.path().join("server.key"), server_key.serialize_pem())
+            .expect("write key");
         TestCa {
             dir,
             ca_pem: ca.pem(),
@@ -63,5 +66,13 @@ impl TestCa {
 
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// The server certificate and its key, as PEM files (for a server run as a process).
+    pub fn server_files(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("server.pem"),
+            self.dir.path().join("server.key"),
+        )
     }
 }
