@@ -351,34 +351,15 @@ async fn standalone_emulator_over_tls_with_its_defaults() {
         ));
     }
     let body = r#"{"GroupId":"tls","GroupCounter":[{"Key":"likes","Value":3}],"Mode":"Increase"}"#;
-    // The emulator may still be starting: poll until it answers through the gateway.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let reply = loop {
-        let reply = post(gateways[0].1, UPDATE, body).await;
-        if reply.rejected() != Some("upstream_unavailable") {
-            break reply;
-        }
-        assert!(Instant::now() < deadline, "the emulator never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let reply = post_once_the_emulator_answers(gateways[0].1, body).await;
     assert_eq!(reply.error_code(), 0, "{:?}", reply.body);
     assert_eq!(reply.json()["GroupCounter"][0]["Value"], 3);
     let other = post(gateways[1].1, UPDATE, body).await;
     assert_eq!(other.error_code(), 60010, "{:?}", other.body);
     for (gateway, _) in gateways {
-        gateway.signal("-TERM");
-        let (code, output) =
-            tokio::task::spawn_blocking(move || gateway.wait(Duration::from_secs(10)))
-                .await
-                .expect("join");
-        assert_eq!(code, Some(0), "{output}");
+        stop_cleanly(gateway).await;
     }
-    emulator.signal("-TERM");
-    let (code, output) =
-        tokio::task::spawn_blocking(move || emulator.wait(Duration::from_secs(10)))
-            .await
-            .expect("join");
-    assert_eq!(code, Some(0), "{output}");
+    let output = stop_cleanly(emulator).await;
     assert!(!output.contains(SECRET), "the emulator printed its key");
 }
 
@@ -421,17 +402,8 @@ async fn standalone_emulator_behind_a_gateway_configured_by_env() {
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     wait_ready(admin).await;
-    // The emulator may still be starting: poll until it answers through the gateway.
     let body = r#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":2}],"Mode":"Increase"}"#;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let reply = loop {
-        let reply = post(addr, UPDATE, body).await;
-        if reply.rejected() != Some("upstream_unavailable") {
-            break reply;
-        }
-        assert!(Instant::now() < deadline, "the emulator never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let reply = post_once_the_emulator_answers(addr, body).await;
     assert_eq!(reply.error_code(), 0, "{:?}", reply.body);
     assert_eq!(reply.json()["GroupCounter"][0]["Value"], 2);
     let reply = post(addr, GET, r#"{"GroupId":"g"}"#).await;
@@ -440,15 +412,30 @@ async fn standalone_emulator_behind_a_gateway_configured_by_env() {
         2,
         "the emulator kept the counter"
     );
-    gateway.signal("-TERM");
-    emulator.signal("-TERM");
-    let (code, output) = tokio::task::spawn_blocking(move || gateway.wait(Duration::from_secs(10)))
+    stop_cleanly(gateway).await;
+    stop_cleanly(emulator).await;
+}
+
+/// Posts an update through the gateway at `addr` until its upstream, an emulator that may
+/// still be starting, answers (15 s at most).
+async fn post_once_the_emulator_answers(addr: std::net::SocketAddr, body: &'static str) -> Reply {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = post(addr, UPDATE, body).await;
+        if reply.rejected() != Some("upstream_unavailable") {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "the emulator never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// SIGTERM, then the process must exit 0 within 10 s; returns what it printed.
+async fn stop_cleanly(running: Running) -> String {
+    running.signal("-TERM");
+    let (code, output) = tokio::task::spawn_blocking(move || running.wait(Duration::from_secs(10)))
         .await
         .expect("join");
     assert_eq!(code, Some(0), "{output}");
-    let (code, output) =
-        tokio::task::spawn_blocking(move || emulator.wait(Duration::from_secs(10)))
-            .await
-            .expect("join");
-    assert_eq!(code, Some(0), "{output}");
+    output
 }
