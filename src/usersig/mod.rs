@@ -320,6 +320,15 @@ fn compress(doc: &OutDocument<'_>) -> io::Result<Vec<u8>> {
     encoder.finish()
 }
 
+/// Python's `", "` between members and between array elements.
+fn comma_unless_first<W: ?Sized + Write>(writer: &mut W, first: bool) -> io::Result<()> {
+    if first {
+        Ok(())
+    } else {
+        writer.write_all(b", ")
+    }
+}
+
 /// Python's `json.dumps` defaults: `", "` and `": "` separators, and every character outside
 /// printable ASCII escaped as `\uXXXX` (UTF-16, lower-case hex).
 struct PythonStyle;
@@ -330,11 +339,7 @@ impl serde_json::ser::Formatter for PythonStyle {
         writer: &mut W,
         first: bool,
     ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        comma_unless_first(writer, first)
     }
 
     fn begin_object_value<W: ?Sized + Write>(&mut self, writer: &mut W) -> io::Result<()> {
@@ -346,11 +351,7 @@ impl serde_json::ser::Formatter for PythonStyle {
         writer: &mut W,
         first: bool,
     ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        comma_unless_first(writer, first)
     }
 
     // serde_json escapes quotes, backslashes and control characters itself, exactly as Python
