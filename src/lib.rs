@@ -37,6 +37,7 @@ pub mod envelope;
 pub mod error;
 pub mod heap;
 pub mod lifecycle;
+pub mod logging;
 pub mod metrics;
 pub mod middleware;
 pub mod preflight;

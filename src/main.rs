@@ -87,7 +87,10 @@ const MAX_EXPIRE_SECS: u64 = 100 * 365 * 24 * 3600;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let _flush_logs_on_exit = chat_gateway::logging::init(match cli.log_format {
+        LogFormat::Human => chat_gateway::logging::Format::Human,
+        LogFormat::Json => chat_gateway::logging::Format::Json,
+    });
     tracing::debug!(
         arena_eager_commit = chat_gateway::heap::arena_eager_commit(),
         "allocator: mimalloc"
@@ -133,19 +136,6 @@ fn main() -> ExitCode {
             secret_key_file,
             latency,
         )),
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 

@@ -171,6 +171,9 @@ struct Inner {
     circuit_open: IntGauge,
     caller_connections: IntGauge,
     connections_refused: prometheus::IntCounter,
+    /// Brought up to [`crate::logging::dropped_lines`] at each scrape, under the lock (two
+    /// scrapes at once must not both add the same lines).
+    log_lines_dropped: std::sync::Mutex<prometheus::IntCounter>,
     /// Registered on first use: it exists only with caller authentication.
     caller_tokens_loaded: std::sync::OnceLock<IntGauge>,
     coalesced: IntCounterVec,
@@ -208,6 +211,14 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Hi
         .register(Box::new(h.clone()))
         .expect("metric registered once");
     h
+}
+
+/// Brings a counter up to `total`, a count kept elsewhere (never down).
+fn catch_up(counter: &prometheus::IntCounter, total: u64) {
+    let counted = counter.get();
+    if total > counted {
+        counter.inc_by(total - counted);
+    }
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -324,6 +335,13 @@ impl Metrics {
         .expect("valid metric definition");
         r.register(Box::new(connections_refused.clone()))
             .expect("metric registered once");
+        let log_lines_dropped = prometheus::IntCounter::new(
+            "chat_gateway_log_lines_dropped_total",
+            "Log lines dropped because stderr did not keep up (requests never wait on the log).",
+        )
+        .expect("valid metric definition");
+        r.register(Box::new(log_lines_dropped.clone()))
+            .expect("metric registered once");
         let coalesced = counter(
             &r,
             "chat_gateway_coalesced_requests_total",
@@ -374,6 +392,7 @@ impl Metrics {
             circuit_open,
             caller_connections,
             connections_refused,
+            log_lines_dropped: std::sync::Mutex::new(log_lines_dropped),
             caller_tokens_loaded: std::sync::OnceLock::new(),
             coalesced,
             batch_size,
@@ -466,6 +485,9 @@ impl Metrics {
 
     /// The Prometheus text format.
     pub fn render(&self) -> Vec<u8> {
+        if let Ok(counter) = self.0.log_lines_dropped.lock() {
+            catch_up(&counter, crate::logging::dropped_lines());
+        }
         let mut out = Vec::with_capacity(16 * 1024);
         let families = self.0.registry.gather();
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
@@ -521,6 +543,25 @@ mod tests {
 
     fn scrape(m: &Metrics) -> String {
         String::from_utf8(m.render()).expect("utf8")
+    }
+
+    #[test]
+    fn a_counter_kept_elsewhere_is_caught_up_never_down() {
+        let c = prometheus::IntCounter::new("c", "c").expect("counter");
+        catch_up(&c, 5);
+        catch_up(&c, 5);
+        assert_eq!(c.get(), 5, "the same total twice counts once");
+        catch_up(&c, 3);
+        assert_eq!(c.get(), 5, "never down");
+        catch_up(&c, 9);
+        assert_eq!(c.get(), 9);
+    }
+
+    #[test]
+    fn dropped_log_lines_are_on_every_scrape() {
+        assert!(scrape(&Metrics::new())
+            .lines()
+            .any(|l| l.starts_with("chat_gateway_log_lines_dropped_total ")));
     }
 
     #[test]

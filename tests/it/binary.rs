@@ -439,3 +439,76 @@ async fn stop_cleanly(running: Running) -> String {
     assert_eq!(code, Some(0), "{output}");
     output
 }
+
+/// A log reader that stops reading (a stuck log shipper) must not stall requests: the access
+/// log of 3 000 requests (~600 KB) is far more than a pipe holds (64 KB), and nobody reads the
+/// gateway's stderr until it has exited. Writing log lines on the request path would block
+/// after a few hundred requests.
+#[tokio::test]
+async fn a_log_reader_that_stops_reading_never_stalls_requests() {
+    const REQUESTS: usize = 3_000;
+    let emulator = spawn_emulator(None).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{SECRET}\n")).expect("write");
+    let (port, admin_port) = (free_port(), free_port());
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndrain_delay = \"0s\"\n\
+         [chat]\nsdkappid = {SDKAPPID}\nidentifier = \"{ADMIN}\"\nendpoint = \"{}\"\nsecret_key_file = \"{}\"\n\
+         [rate_limit]\ngroup_per_second = 1000000\ngroup_burst = 1000000\napp_per_second = 1000000\napp_burst = 1000000\n",
+        emulator.endpoint(),
+        key_file.display()
+    );
+    std::fs::write(dir.path().join("gateway.toml"), config).expect("write");
+    let gateway = Running::spawn(
+        Command::new(BIN)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .env("CHAT_GATEWAY_CONFIG", dir.path().join("gateway.toml")),
+    );
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_ready(admin).await;
+
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    let all = async {
+        for i in 0..REQUESTS {
+            let req = http::Request::post(UPDATE)
+                .header(http::header::HOST, addr.to_string())
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    br#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":1}],"Mode":"Increase"}"#,
+                )))
+                .expect("request");
+            let response = sender.send_request(req).await.expect("response");
+            assert_eq!(response.status(), 200, "request {i}");
+            http_body_util::BodyExt::collect(response.into_body())
+                .await
+                .expect("body");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("requests stalled behind the unread log");
+    let answered = metric(
+        &scrape(admin).await,
+        r#"chat_gateway_requests_total{api="group_open_http_svc/update_group_counter",outcome="ok"}"#,
+    );
+    assert_eq!(answered, REQUESTS as f64);
+    assert_eq!(
+        metric(&scrape(admin).await, "chat_gateway_log_lines_dropped_total"),
+        0.0,
+        "queued for the log thread, not dropped"
+    );
+    let reply = post(addr, GET, r#"{"GroupId":"g"}"#).await;
+    assert_eq!(reply.json()["GroupCounter"][0]["Value"], REQUESTS);
+    let output = stop_cleanly(gateway).await;
+    assert!(
+        output.contains("chat_gateway::access"),
+        "the log holds access lines"
+    );
+}
