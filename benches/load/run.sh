@@ -39,6 +39,9 @@
 #                       reports the latency it adds, req/s against backend = "local", and Redis
 #                       commands per second (INFO commandstats) against upstream calls per second
 #   REDIS_TIMEOUT [50ms] the gateway's rate_limit.redis_timeout for that target
+#   REDIS_RTT_N [20000] checks of the round trip to Redis alone, after each single round: the
+#                       gateway's script run by redis-benchmark over 1 connection from
+#                       PROXY_CPU, no gateway in the path (the floor of the latency it adds)
 #   OUT []              also write the result tables (markdown) to this file
 #   KEEP [0]            keep the work directory (configs, logs, raw wrk output, perf data)
 #
@@ -76,6 +79,7 @@ REDIS=${REDIS:-0}
 REDIS_PORT=${REDIS_PORT:-18379}
 REDIS_TIMEOUT=${REDIS_TIMEOUT:-50ms}
 REDIS_CPU=${REDIS_CPU:-$WRK_CPU}
+REDIS_RTT_N=${REDIS_RTT_N:-20000}
 
 SDKAPPID=1400000000
 IDENTIFIER=administrator
@@ -123,7 +127,7 @@ install_missing() {
   if [ "$PROFILE" -gt 0 ] && ! command -v perf >/dev/null; then need+=(linux-perf); fi
   if [ "$REDIS" = 1 ]; then
     command -v redis-server >/dev/null || need+=(redis-server)
-    command -v redis-cli >/dev/null || need+=(redis-tools)
+    command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || need+=(redis-tools)
   fi
   [ ${#need[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ]; then
@@ -397,6 +401,20 @@ start_redis() {
   wait_port "$REDIS_PORT" "$REDIS_PID" || die "redis-server did not start (see $WORK/redis/stdout.log)"
   register "$REDIS_PID"
 }
+redis_round_trip() {  # redis_round_trip ROUND: the round trip to Redis alone, for the floor
+  # The gateway's script (EVALSHA, the same numbers, one of 1 024 groups at random), from the
+  # proxy's CPU over 1 connection, by redis-benchmark: no gateway in the path. Its own key
+  # prefix, so that no gateway's budget is touched. Appends "ROUND p50_us p99_us" to
+  # redis_rtt.tsv.
+  local sha line
+  sha=$(redis-cli -p "$REDIS_PORT" script load "$(cat "$REPO/src/rate_limit/gcra.lua")") || return 0
+  line=$(timeout 60 taskset -c "$PROXY_CPU" redis-benchmark -p "$REDIS_PORT" -c 1 -n "$REDIS_RTT_N" \
+           -r 1024 --csv evalsha "$sha" 2 '{bench-round-trip}:app:x' '{bench-round-trip}:group:__rand_int__' \
+           1000 999999000 1000 999999000 2>/dev/null | tail -n 1) || return 0
+  # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+  awk -F'","' -v r="$1" 'NF == 8 { printf "%s\t%.0f\t%.0f\n", r, $5 * 1000, $7 * 1000 }' <<<"$line" \
+    >>"$WORK/redis_rtt.tsv"
+}
 redis_commands() {  # "CLIENT INSIDE": commands the clients sent (INFO and CONFIG of this script
   # left out) and commands the script ran inside Redis (TIME, GET, SET), from INFO commandstats
   redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:=,]' '
@@ -660,7 +678,8 @@ for scen in $SCENARIOS; do
     case $scen in
       main)   for t in $(order "$round" main); do measure main "$round" "$t" "$CONNS" "$DURATION"; done ;;
       single) measure single "$round" direct 1 "$DURATION_SINGLE"
-              for t in $(order "$round" single); do measure single "$round" "$t" 1 "$DURATION_SINGLE"; done ;;
+              for t in $(order "$round" single); do measure single "$round" "$t" 1 "$DURATION_SINGLE"; done
+              if [ "$REDIS" = 1 ]; then redis_round_trip "$round"; fi ;;
       high)   for t in $(order "$round" high); do measure high "$round" "$t" "$CONNS_HIGH" "$DURATION_HIGH"; done ;;
     esac
   done
@@ -813,6 +832,12 @@ report() {
         a=$(med single gateway $c); b=$(med single gateway-redis $c)
         echo "| 1 connection, ${c%_us} µs | $(fmt "$a" %.0f) | $(fmt "$b" %.0f) | $(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.0f", b - a }') |"
       done
+      if [ -s "$WORK/redis_rtt.tsv" ]; then
+        for c in 2 3; do
+          a=$(cut -f"$c" "$WORK/redis_rtt.tsv" | median)
+          echo "| the round trip to Redis alone, $([ "$c" = 2 ] && echo p50 || echo p99) µs (redis-benchmark, no gateway) | | | $(fmt "$a" %.0f) |"
+        done
+      fi
     fi
     if [[ " $SCENARIOS " == *" main "* ]]; then
       a=$(med main gateway rps); b=$(med main gateway-redis rps)
