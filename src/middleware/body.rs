@@ -1,6 +1,7 @@
 //! Body: refuse what is too large before reading it (Content-Length), then read at most
 //! `max_body_bytes` (chunked bodies) within `body_read_timeout`, so memory stays flat and no
-//! slow caller holds a request open for ever.
+//! slow caller holds a request open for ever. A compressed body is decoded here (see
+//! [`content_coding`](super::content_coding)).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Timeout;
 use tower::{Layer, Service};
 
+use super::content_coding::{self, Coding};
 use super::GatewayResponse;
 use crate::error::GatewayError;
 
@@ -75,6 +77,10 @@ where
                 error: Some(GatewayError::BodyTooLarge { limit: max }),
             };
         }
+        let coding = match content_coding::of(&parts.headers) {
+            Ok(coding) => coding,
+            Err(error) => return BodyFuture::Refused { error: Some(error) },
+        };
         // Take the service that was driven to readiness; leave a clone in its place.
         let clone = self.inner.clone();
         BodyFuture::Reading {
@@ -83,6 +89,7 @@ where
             inner: std::mem::replace(&mut self.inner, clone),
             max,
             timeout: self.timeout,
+            coding,
         }
     }
 }
@@ -101,6 +108,7 @@ pin_project! {
             inner: S,
             max: usize,
             timeout: Duration,
+            coding: Option<Coding>,
         },
         Calling {
             #[pin]
@@ -133,9 +141,18 @@ where
                     inner,
                     max,
                     timeout,
+                    coding,
                 } => match (ready!(read.poll(cx)), parts.take()) {
-                    (Ok(Ok(bytes)), Some(parts)) => BodyFuture::Calling {
-                        call: inner.call(Request::from_parts(parts, bytes)),
+                    (Ok(Ok(bytes)), Some(parts)) => match coding {
+                        None => BodyFuture::Calling {
+                            call: inner.call(Request::from_parts(parts, bytes)),
+                        },
+                        Some(coding) => match content_coding::decode(*coding, &bytes, *max) {
+                            Ok(plain) => BodyFuture::Calling {
+                                call: inner.call(Request::from_parts(parts, plain)),
+                            },
+                            Err(error) => BodyFuture::Refused { error: Some(error) },
+                        },
                     },
                     (result, _) => BodyFuture::Refused {
                         error: Some(read_error(result, *max, *timeout)),

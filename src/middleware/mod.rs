@@ -4,6 +4,7 @@ pub mod allow;
 pub mod auth;
 pub mod body;
 pub mod check;
+pub mod content_coding;
 pub mod drain;
 pub mod observe;
 pub mod rate_limit;

@@ -4,6 +4,7 @@ mod answers;
 mod binary;
 mod caller_tls;
 mod coalesce;
+mod content_coding;
 mod failover;
 mod faults;
 mod forwarding;

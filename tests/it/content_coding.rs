@@ -1,0 +1,92 @@
+//! Compressed request bodies, through the gateway on 127.0.0.1: gzip and deflate are decoded
+//! before validation and Tencent gets plain JSON; a coding the gateway cannot decode, a body
+//! that is not what its header says, and a body that inflates past `max_body_bytes` are
+//! answered in the envelope and never forwarded.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use flate2::write::{GzEncoder, ZlibEncoder};
+use flate2::Compression;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::*;
+
+const OK_BODY: &str = r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
+const UPDATE_BODY: &str =
+    r#"{"GroupId":"g1","GroupCounter":[{"Key":"likes","Value":3}],"Mode":"Set"}"#;
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = GzEncoder::new(Vec::new(), Compression::default());
+    e.write_all(data).expect("write");
+    e.finish().expect("finish")
+}
+
+fn zlib(data: &[u8]) -> Vec<u8> {
+    let mut e = ZlibEncoder::new(Vec::new(), Compression::default());
+    e.write_all(data).expect("write");
+    e.finish().expect("finish")
+}
+
+async fn post_encoded(addr: std::net::SocketAddr, coding: &str, body: impl Into<Bytes>) -> Reply {
+    let req = Request::post(UPDATE)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_ENCODING, coding)
+        .body(Full::new(body.into()))
+        .expect("request");
+    send(addr, req).await
+}
+
+#[tokio::test]
+async fn gzip_and_deflate_bodies_reach_tencent_as_plain_json() {
+    let upstream = spawn_recording(None, ok_answer(OK_BODY)).await;
+    let gw = spawn_gateway(&config_text(&upstream.endpoint(), "", "")).await;
+    for (coding, body) in [
+        ("gzip", gzip(UPDATE_BODY.as_bytes())),
+        ("deflate", zlib(UPDATE_BODY.as_bytes())),
+    ] {
+        let reply = post_encoded(gw.addr, coding, body).await;
+        assert_eq!(reply.status, 200, "{coding}: {:?}", reply.body);
+        assert_eq!(reply.error_code(), 0, "{coding}: {:?}", reply.body);
+    }
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2);
+    for request in &seen {
+        assert_eq!(&request.body[..], UPDATE_BODY.as_bytes());
+        assert!(request.headers.get("content-encoding").is_none());
+        assert_eq!(
+            request.headers["content-length"],
+            UPDATE_BODY.len().to_string().as_str()
+        );
+    }
+}
+
+#[tokio::test]
+async fn bodies_the_gateway_cannot_decode_are_answered_and_never_forwarded() {
+    let upstream = spawn_recording(None, ok_answer(OK_BODY)).await;
+    let gw = spawn_gateway(&config_text(&upstream.endpoint(), "", "")).await;
+
+    let reply = post_encoded(gw.addr, "br", UPDATE_BODY).await;
+    reply.assert_rejection(200, 60003, "invalid_json");
+    let info = reply.json()["ErrorInfo"].as_str().unwrap_or("").to_string();
+    assert!(info.contains("\"br\" is not supported"), "{info}");
+
+    let reply = post_encoded(gw.addr, "gzip", UPDATE_BODY).await;
+    reply.assert_rejection(200, 60003, "invalid_json");
+    let info = reply.json()["ErrorInfo"].as_str().unwrap_or("").to_string();
+    assert!(info.contains("not valid gzip"), "{info}");
+
+    // A gzip body that is valid but not JSON is judged as JSON, after decoding.
+    let reply = post_encoded(gw.addr, "gzip", gzip(b"likes=1")).await;
+    reply.assert_rejection(200, 60003, "invalid_json");
+
+    // 10 MB of spaces in about 10 KB: refused at max_body_bytes (64 KB by default).
+    let bomb = gzip(&vec![b' '; 10 << 20]);
+    assert!(bomb.len() < 64 << 10);
+    let reply = post_encoded(gw.addr, "gzip", bomb).await;
+    reply.assert_rejection(200, 10004, "body_too_large");
+
+    assert!(upstream.requests().is_empty(), "nothing reached Tencent");
+}
