@@ -28,7 +28,9 @@ pub fn of(headers: &HeaderMap) -> Result<Option<Coding>, GatewayError> {
     let mut found = None;
     for value in headers.get_all(CONTENT_ENCODING) {
         let Ok(text) = value.to_str() else {
-            return Err(unsupported("that is not ASCII"));
+            return Err(GatewayError::InvalidJson(
+                "the request body's Content-Encoding is not ASCII: send the body uncompressed, or with gzip or deflate".into(),
+            ));
         };
         for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             let coding = if token.eq_ignore_ascii_case("identity") {
@@ -147,6 +149,13 @@ mod tests {
         let twice = info(of(&headers(&["gzip", "gzip"])).expect_err("twice"));
         assert!(twice.contains("more than one"), "{twice}");
         assert!(of(&headers(&["gzip, br"])).is_err());
+        let mut latin1 = HeaderMap::new();
+        latin1.insert(
+            CONTENT_ENCODING,
+            http::HeaderValue::from_bytes(b"gz\xe9").expect("value"),
+        );
+        let e = info(of(&latin1).expect_err("not ASCII"));
+        assert!(e.contains("is not ASCII"), "{e}");
     }
 
     #[test]
