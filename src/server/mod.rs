@@ -58,6 +58,10 @@ pub fn connection_builder_with(header_read_timeout: Duration) -> auto::Builder<T
         .header_read_timeout(header_read_timeout)
         .max_headers(MAX_HEADERS)
         .max_buf_size(MAX_HEAD_BYTES.max(8192))
+        // Answers are a small head and a small JSON body: copying the body behind the head and
+        // writing one buffer costs less than a vectored write of the two (measured: about
+        // 0.4 µs a request at 64 connections, 6 of 7 alternating runs).
+        .writev(false)
         .keep_alive(true);
     // Pings find peers that vanished without closing; the accept loop closes idle ones.
     builder
