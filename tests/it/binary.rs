@@ -311,17 +311,10 @@ async fn standalone_emulator_over_tls_with_its_defaults() {
     let ca = TestCa::new();
     let (cert, key) = ca.server_files();
     let dir = tempfile::tempdir().expect("dir");
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{SECRET}\n")).expect("write");
+    let key_file = secret_key_file(&dir);
     let emulator_port = free_port();
     let emulator = Running::spawn(
-        Command::new(BIN)
-            .args([
-                "emulator",
-                "--listen",
-                &format!("127.0.0.1:{emulator_port}"),
-            ])
-            .args(["--sdkappid", &SDKAPPID.to_string()])
+        emulator_command(emulator_port)
             .arg("--tls-cert")
             .arg(&cert)
             .arg("--tls-key")
@@ -368,22 +361,11 @@ async fn standalone_emulator_over_tls_with_its_defaults() {
 #[tokio::test]
 async fn standalone_emulator_behind_a_gateway_configured_by_env() {
     let dir = tempfile::tempdir().expect("dir");
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{SECRET}\n")).expect("write");
+    let key_file = secret_key_file(&dir);
     let emulator_port = free_port();
     let emulator = Running::spawn(
-        Command::new(BIN)
-            .args([
-                "emulator",
-                "--listen",
-                &format!("127.0.0.1:{emulator_port}"),
-            ])
-            .args([
-                "--sdkappid",
-                &SDKAPPID.to_string(),
-                "--identifier",
-                "ops-admin",
-            ])
+        emulator_command(emulator_port)
+            .args(["--identifier", "ops-admin"])
             .arg("--secret-key-file")
             .arg(&key_file),
     );
@@ -414,6 +396,21 @@ async fn standalone_emulator_behind_a_gateway_configured_by_env() {
     );
     stop_cleanly(gateway).await;
     stop_cleanly(emulator).await;
+}
+
+/// The test key, in a file of `dir`.
+fn secret_key_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    let path = dir.path().join("key");
+    std::fs::write(&path, format!("{SECRET}\n")).expect("write");
+    path
+}
+
+/// `chat-gateway emulator` on 127.0.0.1:`port` for the test app; callers add the rest.
+fn emulator_command(port: u16) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["emulator", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--sdkappid", &SDKAPPID.to_string()]);
+    cmd
 }
 
 /// Posts an update through the gateway at `addr` until its upstream, an emulator that may
@@ -449,8 +446,7 @@ async fn a_log_reader_that_stops_reading_never_stalls_requests() {
     const REQUESTS: usize = 3_000;
     let emulator = spawn_emulator(None).await;
     let dir = tempfile::tempdir().expect("dir");
-    let key_file = dir.path().join("key");
-    std::fs::write(&key_file, format!("{SECRET}\n")).expect("write");
+    let key_file = secret_key_file(&dir);
     let (port, admin_port) = (free_port(), free_port());
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndrain_delay = \"0s\"\n\
