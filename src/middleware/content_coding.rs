@@ -8,7 +8,7 @@ use std::io::Read;
 
 use bytes::Bytes;
 use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
-use http::header::{HeaderMap, CONTENT_ENCODING};
+use http::header::{HeaderMap, CONTENT_ENCODING, TRANSFER_ENCODING};
 
 use crate::error::GatewayError;
 
@@ -21,38 +21,47 @@ pub enum Coding {
     Deflate,
 }
 
-/// The coding of a request body from its `Content-Encoding` headers: `None` without one (or
+/// The coding of a request body from its `Content-Encoding` headers, and from its
+/// `Transfer-Encoding` past `chunked` (hyper undoes only that one): `None` without one (or
 /// `identity`); an error for a coding the gateway does not decode, or for two codings applied
 /// one over the other.
 pub fn of(headers: &HeaderMap) -> Result<Option<Coding>, GatewayError> {
     let mut found = None;
-    for value in headers.get_all(CONTENT_ENCODING) {
-        let Ok(text) = value.to_str() else {
-            return Err(GatewayError::InvalidJson(
-                "the request body's Content-Encoding is not ASCII: send the body uncompressed, or with gzip or deflate".into(),
-            ));
-        };
-        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-            let coding = if token.eq_ignore_ascii_case("identity") {
-                continue;
-            } else if token.eq_ignore_ascii_case("gzip") || token.eq_ignore_ascii_case("x-gzip") {
-                Coding::Gzip
-            } else if token.eq_ignore_ascii_case("deflate") {
-                Coding::Deflate
-            } else {
-                return Err(unsupported(token));
+    for (name, header) in [
+        (CONTENT_ENCODING, "Content-Encoding"),
+        (TRANSFER_ENCODING, "Transfer-Encoding"),
+    ] {
+        for value in headers.get_all(name) {
+            let Ok(text) = value.to_str() else {
+                return Err(GatewayError::InvalidJson(format!(
+                    "the request body's {header} is not ASCII: send the body uncompressed, or with gzip or deflate"
+                )));
             };
-            if found.replace(coding).is_some() {
-                return Err(GatewayError::InvalidJson(
-                    "the request body has more than one Content-Encoding: send it uncompressed, or compressed once with gzip or deflate".into(),
-                ));
+            for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                let coding = if token.eq_ignore_ascii_case("identity")
+                    || (header == "Transfer-Encoding" && token.eq_ignore_ascii_case("chunked"))
+                {
+                    continue;
+                } else if token.eq_ignore_ascii_case("gzip") || token.eq_ignore_ascii_case("x-gzip")
+                {
+                    Coding::Gzip
+                } else if token.eq_ignore_ascii_case("deflate") {
+                    Coding::Deflate
+                } else {
+                    return Err(unsupported(header, token));
+                };
+                if found.replace(coding).is_some() {
+                    return Err(GatewayError::InvalidJson(
+                        "the request body has more than one coding (Content-Encoding, Transfer-Encoding): send it uncompressed, or compressed once with gzip or deflate".into(),
+                    ));
+                }
             }
         }
     }
     Ok(found)
 }
 
-fn unsupported(coding: &str) -> GatewayError {
+fn unsupported(header: &str, coding: &str) -> GatewayError {
     // At most a short token of the caller's, and only printable ASCII of it.
     let shown: String = coding
         .chars()
@@ -60,7 +69,7 @@ fn unsupported(coding: &str) -> GatewayError {
         .take(32)
         .collect();
     GatewayError::InvalidJson(format!(
-        "the request body's Content-Encoding {shown:?} is not supported: send it uncompressed, or with gzip or deflate"
+        "the request body's {header} {shown:?} is not supported: send it uncompressed, or with gzip or deflate"
     ))
 }
 
@@ -145,10 +154,31 @@ mod tests {
             Some(Some(Coding::Deflate))
         );
         let br = info(of(&headers(&["br"])).expect_err("br"));
-        assert!(br.contains("\"br\" is not supported"), "{br}");
+        assert!(
+            br.contains("Content-Encoding \"br\" is not supported"),
+            "{br}"
+        );
         let twice = info(of(&headers(&["gzip", "gzip"])).expect_err("twice"));
         assert!(twice.contains("more than one"), "{twice}");
         assert!(of(&headers(&["gzip, br"])).is_err());
+        let mut te = HeaderMap::new();
+        te.insert(TRANSFER_ENCODING, "gzip, chunked".parse().expect("value"));
+        assert_eq!(of(&te).ok(), Some(Some(Coding::Gzip)));
+        te.insert(TRANSFER_ENCODING, "chunked".parse().expect("value"));
+        assert_eq!(of(&te).ok(), Some(None), "chunked alone is hyper's to undo");
+        te.insert(CONTENT_ENCODING, "gzip".parse().expect("value"));
+        te.insert(
+            TRANSFER_ENCODING,
+            "deflate, chunked".parse().expect("value"),
+        );
+        assert!(of(&te).is_err(), "two codings stacked");
+        te.insert(
+            TRANSFER_ENCODING,
+            "compress, chunked".parse().expect("value"),
+        );
+        te.remove(CONTENT_ENCODING);
+        let e = info(of(&te).expect_err("compress"));
+        assert!(e.contains("Transfer-Encoding \"compress\""), "{e}");
         let mut latin1 = HeaderMap::new();
         latin1.insert(
             CONTENT_ENCODING,

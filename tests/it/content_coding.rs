@@ -90,3 +90,29 @@ async fn bodies_the_gateway_cannot_decode_are_answered_and_never_forwarded() {
 
     assert!(upstream.requests().is_empty(), "nothing reached Tencent");
 }
+
+/// HTTP/1.1's own compression, `Transfer-Encoding: gzip, chunked`: hyper undoes the chunking,
+/// the gateway the gzip.
+#[tokio::test]
+async fn a_gzip_transfer_coding_is_decoded_too() {
+    let upstream = spawn_recording(None, ok_answer(OK_BODY)).await;
+    let gw = spawn_gateway(&config_text(&upstream.endpoint(), "", "")).await;
+    let compressed = gzip(UPDATE_BODY.as_bytes());
+    let mut request = format!(
+        "POST {UPDATE} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n\
+         transfer-encoding: gzip, chunked\r\nconnection: close\r\n\r\n{:x}\r\n",
+        compressed.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&compressed);
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    let reply = raw_exchange(gw.addr, &request, std::time::Duration::from_secs(5))
+        .await
+        .expect("answer");
+    assert_eq!(reply.status, 200, "{:?}", reply.body);
+    assert_eq!(reply.error_code(), 0, "{:?}", reply.body);
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(&seen[0].body[..], UPDATE_BODY.as_bytes());
+    assert!(seen[0].headers.get("transfer-encoding").is_none());
+}
