@@ -248,11 +248,14 @@ async fn three_gateways_share_one_budget() {
         (total as f64) >= RATE as f64 * elapsed * 0.8,
         "the budget was used: {total} in {elapsed:.2}s"
     );
-    // Each gateway gets through; how evenly depends on the scheduler of a loaded test machine,
-    // so the bound is loose.
+    // Each gateway gets through. How evenly is not promised: once the fleet saturates the
+    // budget, each gateway's local pre-check paces its checks at the full rate, and whose pace
+    // falls just after Redis frees a token wins most of them (seen: [218, 9, 83], [31, 75, 203],
+    // [99, 112, 98]; README, "Fleet-wide rate limits"). So the bound is that no gateway is
+    // shut out.
     for share in &shares {
         assert!(
-            *share >= total / 20,
+            *share > total / 100,
             "each gateway gets a share: {shares:?}"
         );
     }
