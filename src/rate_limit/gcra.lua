@@ -4,8 +4,9 @@
 --
 -- KEYS[1]: the app key of the API; KEYS[2] (optional): the group key.
 -- ARGV: app t, app tau, group t, group tau, in nanoseconds.
--- Returns {0, 0} when the call may go, {1, wait} refused for its group, {2, wait} refused for
--- the app; wait in microseconds, rounded up.
+-- Returns {0, group_next, app_next} when the call may go (how long until the group's and the
+-- app's next call can pass: 0 while their burst is not spent), {1, wait} refused for its
+-- group, {2, wait} refused for the app; all in microseconds, rounded up.
 --
 -- Group first, then app; state is written only when both pass, so a refusal spends nothing.
 -- Times are microseconds of the Redis server's clock, so the gateways' clocks do not matter.
@@ -46,8 +47,10 @@ local function store(key, tat)
   -- %.3f: Lua's own number-to-string keeps 14 digits, too few for microseconds since 1970.
   redis.call('SET', key, string.format('%.3f', tat), 'PX', ttl)
 end
+local group_next = 0
 if group_tat then
   store(KEYS[2], group_tat)
+  group_next = math.max(0, math.ceil(group_tat - tonumber(ARGV[4]) / 1000 - now))
 end
 store(KEYS[1], app_tat)
-return {0, 0}
+return {0, group_next, math.max(0, math.ceil(app_tat - app_tau - now))}

@@ -7,6 +7,7 @@
 
 pub mod local;
 pub mod redis;
+mod refused;
 
 use std::future::Future;
 use std::pin::Pin;

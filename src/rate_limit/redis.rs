@@ -2,11 +2,11 @@
 //! gateway of an app spends one budget.
 //!
 //! One check is one `EVALSHA` of `gcra.lua` (group then app, atomic, Redis server time).
-//! A [`LocalLimiter`] with the same numbers answers first: a call it refuses is refused
-//! without asking Redis (one gateway alone can never use more than the whole budget), so a
-//! flood of refused callers does not become a flood of Redis commands. While Redis is slow or
-//! down the local limiter alone decides; a background task probes Redis and puts it back in
-//! use as soon as it answers.
+//! What Redis says about when a saturated key can pass again is kept ([`Refused`]): until
+//! then the gateway refuses such calls itself, and then one caller asks, so a flood of refused
+//! callers does not become a flood of Redis commands. While Redis is slow or down a
+//! [`LocalLimiter`] with the same numbers decides alone; a background task probes Redis and
+//! puts it back in use as soon as it answers.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use prometheus::IntGauge;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError};
 
+use super::refused::{Learned, Refused};
 use super::{BoxFuture, Decision, LocalLimiter, RateLimiter, Refusal, Scope};
 use crate::api::Api;
 use crate::config::redis::{check_url, password, redact, url_from_env, UrlError};
@@ -49,7 +50,7 @@ fn gcra_ns(per_second: u32, burst: u32) -> (u64, u64) {
 
 /// The Redis-backed limiter.
 pub struct RedisLimiter {
-    local: LocalLimiter,
+    local: Arc<LocalLimiter>,
     shared: Arc<Shared>,
 }
 
@@ -81,6 +82,7 @@ struct Shared {
     prefix: String,
     /// App t, app tau, group t, group tau (ns).
     numbers: [u64; 4],
+    refused: Refused,
     gauge: IntGauge,
 }
 
@@ -108,7 +110,7 @@ impl RedisLimiter {
         );
         gauge.set(0);
         Ok(RedisLimiter {
-            local: LocalLimiter::new(config),
+            local: Arc::new(LocalLimiter::new(config)),
             shared: Arc::new(Shared {
                 client,
                 shown_url: redact(&url),
@@ -122,6 +124,11 @@ impl RedisLimiter {
                 script: redis::Script::new(include_str!("gcra.lua")),
                 prefix: format!("{{chat-gateway:{sdkappid}}}"),
                 numbers: [app_t, app_tau, group_t, group_tau],
+                refused: Refused::new(
+                    Duration::from_nanos(app_t),
+                    Duration::from_nanos(group_t),
+                    backend.timeout,
+                ),
                 gauge,
             }),
         })
@@ -139,7 +146,7 @@ impl RedisLimiter {
         self.is_up()
     }
 
-    /// One check in Redis alone, without the local pre-check; `None` when Redis is not in
+    /// One check in Redis alone, without the memory of its waits; `None` when Redis is not in
     /// use or did not answer in time.
     pub async fn check_shared(
         &self,
@@ -147,24 +154,41 @@ impl RedisLimiter {
         group: Option<&str>,
     ) -> Option<Result<(), Refusal>> {
         let conn = self.shared.conn.load_full()?;
-        self.shared.ask(&conn, &api.name, group).await
+        self.shared
+            .ask(&conn, &api.name, group)
+            .await
+            .map(Learned::result)
     }
 }
 
-/// The script's answer: {0, 0}, or {1 | 2, microseconds to wait}.
-fn decode(answer: (i64, i64)) -> Option<Result<(), Refusal>> {
-    let wait = Duration::from_micros(u64::try_from(answer.1).unwrap_or(0));
-    match answer.0 {
-        0 => Some(Ok(())),
-        1 => Some(Err(Refusal {
-            scope: Scope::Group,
-            retry_after: wait,
-        })),
-        2 => Some(Err(Refusal {
-            scope: Scope::App,
-            retry_after: wait,
-        })),
+/// The script's answer: {0, group_next, app_next}, or {1 | 2, wait}, in microseconds.
+fn decode(answer: &[i64]) -> Option<Learned> {
+    let micros = |i: usize| -> Option<Duration> {
+        Some(Duration::from_micros(u64::try_from(*answer.get(i)?).ok()?))
+    };
+    let refused = |scope| {
+        Some(Learned::Refused(Refusal {
+            scope,
+            retry_after: micros(1)?,
+        }))
+    };
+    match answer.first()? {
+        0 => Some(Learned::Passed {
+            group_next: micros(1)?,
+            app_next: micros(2)?,
+        }),
+        1 => refused(Scope::Group),
+        2 => refused(Scope::App),
         _ => None,
+    }
+}
+
+impl Learned {
+    fn result(self) -> Result<(), Refusal> {
+        match self {
+            Learned::Passed { .. } => Ok(()),
+            Learned::Refused(refusal) => Err(refusal),
+        }
     }
 }
 
@@ -179,15 +203,15 @@ impl Shared {
         conn: &ConnectionManager,
         api: &str,
         group: Option<&str>,
-    ) -> Option<Result<(), Refusal>> {
+    ) -> Option<Learned> {
         let mut conn = conn.clone();
         let mut call = self.script.key(self.key("app", api));
         if let Some(group) = group {
             call.key(self.key("group", group));
         }
         call.arg(&self.numbers[..]);
-        match tokio::time::timeout(self.timeout, call.invoke_async::<(i64, i64)>(&mut conn)).await {
-            Ok(Ok(answer)) => match decode(answer) {
+        match tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut conn)).await {
+            Ok(Ok(answer)) => match decode(&answer) {
                 Some(result) => {
                     self.answered();
                     Some(result)
@@ -327,27 +351,33 @@ impl Outage {
 
 impl RateLimiter for RedisLimiter {
     fn check(&self, api: &Api, group: Option<&str>) -> Decision {
-        // The pre-check at the full budget, and the whole answer while Redis is not in use.
-        let local = self.local.check_now(api, group);
-        if local.is_err() || !self.shared.up.load(Ordering::Relaxed) {
-            return Decision::now(local);
-        }
-        let Some(conn) = self.shared.conn.load_full() else {
-            return Decision::now(local);
+        // While Redis is not in use the local limiter decides alone.
+        let conn = match self.shared.conn.load_full() {
+            Some(conn) if self.shared.up.load(Ordering::Relaxed) => conn,
+            _ => return Decision::now(self.local.check_now(api, group)),
         };
-        let shared = self.shared.clone();
-        let api = api.name.clone();
+        if let Some(refusal) = self.shared.refused.check(&api.name, group, Instant::now()) {
+            return Decision::now(Err(refusal));
+        }
+        let (shared, local, api) = (self.shared.clone(), self.local.clone(), api.clone());
         let group = group.map(str::to_string);
         Decision::later(async move {
-            // Redis silent: the local limiter's answer (it passed) stands.
-            shared
-                .ask(&conn, &api, group.as_deref())
-                .await
-                .unwrap_or(Ok(()))
+            match shared.ask(&conn, &api.name, group.as_deref()).await {
+                Some(learned) => {
+                    let answered = Instant::now();
+                    shared
+                        .refused
+                        .learn(&api.name, group.as_deref(), answered, learned);
+                    learned.result()
+                }
+                // Redis silent: the local limiter decides, as while Redis is down.
+                None => local.check_now(&api, group.as_deref()),
+            }
         })
     }
 
     fn cleanup(&self) -> usize {
+        self.shared.refused.cleanup(Instant::now());
         self.local.cleanup()
     }
 

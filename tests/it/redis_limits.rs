@@ -248,15 +248,14 @@ async fn three_gateways_share_one_budget() {
         (total as f64) >= RATE as f64 * elapsed * 0.8,
         "the budget was used: {total} in {elapsed:.2}s"
     );
-    // Each gateway gets through. How evenly is not promised: once the fleet saturates the
-    // budget, each gateway's local pre-check paces its checks at the full rate, and whose pace
-    // falls just after Redis frees a token wins most of them (seen: [218, 9, 83], [31, 75, 203],
-    // [99, 112, 98]; README, "Fleet-wide rate limits"). So the bound is that no gateway is
-    // shut out.
+    // Each gateway gets a fair share: once a token frees up every gateway asks for it, so
+    // arrival decides. (With a local pre-check pacing each gateway's checks on its own clock,
+    // splits like [218, 9, 83] were seen.) Even shares are 1/3; the bound leaves room for a
+    // loaded test machine.
     for share in &shares {
         assert!(
-            *share > total / 100,
-            "each gateway gets a share: {shares:?}"
+            *share >= total / 6,
+            "each gateway gets a fair share: {shares:?}"
         );
     }
     for gw in &gateways {
@@ -274,8 +273,9 @@ async fn three_gateways_share_one_budget() {
             r#"chat_gateway_rate_limited_total{api="group_open_http_svc/update_group_counter",scope="app"}"#,
         );
     }
-    // One check per upstream call, plus one per refusal that passed the local pre-check: at
-    // most the calls plus all refusals, and no more than each gateway's local budget allows.
+    // One check per upstream call, plus one per refusal that got past the gateway's memory of
+    // Redis's waits: at most the calls plus all refusals, and about one check per freed token
+    // per gateway.
     let checks = redis.calls("evalsha") - before;
     let requests = total + refused as u64;
     eprintln!("{requests} requests, {total} calls upstream, {checks} Redis checks");
@@ -285,7 +285,7 @@ async fn three_gateways_share_one_budget() {
     );
     assert!(
         checks as f64 <= 3.0 * ceiling,
-        "the local pre-check bounds Redis traffic: {checks} checks"
+        "refused callers are answered without Redis: {checks} checks"
     );
 }
 
