@@ -27,9 +27,10 @@ local function tat_after(key, t, tau)
 end
 
 local app_t, app_tau = tonumber(ARGV[1]) / 1000, tonumber(ARGV[2]) / 1000
-local group_tat
+local group_tat, group_tau
 if KEYS[2] then
-  local group_t, group_tau = tonumber(ARGV[3]) / 1000, tonumber(ARGV[4]) / 1000
+  local group_t = tonumber(ARGV[3]) / 1000
+  group_tau = tonumber(ARGV[4]) / 1000
   local tat, wait = tat_after(KEYS[2], group_t, group_tau)
   if not tat then
     return {1, math.ceil(wait)}
@@ -50,7 +51,7 @@ end
 local group_next = 0
 if group_tat then
   store(KEYS[2], group_tat)
-  group_next = math.max(0, math.ceil(group_tat - tonumber(ARGV[4]) / 1000 - now))
+  group_next = math.max(0, math.ceil(group_tat - group_tau - now))
 end
 store(KEYS[1], app_tat)
 return {0, group_next, math.max(0, math.ceil(app_tat - app_tau - now))}

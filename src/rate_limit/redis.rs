@@ -183,15 +183,6 @@ fn decode(answer: &[i64]) -> Option<Learned> {
     }
 }
 
-impl Learned {
-    fn result(self) -> Result<(), Refusal> {
-        match self {
-            Learned::Passed { .. } => Ok(()),
-            Learned::Refused(refusal) => Err(refusal),
-        }
-    }
-}
-
 impl Shared {
     fn key(&self, kind: &str, name: &str) -> String {
         format!("{}:{kind}:{name}", self.prefix)

@@ -59,6 +59,16 @@ pub enum Learned {
     Refused(Refusal),
 }
 
+impl Learned {
+    /// What the caller whose check this was gets.
+    pub fn result(self) -> Result<(), Refusal> {
+        match self {
+            Learned::Passed { .. } => Ok(()),
+            Learned::Refused(refusal) => Err(refusal),
+        }
+    }
+}
+
 impl Refused {
     /// `app_interval` and `group_interval` are 1 / the rates; `asking_for` bounds a check.
     pub fn new(app_interval: Duration, group_interval: Duration, asking_for: Duration) -> Self {
@@ -210,6 +220,13 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn passed(group_next: Duration, app_next: Duration) -> Learned {
+        Learned::Passed {
+            group_next,
+            app_next,
+        }
+    }
+
     fn refusal(scope: Scope, wait: Duration) -> Learned {
         Learned::Refused(Refusal {
             scope,
@@ -222,15 +239,7 @@ mod tests {
         let r = refused();
         let t0 = Instant::now();
         assert_eq!(r.check("a/b", Some("g"), t0), None);
-        r.learn(
-            "a/b",
-            Some("g"),
-            t0,
-            Learned::Passed {
-                group_next: Duration::ZERO,
-                app_next: Duration::ZERO,
-            },
-        );
+        r.learn("a/b", Some("g"), t0, passed(Duration::ZERO, Duration::ZERO));
         assert_eq!(r.check("a/b", Some("g"), t0), None);
         assert_eq!(r.cleanup(t0), 0, "nothing kept for keys with burst left");
     }
@@ -279,15 +288,7 @@ mod tests {
     fn a_pass_tells_when_the_next_call_can_pass() {
         let r = refused();
         let t0 = Instant::now();
-        r.learn(
-            "a/b",
-            Some("g"),
-            t0,
-            Learned::Passed {
-                group_next: ms(30),
-                app_next: Duration::ZERO,
-            },
-        );
+        r.learn("a/b", Some("g"), t0, passed(ms(30), Duration::ZERO));
         assert_eq!(
             r.check("x/y", Some("g"), t0 + ms(10))
                 .map(|x| (x.scope, x.retry_after)),
@@ -298,6 +299,34 @@ mod tests {
             r.check("a/b", Some("h"), t0 + ms(10)),
             None,
             "the app had burst left"
+        );
+    }
+
+    #[test]
+    fn a_group_refusal_ends_the_apps_check() {
+        let r = refused();
+        let t0 = Instant::now();
+        r.learn("a/b", Some("g"), t0, refusal(Scope::App, ms(10)));
+        assert_eq!(
+            r.check("a/b", Some("g"), t0 + ms(10)),
+            None,
+            "asks for the app"
+        );
+        assert_eq!(
+            r.check("a/b", Some("h"), t0 + ms(10))
+                .map(|x| x.retry_after),
+            Some(APP_T),
+            "while it is out"
+        );
+        r.learn("a/b", Some("g"), t0 + ms(11), refusal(Scope::Group, ms(40)));
+        assert_eq!(
+            r.check("a/b", Some("h"), t0 + ms(12)),
+            None,
+            "the script never reached the app: another caller may ask"
+        );
+        assert_eq!(
+            r.check("a/b", Some("g"), t0 + ms(12)).map(|x| x.scope),
+            Some(Scope::Group)
         );
     }
 
