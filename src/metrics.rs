@@ -213,6 +213,15 @@ fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Hi
     h
 }
 
+/// A counter without labels.
+fn single_counter(registry: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    let c = prometheus::IntCounter::new(name, help).expect("valid metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
 /// Brings a counter up to `total`, a count kept elsewhere (never down).
 fn catch_up(counter: &prometheus::IntCounter, total: u64) {
     let counted = counter.get();
@@ -328,20 +337,16 @@ impl Metrics {
             "chat_gateway_caller_connections",
             "Caller connections open now (at most server.max_connections).",
         );
-        let connections_refused = prometheus::IntCounter::new(
+        let connections_refused = single_counter(
+            &r,
             "chat_gateway_connections_refused_total",
             "Caller connections closed at once because server.max_connections were open.",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(connections_refused.clone()))
-            .expect("metric registered once");
-        let log_lines_dropped = prometheus::IntCounter::new(
+        );
+        let log_lines_dropped = single_counter(
+            &r,
             "chat_gateway_log_lines_dropped_total",
             "Log lines dropped because stderr did not keep up (requests never wait on the log).",
-        )
-        .expect("valid metric definition");
-        r.register(Box::new(log_lines_dropped.clone()))
-            .expect("metric registered once");
+        );
         let coalesced = counter(
             &r,
             "chat_gateway_coalesced_requests_total",
