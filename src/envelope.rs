@@ -10,6 +10,10 @@ use http_body_util::Full;
 /// Marks an answer the gateway gave itself; its value is the reason.
 pub const REJECTED_HEADER: &str = "x-chat-gateway-rejected";
 
+/// Marks a rejection whose request may have reached Tencent (a timeout, a connection broken
+/// after the request was written): an `Increase` answered so may or may not have been applied.
+pub const IN_DOUBT_HEADER: &str = "x-chat-gateway-in-doubt";
+
 /// Why the gateway answered by itself. The names are the contract's reason header values and
 /// the `outcome` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

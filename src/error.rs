@@ -112,6 +112,22 @@ impl GatewayError {
     }
 
     /// Time spent waiting on the upstream before this error, if it got that far.
+    /// Whether the request may have reached Tencent although the gateway answers it itself: a
+    /// failure after the request was (or may have been) written. The caller cannot know if an
+    /// `Increase` answered so was applied; the answer says so (`X-Chat-Gateway-In-Doubt`).
+    pub fn in_doubt(&self) -> bool {
+        match self {
+            GatewayError::UpstreamTimeout(_) => true,
+            GatewayError::UpstreamUnavailable { failure, .. } => matches!(
+                failure,
+                UpstreamFailure::Io
+                    | UpstreamFailure::BadResponse
+                    | UpstreamFailure::ResponseTooLarge
+            ),
+            _ => false,
+        }
+    }
+
     pub fn upstream_elapsed(&self) -> Option<Duration> {
         match self {
             GatewayError::UpstreamUnavailable { elapsed, .. }
@@ -234,6 +250,36 @@ mod tests {
             );
         }
         assert!(!GatewayError::UpstreamTimeout(Duration::ZERO).never_reached_upstream());
+    }
+
+    #[test]
+    fn answers_after_the_request_may_have_been_written_are_in_doubt() {
+        let unavailable = |failure| GatewayError::UpstreamUnavailable {
+            failure,
+            elapsed: Duration::ZERO,
+        };
+        assert!(GatewayError::UpstreamTimeout(Duration::ZERO).in_doubt());
+        for failure in [
+            UpstreamFailure::Io,
+            UpstreamFailure::BadResponse,
+            UpstreamFailure::ResponseTooLarge,
+        ] {
+            assert!(unavailable(failure).in_doubt(), "{failure:?}");
+        }
+        // Never sent: safe to send again.
+        for failure in [UpstreamFailure::Connect, UpstreamFailure::NoCredentials] {
+            assert!(!unavailable(failure).in_doubt(), "{failure:?}");
+        }
+        for never_sent in [
+            GatewayError::Overloaded,
+            GatewayError::Draining,
+            GatewayError::RateLimitedGroup {
+                group: "g".into(),
+                retry_after_secs: 1,
+            },
+        ] {
+            assert!(!never_sent.in_doubt(), "{never_sent:?}");
+        }
     }
 
     #[test]

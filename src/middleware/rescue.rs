@@ -82,6 +82,11 @@ pub fn answer(error: &GatewayError) -> GatewayResponse {
             .headers_mut()
             .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
+    if error.in_doubt() {
+        response
+            .headers_mut()
+            .insert(envelope::IN_DOUBT_HEADER, HeaderValue::from_static("true"));
+    }
     if matches!(error, GatewayError::Unauthorized) {
         response.headers_mut().insert(
             http::header::WWW_AUTHENTICATE,

@@ -20,6 +20,7 @@ async fn closed_port_is_502_at_once() {
     let reply = post_in_time(gw.addr, UPDATE, increase("g")).await;
     let took = started.elapsed();
     reply.assert_rejection(502, 10002, "upstream_unavailable");
+    assert!(!reply.in_doubt(), "never sent: safe to send again");
     assert!(
         took < Duration::from_secs(3),
         "a refused connect is answered at once, not at connect_timeout (5s): {took:?}"
@@ -60,6 +61,7 @@ async fn connect_stall_is_502_at_connect_timeout_and_fails_over() {
     let took = started.elapsed();
     eprintln!("connect stall answered after {took:?}");
     reply.assert_rejection(502, 10002, "upstream_unavailable");
+    assert!(!reply.in_doubt(), "never sent: safe to send again");
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "answered at connect_timeout (1s), not request_timeout (10s): {took:?}"
@@ -123,6 +125,7 @@ async fn tls_handshake_stall_is_502_at_connect_timeout() {
         reply.body
     );
     reply.assert_rejection(502, 10002, "upstream_unavailable");
+    assert!(!reply.in_doubt(), "never sent: safe to send again");
 }
 
 /// The same stalled handshake with a backup configured: the handshake never completed, so
@@ -183,6 +186,7 @@ async fn slow_upstream_is_504_and_reached_once() {
     let took = started.elapsed();
     eprintln!("slow upstream answered after {took:?}");
     reply.assert_rejection(504, 60008, "upstream_timeout");
+    assert!(reply.in_doubt(), "the request may have reached Tencent");
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_secs(4),
         "answered at request_timeout (1s): {took:?}"
@@ -203,6 +207,7 @@ async fn reset_after_the_request_was_read_is_502_never_resent_even_with_a_backup
     let body = increase("reset");
     let reply = post_in_time(gw.addr, UPDATE, body.clone()).await;
     reply.assert_rejection(502, 10002, "upstream_unavailable");
+    assert!(reply.in_doubt(), "the request may have reached Tencent");
     assert_sent_once(&primary, &body).await;
     assert_eq!(backup.count(), 0, "the backup saw nothing");
     assert_eq!(
@@ -236,6 +241,7 @@ async fn unreadable_answers_are_502_and_never_resent() {
         let reply = post_in_time(gw.addr, UPDATE, body.clone()).await;
         assert_eq!(reply.status, 502, "{name}: {:?}", reply.body);
         reply.assert_rejection(502, 10002, "upstream_unavailable");
+        assert!(reply.in_doubt(), "the request may have reached Tencent");
         assert_sent_once(&upstream, &body).await;
     }
 }
@@ -417,6 +423,7 @@ async fn bad_certificates_are_502_and_nothing_is_sent() {
         let reply = post_in_time(gw.addr, UPDATE, increase("tls")).await;
         assert_eq!(reply.status, 502, "{name}: {:?}", reply.body);
         reply.assert_rejection(502, 10002, "upstream_unavailable");
+        assert!(!reply.in_doubt(), "never sent: safe to send again");
         assert!(
             upstream.connections.load(Ordering::SeqCst) >= 1,
             "{name}: a handshake was attempted"

@@ -31,6 +31,14 @@ impl Reply {
             .get("x-chat-gateway-rejected")
             .and_then(|v| v.to_str().ok())
     }
+    /// Whether the answer says its request may have reached Tencent.
+    pub fn in_doubt(&self) -> bool {
+        match self.headers.get("x-chat-gateway-in-doubt") {
+            None => false,
+            Some(v) if v == "true" => true,
+            Some(v) => panic!("X-Chat-Gateway-In-Doubt is {v:?}, not \"true\""),
+        }
+    }
     /// Asserts the contract's own-answer shape.
     pub fn assert_rejection(&self, status: u16, code: i64, reason: &str) {
         assert_eq!(self.status.as_u16(), status, "status; body {:?}", self.body);
