@@ -4,6 +4,7 @@
 //! Never log or display the request URI or a client error that may hold it: the UserSig is in
 //! the query string.
 
+mod decode;
 pub mod targets;
 
 use std::path::Path;
@@ -281,9 +282,9 @@ impl Answer {
         self.response.body()
     }
 
-    /// Status, Content-Type and body go back unchanged; other upstream headers stay behind,
-    /// except a Content-Encoding the upstream used although asked for identity: without it
-    /// the caller could not read the body.
+    /// Status, Content-Type and body go back unchanged (a gzip or deflate body decoded, see
+    /// [`decode`]); other upstream headers stay behind, except a Content-Encoding the gateway
+    /// could not undo: without it the caller could not read the body.
     fn finish(self, report: UpstreamReport) -> GatewayResponse {
         let (parts, body) = self.response.into_parts();
         let mut response = Response::new(Full::new(body));
@@ -310,7 +311,7 @@ async fn round_trip(
             UpstreamFailure::Io
         }
     })?;
-    let (parts, body) = response.into_parts();
+    let (mut parts, body) = response.into_parts();
     // hyper skips 100-199 interim answers but hands back a 101: no answer a caller can use
     // (and an upgraded connection is no HTTP answer at all).
     if parts.status.is_informational() {
@@ -323,6 +324,7 @@ async fn round_trip(
         }
         Err(_) => return Err(UpstreamFailure::BadResponse),
     };
+    let body = decode::plain(&mut parts.headers, body, MAX_RESPONSE_BYTES);
     Ok(Answer {
         response: Response::from_parts(parts, body),
     })

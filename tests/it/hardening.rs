@@ -232,7 +232,7 @@ async fn only_the_gateways_own_headers_reach_tencent_and_answers_are_asked_uncom
 }
 
 #[tokio::test]
-async fn an_answer_compressed_anyway_keeps_its_content_encoding() {
+async fn an_answer_compressed_anyway_that_does_not_decode_keeps_its_content_encoding() {
     let upstream = spawn_raw_upstream(raw_script(|mut conn: RawConn| async move {
         let mut buf = Vec::new();
         while let Some(req) = read_raw_request(&mut conn.stream, &mut buf).await {
