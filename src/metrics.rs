@@ -118,15 +118,24 @@ impl ApiMetrics {
         }
     }
 
-    /// One call sent for `callers` coalescing callers.
-    pub fn coalesce_call(&self, callers: usize) {
-        let (size, coalesced) = self.coalesce.get_or_init(|| {
+    /// Callers answered from a call sent for others (reads answered from a batch's answer).
+    pub fn answered_from_shared(&self, callers: u64) {
+        self.coalesce_series().1.inc_by(callers);
+    }
+
+    fn coalesce_series(&self) -> &(prometheus::Histogram, prometheus::IntCounter) {
+        self.coalesce.get_or_init(|| {
             let m = &self.metrics.0;
             (
                 m.batch_size.with_label_values(&[&*self.name]),
                 m.coalesced.with_label_values(&[&*self.name]),
             )
-        });
+        })
+    }
+
+    /// One call sent for `callers` coalescing callers.
+    pub fn coalesce_call(&self, callers: usize) {
+        let (size, coalesced) = self.coalesce_series();
         size.observe(callers as f64);
         if callers > 1 {
             coalesced.inc_by(callers as u64);

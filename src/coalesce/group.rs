@@ -2,7 +2,7 @@
 //! calls are in flight, and its shared reads. A group's entry lives only while it has something
 //! in flight or waiting, so a flood of distinct groups leaves nothing behind.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,6 +13,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use super::merge::{Increment, Merge, ReadKey};
+use crate::api::Api;
 use crate::error::GatewayError;
 use crate::middleware::GatewayResponse;
 
@@ -32,12 +33,25 @@ pub struct Member {
     pub tx: oneshot::Sender<Answer>,
 }
 
+/// A read of keys that a waiting batch sets, answered from that batch's answer. It gets
+/// `None` when it must be sent on its own instead (the batch went unsent, or failed).
+#[derive(Debug)]
+pub struct Rider {
+    /// The keys it asked for, in its order.
+    pub keys: Vec<String>,
+    /// The read's own API (its answer is counted under it).
+    pub api: Api,
+    pub deadline: Instant,
+    pub tx: oneshot::Sender<Option<Answer>>,
+}
+
 /// A batch still open to joiners.
 #[derive(Debug)]
 struct OpenBatch {
     id: u64,
     merge: Merge,
     members: Vec<Member>,
+    riders: Vec<Rider>,
     /// The first caller's request head (method, path, headers, extensions): the batch's own.
     template: http::request::Parts,
 }
@@ -53,14 +67,22 @@ impl OpenBatch {
 pub struct Sealed {
     pub merge: Merge,
     pub members: Vec<Member>,
+    pub riders: Vec<Rider>,
     pub template: http::request::Parts,
+}
+
+/// A caller waiting for a shared read, until its `max_wait` runs out.
+#[derive(Debug)]
+pub struct Reader {
+    pub tx: oneshot::Sender<Answer>,
+    pub deadline: Instant,
 }
 
 #[derive(Debug)]
 struct ReadLane {
     key: ReadKey,
     /// Callers for the next shared read (the one in flight already has its own).
-    waiting: Vec<oneshot::Sender<Answer>>,
+    waiting: Vec<Reader>,
     template: Option<Request<Bytes>>,
 }
 
@@ -73,6 +95,10 @@ struct GroupState {
     /// a lone call of a quiet group costs none.
     turn: Option<Arc<Notify>>,
     reads: Vec<ReadLane>,
+    /// Batches and reads waiting for the group's next token, in the order they asked.
+    line: VecDeque<u64>,
+    /// Woken when the line moves.
+    line_moved: Option<Arc<Notify>>,
 }
 
 impl GroupState {
@@ -82,6 +108,8 @@ impl GroupState {
             open: Vec::new(),
             turn: None,
             reads: Vec::new(),
+            line: VecDeque::new(),
+            line_moved: None,
         }
     }
 
@@ -92,7 +120,7 @@ impl GroupState {
     }
 
     fn is_idle(&self) -> bool {
-        self.calls == 0 && self.open.is_empty() && self.reads.is_empty()
+        self.calls == 0 && self.open.is_empty() && self.reads.is_empty() && self.line.is_empty()
     }
 }
 
@@ -195,12 +223,24 @@ impl Registry {
             id,
             merge,
             members: vec![member],
+            riders: Vec::new(),
             template: parts,
         });
         Joined::New {
             id,
             turn: state.turn.get_or_insert_with(Default::default).clone(),
         }
+    }
+
+    /// The earliest `max_wait` end among batch `id`'s callers; `None` once it is gone.
+    pub fn deadline(&self, group: &str, id: u64) -> Option<Instant> {
+        let shard = self.shard(group);
+        shard
+            .get(group)?
+            .open
+            .iter()
+            .find(|b| b.id == id)?
+            .earliest_deadline()
     }
 
     /// Whether batch `id` may go now.
@@ -236,6 +276,7 @@ impl Registry {
         let (stay, mut gone) = rebuild(&mut batch.merge, stay, gone);
         let left = stay.len();
         batch.members = stay;
+        release_riders(&mut batch.riders, |r| left == 0 || r.deadline <= before);
         if left == 0 {
             state.open.remove(at);
             remove_if_idle(&mut shard, group);
@@ -262,6 +303,7 @@ impl Registry {
         let (live, mut late) = rebuild(&mut batch.merge, live, late);
         late.retain(|m| !m.tx.is_closed());
         if live.is_empty() {
+            release_riders(&mut batch.riders, |_| true);
             remove_if_idle(&mut shard, group);
             return (None, late);
         }
@@ -270,6 +312,7 @@ impl Registry {
             Some(Sealed {
                 merge: batch.merge,
                 members: live,
+                riders: batch.riders,
                 template: batch.template,
             }),
             late,
@@ -284,7 +327,9 @@ impl Registry {
     pub fn try_claim(&self, group: &str) -> bool {
         let mut shard = self.shard(group);
         match shard.get_mut(group) {
-            Some(state) if state.calls > 0 || !state.open.is_empty() => false,
+            Some(state) if state.calls > 0 || !state.open.is_empty() || !state.line.is_empty() => {
+                false
+            }
             Some(state) => {
                 state.calls += 1;
                 true
@@ -307,13 +352,72 @@ impl Registry {
         remove_if_idle(&mut shard, group);
     }
 
+    /// Puts a read of `keys` into the group's first waiting batch that sets every one of
+    /// them; `false` when there is none.
+    pub fn ride(&self, group: &str, keys: &[String], rider: impl FnOnce() -> Rider) -> bool {
+        let mut shard = self.shard(group);
+        let Some(state) = shard.get_mut(group) else {
+            return false;
+        };
+        let batch = state.open.iter_mut().find(|b| {
+            !b.members.is_empty() && keys.iter().all(|k| b.merge.sums().any(|(key, _)| key == k))
+        });
+        match batch {
+            Some(batch) => {
+                batch.riders.push(rider());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Joins the end of the group's line for its next token: a ticket, and what wakes the
+    /// line when it moves.
+    pub fn join_line(&self, group: &str) -> (u64, Arc<Notify>) {
+        let ticket = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut shard = self.shard(group);
+        let state = shard.entry(group.into()).or_insert_with(GroupState::new);
+        state.line.push_back(ticket);
+        (
+            ticket,
+            state
+                .line_moved
+                .get_or_insert_with(Default::default)
+                .clone(),
+        )
+    }
+
+    /// Whether `ticket` is first in the group's line (its turn to ask the limiter).
+    pub fn first_in_line(&self, group: &str, ticket: u64) -> bool {
+        let shard = self.shard(group);
+        shard
+            .get(group)
+            .and_then(|state| state.line.front())
+            .is_some_and(|first| *first == ticket)
+    }
+
+    /// Takes `ticket` out of the group's line (its tokens taken, or it gave up) and wakes
+    /// the rest.
+    pub fn leave_line(&self, group: &str, ticket: u64) {
+        let mut shard = self.shard(group);
+        if let Some(state) = shard.get_mut(group) {
+            if let Some(at) = state.line.iter().position(|t| *t == ticket) {
+                state.line.remove(at);
+            }
+            if let Some(moved) = &state.line_moved {
+                moved.notify_waiters();
+            }
+        }
+        remove_if_idle(&mut shard, group);
+    }
+
     /// Adds a reader to the group's next shared read with the same keys.
     pub fn join_read(
         &self,
         group: &str,
         key: ReadKey,
         req: Request<Bytes>,
-        tx: oneshot::Sender<Answer>,
+        reader: Reader,
         max_callers: usize,
     ) -> ReadJoin {
         let mut shard = self.shard(group);
@@ -321,7 +425,7 @@ impl Registry {
         match state.reads.iter_mut().find(|l| l.key == key) {
             Some(lane) if lane.waiting.len() >= max_callers => ReadJoin::Full(Box::new(req)),
             Some(lane) => {
-                lane.waiting.push(tx);
+                lane.waiting.push(reader);
                 if lane.template.is_none() {
                     lane.template = Some(req);
                 }
@@ -330,7 +434,7 @@ impl Registry {
             None => {
                 state.reads.push(ReadLane {
                     key,
-                    waiting: vec![tx],
+                    waiting: vec![reader],
                     template: Some(req),
                 });
                 ReadJoin::New
@@ -340,16 +444,12 @@ impl Registry {
 
     /// The readers of the next shared read and its request; `None` (and the lane is removed)
     /// when nobody waits.
-    pub fn take_reads(
-        &self,
-        group: &str,
-        key: &ReadKey,
-    ) -> Option<(Request<Bytes>, Vec<oneshot::Sender<Answer>>)> {
+    pub fn take_reads(&self, group: &str, key: &ReadKey) -> Option<(Request<Bytes>, Vec<Reader>)> {
         let mut shard = self.shard(group);
         let state = shard.get_mut(group)?;
         let at = state.reads.iter().position(|l| l.key == *key)?;
         let lane = &mut state.reads[at];
-        lane.waiting.retain(|tx| !tx.is_closed());
+        lane.waiting.retain(|r| !r.tx.is_closed());
         match (lane.waiting.is_empty(), lane.template.take()) {
             (false, Some(req)) => Some((req, std::mem::take(&mut lane.waiting))),
             _ => {
@@ -358,6 +458,20 @@ impl Registry {
                 None
             }
         }
+    }
+}
+
+/// Tells the riders that `release` picks to go on their own.
+fn release_riders(riders: &mut Vec<Rider>, release: impl Fn(&Rider) -> bool) {
+    if riders.is_empty() {
+        return;
+    }
+    let (out, keep): (Vec<Rider>, Vec<Rider>) =
+        std::mem::take(riders).into_iter().partition(|r| release(r));
+    *riders = keep;
+    for r in out {
+        // Its answer is now its own read's: the rider's future sends it.
+        let _ = r.tx.send(None);
     }
 }
 
@@ -473,13 +587,33 @@ mod tests {
         // Shared reads: the lane goes when nobody waits.
         let key = ReadKey { keys: None };
         let (tx, _rx) = oneshot::channel();
+        let reader = Reader {
+            tx,
+            deadline: Instant::now() + second,
+        };
         assert!(matches!(
-            r.join_read("r", key.clone(), Request::new(Bytes::new()), tx, 10),
+            r.join_read("r", key.clone(), Request::new(Bytes::new()), reader, 10),
             ReadJoin::New
         ));
         assert!(r.take_reads("r", &key).is_some());
         assert!(r.take_reads("r", &key).is_none());
         assert_eq!(r.busy_groups(), 0);
+    }
+
+    #[test]
+    fn a_caller_whose_max_wait_passed_while_its_batch_was_sealed_is_not_sent() {
+        let r = Registry::new();
+        let (early, _a) = member(1, Duration::from_millis(10));
+        let (later, _b) = member(2, Duration::from_secs(5));
+        let id = new_id(r.join("s", early, parts(), 10));
+        assert!(matches!(r.join("s", later, parts(), 10), Joined::Existing));
+        // The token came (a slow limiter check) only after the first caller's max_wait.
+        let (sealed, late) = r.seal("s", id, Instant::now() + Duration::from_millis(20));
+        assert_eq!(late.len(), 1, "past its max_wait: refused, never sent");
+        assert_eq!(late[0].inc.counters[0].1, 1);
+        let sealed = sealed.expect("the other caller is sent");
+        assert_eq!(sealed.members.len(), 1);
+        assert_eq!(sealed.merge.sums().collect::<Vec<_>>(), [("likes", 2)]);
     }
 
     #[test]

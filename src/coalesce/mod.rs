@@ -1,12 +1,17 @@
 //! Hot-group coalescing: concurrent `Increase` / `Decrease` calls of one group share one
 //! upstream call (and one rate-limit token), identical concurrent reads share one read.
 //!
-//! [`merge`] is the pure merge, [`group`] the per-group state, [`layer`] the pipeline layer
-//! that forms, waits for, sends and answers batches.
+//! [`merge`] is the pure merge, [`group`] the per-group state, [`layer`] the pipeline layer;
+//! `writes` drives a batch of increments, `reads` the group's reads, `line` the order in which
+//! a group's batches and reads take its tokens, `answer` splits a shared call's answer.
 
+mod answer;
 pub mod group;
 pub mod layer;
+mod line;
 pub mod merge;
+mod reads;
+mod writes;
 
 pub use layer::CoalesceLayer;
 

@@ -339,8 +339,14 @@ async fn a_batch_waits_for_its_token_up_to_max_wait() {
             .error_code(),
         0
     );
+    let started = Instant::now();
     let refused = post(gw.addr, UPDATE, body("u", "Increase", &[("n", 1)])).await;
     refused.assert_rejection(200, 10006, "rate_limit_group");
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "refused when it is clear the token comes after its max_wait, not at the token (1s): {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         emulator.emulator.store().value("u", "n"),
         Some(1),
@@ -472,6 +478,10 @@ async fn a_tencent_error_or_a_timeout_reaches_every_caller_of_the_batch() {
                 assert!(r.rejected().is_none());
             } else {
                 r.assert_rejection(504, 60008, "upstream_timeout");
+                assert!(
+                    r.in_doubt(),
+                    "every caller of a timed-out batch is in doubt"
+                );
             }
         }
         // A timeout is the same answer a lone request gets; Tencent's answer says it was shared.
@@ -621,3 +631,5 @@ async fn a_batch_waiting_for_the_app_budget_spends_one_group_token() {
     );
     assert_eq!(emulator.emulator.store().value("a2", "n"), Some(1));
 }
+
+mod storm;

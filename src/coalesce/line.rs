@@ -1,0 +1,131 @@
+//! A group's line for its tokens. Batches of increments and reads that must wait for the
+//! group's next token ask the limiter one at a time, in the order they came, so that neither
+//! starves the other; each waits at most until its callers' `max_wait`.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::group::Registry;
+use crate::api::Api;
+use crate::rate_limit::{RateLimiter, Refusal, Scope};
+
+/// The callers waiting behind one place in the line.
+pub(super) trait Waiters {
+    /// The earliest `max_wait` end among them; `None` when nobody is left.
+    fn earliest(&self) -> Option<Instant>;
+    /// Answers those whose `max_wait` ends at or before `before` (refused for `refusal`, or
+    /// as busy without one); whether any are left.
+    fn expire(&mut self, before: Instant, refusal: Option<Refusal>) -> bool;
+}
+
+/// How a wait for tokens ended.
+#[derive(Debug)]
+pub(super) enum Tokens {
+    /// The group's and the app's tokens are taken: send.
+    Taken,
+    /// Every caller was answered (their `max_wait` ran out): send nothing.
+    Gone,
+    /// The app's budget refused, and the place was to give up on that ([`OnApp::Refuse`]).
+    App(Refusal),
+}
+
+/// What an app refusal means to a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnApp {
+    /// Wait for the app's token alone (a batch: its group token is spent by then).
+    Wait,
+    /// Give up at once (a read: the contract answers it 60007 at once).
+    Refuse,
+}
+
+/// Waits for one group token (unless `group_token` says it is already taken) and one app
+/// token, behind everyone who asked for the group's before.
+pub(super) async fn take_tokens(
+    registry: &Registry,
+    limiter: &dyn RateLimiter,
+    api: &Api,
+    group: &str,
+    mut group_token: bool,
+    on_app: OnApp,
+    waiters: &mut impl Waiters,
+) -> Tokens {
+    let place = Place::join(registry, group);
+    loop {
+        let Some(deadline) = waiters.earliest() else {
+            return Tokens::Gone;
+        };
+        if !place.first(deadline).await {
+            if !waiters.expire(Instant::now(), None) {
+                return Tokens::Gone;
+            }
+            continue;
+        }
+        match limiter.check(api, (!group_token).then_some(group)).await {
+            Ok(()) => return Tokens::Taken,
+            Err(refusal) => {
+                if refusal.scope == Scope::App {
+                    if on_app == OnApp::Refuse {
+                        return Tokens::App(refusal);
+                    }
+                    // The group's token was taken before the app refused (group first):
+                    // from now on wait for the app's alone, so that one call never spends
+                    // two of its group's tokens.
+                    group_token = true;
+                }
+                let retry_at = Instant::now() + refusal.retry_after;
+                // Callers whose max_wait ends before the token can come are answered now.
+                if !waiters.expire(retry_at, Some(refusal)) {
+                    return Tokens::Gone;
+                }
+                tokio::time::sleep_until(retry_at).await;
+            }
+        }
+    }
+}
+
+/// A place in a group's line, left when dropped (tokens taken, given up, or the caller's
+/// future dropped).
+struct Place<'a> {
+    registry: &'a Registry,
+    group: &'a str,
+    ticket: u64,
+    moved: Arc<Notify>,
+}
+
+impl<'a> Place<'a> {
+    fn join(registry: &'a Registry, group: &'a str) -> Self {
+        let (ticket, moved) = registry.join_line(group);
+        Place {
+            registry,
+            group,
+            ticket,
+            moved,
+        }
+    }
+
+    /// Waits until this place is first, or until `deadline`; whether it is first.
+    async fn first(&self, deadline: Instant) -> bool {
+        loop {
+            let moved = self.moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.registry.first_in_line(self.group, self.ticket) {
+                return true;
+            }
+            tokio::select! {
+                _ = &mut moved => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return self.registry.first_in_line(self.group, self.ticket);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.registry.leave_line(self.group, self.ticket);
+    }
+}

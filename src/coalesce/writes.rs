@@ -1,0 +1,341 @@
+//! A batch of increments from its first caller to the last answer: it gathers callers while
+//! its group's call is in flight, waits its turn for one group and one app token, is sent as
+//! one call, and each caller (and each read riding on it) is answered from that call. A call
+//! Tencent refuses whole for a reason that may be only some callers' is sent again in smaller
+//! parts, so that each caller gets the answer its own increment deserves.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::Request;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+use super::answer::{Pending, SharedAnswer};
+use super::group::{Member, Rider, Sealed, Turn};
+use super::layer::{Driver, DriverCtx};
+use super::line::{take_tokens, OnApp, Tokens, Waiters};
+use super::merge::{self, Merge};
+use crate::error::GatewayError;
+use crate::middleware::rate_limit::TokensTaken;
+use crate::middleware::{BoxFuture, GatewayResponse};
+use crate::rate_limit::Refusal;
+
+type Outcome = Result<GatewayResponse, GatewayError>;
+
+impl<S> Driver<S>
+where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    /// `group_token`: the group's token was already taken for this batch (its first caller
+    /// found the app's budget spent).
+    pub async fn drive_writes(self, id: u64, turn: Arc<Notify>, group_token: bool) {
+        let ctx = &self.ctx;
+        if !ctx.gather(id, &turn).await {
+            return;
+        }
+        let registry = &ctx.shared.registry;
+        let mut waiting = OpenBatch { ctx, id };
+        let tokens = take_tokens(
+            registry,
+            &*ctx.shared.limiter,
+            &ctx.api,
+            &ctx.group,
+            group_token,
+            OnApp::Wait,
+            &mut waiting,
+        )
+        .await;
+        if !matches!(tokens, Tokens::Taken) {
+            return;
+        }
+        let (sealed, late) = registry.seal(&ctx.group, id, Instant::now());
+        ctx.refuse(late, None);
+        if let Some(sealed) = sealed {
+            self.send(sealed, true).await;
+        }
+    }
+
+    /// Sends a batch whose tokens are taken and answers its callers and riders. `first`: the
+    /// group's own batch (its end lets the group's next batch go), not a part sent again.
+    fn send(self, sealed: Sealed, first: bool) -> BoxFuture<()> {
+        Box::pin(async move {
+            let Sealed {
+                merge,
+                members,
+                riders,
+                template,
+            } = sealed;
+            let ctx = &self.ctx;
+            let n = members.len();
+            // Kept only where a part may be sent again: a merged call.
+            let again = (n > 1).then(|| template.clone());
+            let body = match &members[..] {
+                [only] => only.body.clone(),
+                _ => Bytes::from(merge.body(&ctx.group)),
+            };
+            let mut req = Request::from_parts(template, body);
+            req.extensions_mut().insert(TokensTaken);
+            let mut pending = Pending {
+                members,
+                sent: true,
+            };
+            ctx.api.metrics(&ctx.shared.metrics).coalesce_call(n);
+            if n > 1 {
+                tracing::debug!(
+                    api = &*ctx.api.name,
+                    callers = n,
+                    "sending a coalesced call"
+                );
+            }
+            let result = self.inner.clone().oneshot(req).await;
+            if first {
+                ctx.shared.registry.finish(&ctx.group);
+                if n > 1 {
+                    // `finish` woke the group's next batch: let it be sent (its driver, then
+                    // the upstream connection's task) before thousands of answers queue up
+                    // ahead of it on a busy runtime and hold back the group's next call.
+                    tokio::task::yield_now().await;
+                    tokio::task::yield_now().await;
+                }
+            }
+            let members = std::mem::take(&mut pending.members);
+            self.answer(result, members, riders, merge, again).await;
+        })
+    }
+
+    async fn answer(
+        self,
+        result: Outcome,
+        members: Vec<Member>,
+        riders: Vec<Rider>,
+        merge: Merge,
+        again: Option<http::request::Parts>,
+    ) {
+        if members.len() == 1 && riders.is_empty() {
+            if let Some(m) = members.into_iter().next() {
+                let _ = m.tx.send(result);
+            }
+            return;
+        }
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                for m in members {
+                    let _ = m.tx.send(Err(e.clone()));
+                }
+                // Riders are sent on their own (dropping them says so).
+                return;
+            }
+        };
+        let answer = SharedAnswer::split(response).await;
+        if let (true, Some(template)) = (answer.refused_whole(), again) {
+            // Nothing was applied: each part gets its own answer.
+            tracing::info!(
+                api = &*self.ctx.api.name,
+                callers = members.len(),
+                "a merged call was refused whole; sending its callers again in smaller parts"
+            );
+            self.send_parts(members, merge.mode(), template).await;
+            return;
+        }
+        let values = answer
+            .ok()
+            .then(|| merge::answer_values(&answer.body))
+            .flatten();
+        let callers = members.len() + riders.len();
+        answer_members(&answer, values.as_deref(), members, callers);
+        for r in riders {
+            let body = values
+                .as_deref()
+                .and_then(|v| merge::caller_answer(v, r.keys.iter().map(String::as_str)));
+            if let Some(body) = body {
+                r.api
+                    .metrics(&self.ctx.shared.metrics)
+                    .answered_from_shared(1);
+                let _ =
+                    r.tx.send(Some(Ok(answer.answer(Bytes::from(body), callers))));
+            }
+            // Otherwise dropped: the rider sends its read on its own.
+        }
+    }
+
+    /// Splits a batch Tencent refused whole in two and sends each part (after its own
+    /// tokens, within its callers' `max_wait`), the parts at once.
+    async fn send_parts(self, members: Vec<Member>, mode: merge::Mode, template: Parts) {
+        let (a, b) = split(members);
+        let sends = [a, b]
+            .into_iter()
+            .filter(|part| !part.is_empty())
+            .map(|part| self.cloned().send_part(part, mode, template.clone()));
+        futures_util::future::join_all(sends).await;
+    }
+
+    async fn send_part(self, members: Vec<Member>, mode: merge::Mode, template: Parts) {
+        let ctx = &self.ctx;
+        let mut waiting = Part { ctx, members };
+        let tokens = take_tokens(
+            &ctx.shared.registry,
+            &*ctx.shared.limiter,
+            &ctx.api,
+            &ctx.group,
+            false,
+            OnApp::Wait,
+            &mut waiting,
+        )
+        .await;
+        let mut members = waiting.members;
+        // A caller who hung up is never sent, as in a batch being sealed.
+        members.retain(|m| !m.tx.is_closed());
+        if !matches!(tokens, Tokens::Taken) || members.is_empty() {
+            return;
+        }
+        // Any subset of a batch merges (one Mode, one sign per key).
+        let mut merge = Merge::new(mode, usize::MAX);
+        for m in &members {
+            let _ = merge.try_join(&m.inc);
+        }
+        let sealed = Sealed {
+            merge,
+            members,
+            riders: Vec::new(),
+            template,
+        };
+        self.send(sealed, false).await;
+    }
+}
+
+impl DriverCtx {
+    /// While the group's call is in flight, the batch gathers callers; `false` once every
+    /// caller was answered.
+    async fn gather(&self, id: u64, turn: &Notify) -> bool {
+        let registry = &self.shared.registry;
+        loop {
+            let notified = turn.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match registry.turn(&self.group, id) {
+                Turn::Gone => return false,
+                Turn::Go => return true,
+                Turn::Wait(deadline) => {
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep_until(deadline) => {
+                            let (gone, left) = registry.expire(&self.group, id, Instant::now());
+                            self.refuse(gone, None);
+                            if left == 0 {
+                                return false;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Each member's answer from Tencent's answer to the call: its own keys' latest values when
+/// Tencent said OK, Tencent's answer as it came otherwise.
+fn answer_members(
+    answer: &SharedAnswer,
+    values: Option<&[(String, i64)]>,
+    members: Vec<Member>,
+    callers: usize,
+) {
+    // Callers with the same keys (a live stream's likes: all of them) share one answer body.
+    let mut last: Option<(Vec<String>, Bytes)> = None;
+    for m in members {
+        let body = match &last {
+            Some((keys, body)) if m.inc.keys().eq(keys.iter().map(String::as_str)) => body.clone(),
+            _ => {
+                let body = values
+                    .and_then(|v| merge::caller_answer(v, m.inc.keys()))
+                    .map_or_else(|| answer.body.clone(), Bytes::from);
+                last = Some((m.inc.keys().map(str::to_string).collect(), body.clone()));
+                body
+            }
+        };
+        let _ = m.tx.send(Ok(answer.answer(body, callers)));
+    }
+}
+
+/// Two parts of a refused batch. The callers of the most common key set apart from the rest
+/// first (a hot group's likes apart from the one caller who adds a key the group has no room
+/// for); callers that all share one key set in two halves (a sum too large for a key).
+fn split(members: Vec<Member>) -> (Vec<Member>, Vec<Member>) {
+    let key_set = |m: &Member| {
+        let mut keys: Vec<&str> = m.inc.keys().collect();
+        keys.sort_unstable();
+        keys.join("\u{0}")
+    };
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for m in &members {
+        let set = key_set(m);
+        match counts.iter_mut().find(|(s, _)| *s == set) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((set, 1)),
+        }
+    }
+    if counts.len() > 1 {
+        let common = counts
+            .iter()
+            .max_by_key(|(_, n)| *n)
+            .map(|(s, _)| s.clone())
+            .unwrap_or_default();
+        return members.into_iter().partition(|m| key_set(m) == common);
+    }
+    let mut first = members;
+    let second = first.split_off(first.len() / 2);
+    (first, second)
+}
+
+/// The callers of a batch still open to joiners, waiting for its tokens.
+struct OpenBatch<'a> {
+    ctx: &'a DriverCtx,
+    id: u64,
+}
+
+impl Waiters for OpenBatch<'_> {
+    fn earliest(&self) -> Option<Instant> {
+        self.ctx.shared.registry.deadline(&self.ctx.group, self.id)
+    }
+
+    fn expire(&mut self, before: Instant, refusal: Option<Refusal>) -> bool {
+        let ctx = self.ctx;
+        let (gone, left) = ctx.shared.registry.expire(&ctx.group, self.id, before);
+        ctx.refuse(gone, refusal);
+        left > 0
+    }
+}
+
+/// The callers of a part of a refused batch, waiting for its tokens.
+struct Part<'a> {
+    ctx: &'a DriverCtx,
+    members: Vec<Member>,
+}
+
+impl Waiters for Part<'_> {
+    fn earliest(&self) -> Option<Instant> {
+        self.members
+            .iter()
+            .filter(|m| !m.tx.is_closed())
+            .map(|m| m.deadline)
+            .min()
+    }
+
+    fn expire(&mut self, before: Instant, refusal: Option<Refusal>) -> bool {
+        let (gone, stay): (Vec<Member>, Vec<Member>) = std::mem::take(&mut self.members)
+            .into_iter()
+            .partition(|m| m.deadline <= before || m.tx.is_closed());
+        self.members = stay;
+        let gone = gone.into_iter().filter(|m| !m.tx.is_closed()).collect();
+        self.ctx.refuse(gone, refusal);
+        !self.members.is_empty()
+    }
+}
