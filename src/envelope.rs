@@ -29,10 +29,11 @@ pub enum Reason {
     UpstreamTimeout,
     Draining,
     Overloaded,
+    Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Reason::NotAllowed,
         Reason::InvalidJson,
         Reason::BodyTooLarge,
@@ -44,6 +45,7 @@ impl Reason {
         Reason::UpstreamTimeout,
         Reason::Draining,
         Reason::Overloaded,
+        Reason::Internal,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +61,7 @@ impl Reason {
             Reason::UpstreamTimeout => "upstream_timeout",
             Reason::Draining => "draining",
             Reason::Overloaded => "overloaded",
+            Reason::Internal => "internal",
         }
     }
 

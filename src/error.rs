@@ -45,6 +45,10 @@ pub enum GatewayError {
     Draining,
     #[error("too many requests in flight; retry later")]
     Overloaded,
+    /// A state that should never happen (a bug): answered as such, so that it shows on
+    /// dashboards as a failure of the gateway, never as load or limits.
+    #[error("the gateway failed ({0}); this is a bug, please report it")]
+    Internal(&'static str),
 }
 
 /// What went wrong on the way to the upstream, in words safe to show a caller.
@@ -76,6 +80,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => Reason::UpstreamTimeout,
             GatewayError::Draining => Reason::Draining,
             GatewayError::Overloaded => Reason::Overloaded,
+            GatewayError::Internal(_) => Reason::Internal,
         }
     }
 
@@ -94,6 +99,7 @@ impl GatewayError {
             GatewayError::UpstreamTimeout(_) => (StatusCode::GATEWAY_TIMEOUT, 60008),
             GatewayError::Draining => (StatusCode::SERVICE_UNAVAILABLE, 10002),
             GatewayError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, 60018),
+            GatewayError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, 10002),
         }
     }
 
@@ -221,6 +227,7 @@ mod tests {
             ),
             (GatewayError::Draining, 503, 10002, "draining"),
             (GatewayError::Overloaded, 503, 60018, "overloaded"),
+            (GatewayError::Internal("x"), 500, 10002, "internal"),
         ];
         for (error, status, code, reason) in cases {
             assert_eq!(

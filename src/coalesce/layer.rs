@@ -265,11 +265,10 @@ where
         async move {
             match rx.await {
                 Ok(answer) => answer,
-                // Only when the runtime stops with the batch still open: never sent.
-                Err(_) => Err(GatewayError::RateLimitedGroup {
-                    group,
-                    retry_after_secs: 1,
-                }),
+                // The batch's driver ended without answering (it panicked): never expected.
+                Err(_) => Err(GatewayError::Internal(
+                    "a coalesced batch ended without answering its caller",
+                )),
             }
         }
     }

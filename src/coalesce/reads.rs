@@ -87,7 +87,9 @@ where
         }
         match rx.await {
             Ok(answer) => answer,
-            Err(_) => Err(GatewayError::Draining),
+            Err(_) => Err(GatewayError::Internal(
+                "a shared read ended without answering its caller",
+            )),
         }
     }
 

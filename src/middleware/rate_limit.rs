@@ -123,7 +123,9 @@ where
             match self.as_mut().project() {
                 LimitProj::Calling { call } => return call.poll(cx),
                 LimitProj::Refused { error } => {
-                    return Poll::Ready(Err(error.take().unwrap_or(GatewayError::Overloaded)))
+                    return Poll::Ready(Err(error.take().unwrap_or(GatewayError::Internal(
+                        "a rate-limit refusal was polled twice",
+                    ))))
                 }
                 LimitProj::Waiting {
                     decision,
@@ -133,7 +135,9 @@ where
                 } => {
                     let result = ready!(decision.poll(cx));
                     let Some(request) = request.take() else {
-                        return Poll::Ready(Err(GatewayError::Overloaded));
+                        return Poll::Ready(Err(GatewayError::Internal(
+                            "a rate-limit check was polled after its request was sent",
+                        )));
                     };
                     let next = match result {
                         Ok(()) => LimitFuture::Calling {
@@ -155,7 +159,7 @@ fn refusal_of<B>(req: &Request<B>, refusal: Refusal, metrics: &Metrics) -> Gatew
     match req.extensions().get::<Api>() {
         Some(api) => refused(api, group, refusal, metrics),
         // Never reached: only routed requests are checked.
-        None => GatewayError::Overloaded,
+        None => GatewayError::Internal("a request without its API reached the rate limit"),
     }
 }
 

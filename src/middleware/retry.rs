@@ -247,6 +247,13 @@ pin_project! {
             call: S::Future,
             attempt: Option<FirstAttempt<S>>,
         },
+        /// The second attempt, waiting for the inner service to be ready (as tower's retry
+        /// does): an upstream with every slot taken is not called over its limit.
+        Ready {
+            inner: S,
+            req: Option<Request<Bytes>>,
+            earlier: Duration,
+        },
         Second {
             #[pin]
             call: S::Future,
@@ -269,7 +276,7 @@ where
             }
             RetryProj::First { call, attempt } => {
                 let first = ready!(call.poll(cx));
-                let Some(mut attempt) = attempt.take() else {
+                let Some(attempt) = attempt.take() else {
                     return Poll::Ready(first);
                 };
                 let Some(target) = attempt.second_target(&first) else {
@@ -277,10 +284,107 @@ where
                 };
                 let earlier = elapsed_of(&first);
                 let req = to(attempt.spare.into_request(), &target, &attempt.targets);
-                let call = attempt.inner.call(req);
+                self.set(RetryFuture::Ready {
+                    inner: attempt.inner,
+                    req: Some(req),
+                    earlier,
+                });
+                self.poll(cx)
+            }
+            RetryProj::Ready {
+                inner,
+                req,
+                earlier,
+            } => {
+                let earlier = *earlier;
+                if let Err(e) = ready!(inner.poll_ready(cx)) {
+                    return Poll::Ready(add_elapsed(Err(e), earlier));
+                }
+                let Some(req) = req.take() else {
+                    return Poll::Ready(Err(GatewayError::Internal(
+                        "a second attempt was polled after it was sent",
+                    )));
+                };
+                let call = inner.call(req);
                 self.set(RetryFuture::Second { call, earlier });
                 self.poll(cx)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::Full;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::usersig::SecretKey;
+
+    /// An upstream that, like tower's contract says, must be ready before each call: its
+    /// first call fails to connect (never reached), so the retry makes a second.
+    struct Strict {
+        ready: bool,
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl Clone for Strict {
+        fn clone(&self) -> Self {
+            // A clone has not been polled ready.
+            Strict {
+                ready: false,
+                calls: self.calls.clone(),
+            }
+        }
+    }
+
+    impl Service<Request<Bytes>> for Strict {
+        type Response = GatewayResponse;
+        type Error = GatewayError;
+        type Future = std::future::Ready<Result<GatewayResponse, GatewayError>>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+            self.ready = true;
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _req: Request<Bytes>) -> Self::Future {
+            assert!(self.ready, "called without being ready");
+            self.ready = false;
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(if n == 0 {
+                Err(GatewayError::UpstreamUnavailable {
+                    failure: crate::error::UpstreamFailure::Connect,
+                    elapsed: Duration::ZERO,
+                })
+            } else {
+                Ok(http::Response::new(Full::new(Bytes::new())))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn the_second_attempt_waits_until_the_inner_service_is_ready() {
+        let metrics = Metrics::new();
+        let targets = Targets::new(
+            Arc::from("https://primary.invalid"),
+            Some(Arc::from("https://backup.invalid")),
+            metrics.clone(),
+        );
+        let key = SecretKey::new("k").expect("key");
+        let credentials =
+            Credentials::new(1, "admin", Duration::from_secs(3600), key, metrics.clone());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let service = RetryLayer::new(targets, credentials, metrics).layer(Strict {
+            ready: false,
+            calls: calls.clone(),
+        });
+        let answer = service
+            .oneshot(Request::new(Bytes::from_static(b"{}")))
+            .await;
+        assert!(answer.is_ok(), "{answer:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "failed over once");
     }
 }

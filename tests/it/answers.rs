@@ -383,3 +383,91 @@ async fn a_caller_that_hangs_up_is_still_counted() {
     }
     assert_eq!(upstream.count(), 1);
 }
+
+/// A limiter with a bug: its check fails (panics) for one group. Everything else passes.
+struct BrokenFor(&'static str);
+
+impl chat_gateway::rate_limit::RateLimiter for BrokenFor {
+    fn check(
+        &self,
+        _api: &chat_gateway::api::Api,
+        group: Option<&str>,
+    ) -> chat_gateway::rate_limit::Decision {
+        let broken = group == Some(self.0);
+        chat_gateway::rate_limit::Decision::later(async move {
+            assert!(!broken, "a bug in this test's limiter");
+            Ok(())
+        })
+    }
+    fn cleanup(&self) -> usize {
+        0
+    }
+    fn tracked_groups(&self) -> usize {
+        0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_that_should_never_happen_is_500_internal_not_load_or_limits() {
+    use chat_gateway::coalesce::CoalesceLayer;
+    use chat_gateway::server::{accept::ConnOptions, connection_builder, serve_plain};
+
+    let emulator = spawn_emulator(None).await;
+    let config = chat_gateway::config::Config::parse(&config_text(&emulator.endpoint(), "", ""))
+        .expect("config");
+    let mut parts = chat_gateway::stack::StackParts::from_config(&config, key()).expect("parts");
+    let limiter: Arc<dyn chat_gateway::rate_limit::RateLimiter> = Arc::new(BrokenFor("boom"));
+    parts.limiter = limiter.clone();
+    parts.coalesce = CoalesceLayer::new(config.coalesce.clone(), limiter, parts.metrics.clone());
+    let client =
+        chat_gateway::upstream::build_client(None, Duration::from_secs(1), 8).expect("client");
+    let upstream = chat_gateway::upstream::UpstreamService::new(
+        client,
+        Duration::from_secs(2),
+        8,
+        parts.metrics.clone(),
+    );
+    let service = chat_gateway::stack::build::<hyper::body::Incoming, _>(&parts, upstream);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (_stop, stopped) = Stopper::new();
+    tokio::spawn(serve_plain(
+        listener,
+        hyper_util::service::TowerToHyperService::new(service),
+        ConnOptions::plain(connection_builder(), Duration::from_secs(5)),
+        100,
+        stopped,
+    ));
+    // The read of "boom" is driven by a task of its own, whose limiter check fails: its
+    // caller's answer channel is dropped unanswered.
+    let reply = post(addr, GET, r#"{"GroupId":"boom"}"#).await;
+    reply.assert_rejection(500, 10002, "internal");
+    assert!(reply.json()["ErrorInfo"]
+        .as_str()
+        .is_some_and(|i| i.contains("bug")));
+    assert!(reply.headers.get("retry-after").is_none());
+    assert!(!reply.in_doubt());
+    // Other groups are served as ever.
+    assert_eq!(
+        post(addr, GET, r#"{"GroupId":"fine"}"#).await.error_code(),
+        0
+    );
+    let metrics = String::from_utf8(parts.metrics.render()).expect("utf8");
+    let get = "group_open_http_svc/get_group_counter";
+    assert_eq!(
+        metric(
+            &metrics,
+            &format!(r#"chat_gateway_requests_total{{api="{get}",outcome="internal"}}"#)
+        ),
+        1.0,
+        "counted under its own outcome"
+    );
+    for load in ["overloaded", "draining", "rate_limit_group"] {
+        assert!(
+            !metrics.contains(&format!(r#"api="{get}",outcome="{load}"}} 1"#)),
+            "not shown as {load}"
+        );
+    }
+}
