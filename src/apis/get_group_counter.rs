@@ -1,7 +1,7 @@
 //! `group_open_http_svc/get_group_counter`: reads a group's counters, so it is idempotent.
 //! Its group is `GroupId`; `GroupCounterKeys` (optional) picks the counters.
 
-use super::{PayloadFacts, ValidatedApi};
+use super::{Coalescing, PayloadFacts, ValidatedApi};
 use crate::validation::{validate_counter, CounterPayload, Rejection};
 
 pub const API: ValidatedApi = ValidatedApi {
@@ -10,6 +10,7 @@ pub const API: ValidatedApi = ValidatedApi {
     group_member: "GroupId",
     validate,
     idempotent: |_| true,
+    coalesce: Coalescing::CounterReads,
 };
 
 fn validate(body: &[u8]) -> Result<PayloadFacts, Rejection> {

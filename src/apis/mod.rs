@@ -1,6 +1,8 @@
 //! The registry of validated APIs: each one's name, payload validator, group and idempotency.
 //! Adding an API = one module in this folder and one line in [`REGISTRY`].
 
+#[cfg(test)]
+pub mod check_widget;
 pub mod delete_group_counter;
 mod facts;
 pub mod get_group_counter;
@@ -12,10 +14,12 @@ use crate::validation::Rejection;
 
 /// Every validated API. The default allow-list, payload validation, the emulator's routes and
 /// the fuzz target all read this list.
-pub static REGISTRY: [&ValidatedApi; 3] = [
+pub static REGISTRY: &[&ValidatedApi] = &[
     &get_group_counter::API,
     &update_group_counter::API,
     &delete_group_counter::API,
+    #[cfg(test)]
+    &check_widget::API,
 ];
 
 /// An API whose payload the gateway checks before forwarding, as it declares itself.
@@ -33,6 +37,20 @@ pub struct ValidatedApi {
     pub validate: fn(&[u8]) -> Result<PayloadFacts, Rejection>,
     /// Whether sending this request twice leaves the same state as sending it once.
     pub idempotent: fn(&PayloadFacts) -> bool,
+    /// How concurrent calls of this API may share upstream calls.
+    pub coalesce: Coalescing,
+}
+
+/// How concurrent calls of one API may share upstream calls (`[coalesce]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coalescing {
+    /// Each call is sent as it came.
+    Never,
+    /// A group's counter increments are merged into one call (`coalesce.enabled`).
+    CounterIncrements,
+    /// A group's identical reads share one call (`coalesce.reads`), and a read of keys a
+    /// waiting batch of increments sets is answered from it.
+    CounterReads,
 }
 
 impl ValidatedApi {
@@ -118,7 +136,7 @@ mod tests {
             assert!(find(other).is_none(), "{other}");
         }
         for api in REGISTRY {
-            assert_eq!(find(api.name), Some(api));
+            assert_eq!(find(api.name), Some(*api));
         }
     }
 

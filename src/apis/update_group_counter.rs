@@ -1,7 +1,7 @@
 //! `group_open_http_svc/update_group_counter`: sets, increases or decreases a group's counters.
 //! Its group is `GroupId`; only `Mode: "Set"` may be sent twice safely.
 
-use super::{PayloadFacts, ValidatedApi};
+use super::{Coalescing, PayloadFacts, ValidatedApi};
 use crate::validation::{validate_counter, CounterPayload, Mode, Rejection};
 
 pub const API: ValidatedApi = ValidatedApi {
@@ -10,6 +10,7 @@ pub const API: ValidatedApi = ValidatedApi {
     group_member: "GroupId",
     validate,
     idempotent,
+    coalesce: Coalescing::CounterIncrements,
 };
 
 fn validate(body: &[u8]) -> Result<PayloadFacts, Rejection> {

@@ -20,16 +20,13 @@ use tower::{Layer, Service};
 use super::group::{Answer, Joined, Member, Registry};
 use super::merge;
 use crate::api::Api;
-use crate::apis::PayloadFacts;
+use crate::apis::{Coalescing, PayloadFacts};
 use crate::config::CoalesceConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::middleware::rate_limit::{refused, TokensTaken};
 use crate::middleware::{BoxFuture, GatewayResponse};
 use crate::rate_limit::{RateLimiter, Refusal, Scope};
-
-const UPDATE_API: &str = "group_open_http_svc/update_group_counter";
-const GET_API: &str = "group_open_http_svc/get_group_counter";
 
 /// Retry-After for a caller whose `max_wait` ran out while its group's call was in flight.
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -111,7 +108,8 @@ where
             return alone(self.inner.call(req));
         };
         let config = &self.shared.config;
-        if config.enabled && &*api.name == UPDATE_API {
+        let coalescing = api.validated.map_or(Coalescing::Never, |v| v.coalesce);
+        if config.enabled && coalescing == Coalescing::CounterIncrements {
             let group_token = match self.send_at_once(&api, &mut req) {
                 AtOnce::Sent(claim) => {
                     return Either::Left(Either::Right(ClaimedCall {
@@ -134,8 +132,10 @@ where
                 }
                 None => {}
             }
-        } else if (config.reads || config.enabled) && &*api.name == GET_API {
-            if let Some((group, key)) = merge::parse_read(req.body()) {
+        } else if (config.reads || config.enabled) && coalescing == Coalescing::CounterReads {
+            let group = req.extensions().get::<PayloadFacts>().map(|f| &*f.group_id);
+            if let (Some(group), Some(key)) = (group, merge::parse_read(req.body())) {
+                let group = group.to_string();
                 let reader = self.clone();
                 return Either::Right(Box::pin(reader.read(api, group, key, req)));
             }

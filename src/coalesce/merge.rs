@@ -8,25 +8,10 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::apis::{CounterUpdate, PayloadFacts};
-use crate::validation::Mode as ValidatedMode;
+pub use crate::validation::Mode;
 
 /// Tencent's most counters per call (and per group).
 pub const MAX_KEYS: usize = 20;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Increase,
-    Decrease,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Increase => "Increase",
-            Mode::Decrease => "Decrease",
-        }
-    }
-}
 
 /// An increment's `(Key, Value)` entries: the usual one or two, and keys up to 24 bytes, sit
 /// inline.
@@ -251,7 +236,7 @@ pub fn is_mergeable(facts: &PayloadFacts) -> bool {
     matches!(
         &facts.update,
         Some(CounterUpdate {
-            mode: Some(ValidatedMode::Increase | ValidatedMode::Decrease),
+            mode: Some(Mode::Increase | Mode::Decrease),
             plain: true,
         })
     )
@@ -291,8 +276,9 @@ fn parse_body(body: &[u8]) -> Option<(Cow<'_, str>, Increment)> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GetBody {
+    /// Validation took the group (the facts hold it); here it need only be there.
     #[serde(rename = "GroupId")]
-    group_id: String,
+    _group_id: serde::de::IgnoredAny,
     #[serde(rename = "GroupCounterKeys", default)]
     keys: Option<Vec<String>>,
 }
@@ -303,11 +289,11 @@ pub struct ReadKey {
     pub keys: Option<Vec<String>>,
 }
 
-/// The GroupId and keys of a `get_group_counter` body made only of `GroupId` and
-/// `GroupCounterKeys`; anything else is `None` (sent alone).
-pub fn parse_read(body: &[u8]) -> Option<(String, ReadKey)> {
+/// The keys of a `get_group_counter` body made only of `GroupId` and `GroupCounterKeys`;
+/// anything else is `None` (sent alone).
+pub fn parse_read(body: &[u8]) -> Option<ReadKey> {
     let parsed: GetBody = serde_json::from_slice(body).ok()?;
-    Some((parsed.group_id, ReadKey { keys: parsed.keys }))
+    Some(ReadKey { keys: parsed.keys })
 }
 
 #[derive(Deserialize)]

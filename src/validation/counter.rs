@@ -29,12 +29,23 @@ pub enum CounterPayload {
     Delete,
 }
 
-/// `Mode` of `update_group_counter`.
+/// `Mode` of `update_group_counter`. Only `Increase` and `Decrease` are ever merged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Set,
     Increase,
     Decrease,
+}
+
+impl Mode {
+    /// The member's value, as Tencent spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Set => "Set",
+            Mode::Increase => "Increase",
+            Mode::Decrease => "Decrease",
+        }
+    }
 }
 
 /// What the gateway needs downstream of validation.

@@ -2,6 +2,7 @@
 //! payload rules, and the "one well-formed JSON object" rule for every other API.
 
 mod counter;
+pub mod members;
 mod shape;
 mod walk;
 
@@ -53,9 +54,18 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn invalid_json(info: String) -> Self {
+    /// 60003 `invalid_json`: not JSON, or not a JSON object.
+    pub fn invalid_json(info: String) -> Self {
         Self {
             kind: RejectKind::InvalidJson,
+            info,
+        }
+    }
+
+    /// 10004 `validation`: a member breaks a rule; `info` names it and the rule.
+    pub fn invalid_parameter(info: String) -> Self {
+        Self {
+            kind: RejectKind::InvalidParameter,
             info,
         }
     }
