@@ -356,10 +356,11 @@ impl RateLimiter for RedisLimiter {
             match shared.ask(&conn, &api.name, group.as_deref()).await {
                 Some(learned) => {
                     let answered = Instant::now();
+                    // Bounded: no wait longer than the budget allows is kept or told.
                     shared
                         .refused
-                        .learn(&api.name, group.as_deref(), answered, learned);
-                    learned.result()
+                        .learn(&api.name, group.as_deref(), answered, learned)
+                        .result()
                 }
                 // Redis silent: the local limiter decides, as while Redis is down.
                 None => local.check_now(&api, group.as_deref()),
