@@ -8,10 +8,16 @@
 -- app's next call can pass: 0 while their burst is not spent), {1, wait} refused for its
 -- group, {2, wait} refused for the app; all in microseconds, rounded up. No wait is longer
 -- than t: a state can be at most tau + t ahead of now (a spent budget).
+-- KEYS[1] alone without ARGV is a probe: {0, 0, 0}, nothing read or written (it still proves
+-- that this user may run the script on this app's keys on this node).
 --
 -- Group first, then app; state is written only when both pass, so a refusal spends nothing
 -- (but for an impossible state, corrected below).
 -- Times are microseconds of the Redis server's clock, so the gateways' clocks do not matter.
+if #ARGV == 0 then
+  return {0, 0, 0}
+end
+
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
 

@@ -15,7 +15,7 @@ use chat_gateway::rate_limit::{RedisLimiter, Scope};
 use crate::redis_server::RedisServer;
 use crate::support::*;
 
-const UP: &str = "chat_gateway_rate_limit_backend_up";
+pub(crate) const UP: &str = "chat_gateway_rate_limit_backend_up";
 
 fn update() -> Api {
     ApiTable::new(&ApiAllowList::counters())
