@@ -5,8 +5,9 @@
 //! What Redis says about when a saturated key can pass again is kept ([`Refused`]): until
 //! then the gateway refuses such calls itself, and then one caller asks, so a flood of refused
 //! callers does not become a flood of Redis commands. While Redis is slow or down a
-//! [`LocalLimiter`] with the same numbers decides alone; a background task probes Redis and
-//! puts it back in use as soon as it answers.
+//! [`LocalLimiter`] with the same numbers decides alone; a background task probes Redis (with
+//! the check itself, on a key that holds nothing) and puts it back in use as soon as it works.
+//! A connection that stays silent without closing is replaced ([`SILENT_CONNECTION_LIMIT`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use prometheus::IntGauge;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError};
+use redis::{ErrorKind, RedisError, ScriptInvocation};
 
 use super::refused::{Learned, Refused};
 use super::{BoxFuture, Decision, LocalLimiter, RateLimiter, Refusal, Scope};
@@ -31,6 +32,13 @@ pub const DOWN_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 pub const IDLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest a (re)connection may take; only the background task waits for it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A connection on which every check and probe has timed out for this long, with no answer
+/// between, is dropped and the next probe opens a new one: it may be silent for good (a
+/// half-open TCP connection, a stalled proxy) while Redis answers new connections at once, and
+/// since each check is cut at `redis_timeout` the client's own timeout never fires. A slow
+/// moment of Redis shorter than this costs no new connection, and a struggling Redis gets at
+/// most about one new connection per this interval from each gateway.
+pub const SILENT_CONNECTION_LIMIT: Duration = Duration::from_secs(1);
 
 /// Why the Redis backend could not be set up at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +80,13 @@ struct Shared {
     up: AtomicBool,
     /// This outage has been logged.
     said_down: AtomicBool,
+    /// Wakes the background task: Redis just went out of use, or its connection was dropped.
+    probe_now: tokio::sync::Notify,
     /// Milliseconds since `epoch` of the last answer from Redis.
     last_answer_ms: AtomicU64,
+    /// 1 + milliseconds since `epoch` of the first of the timeouts since Redis last answered on
+    /// the connection; 0 while it answers.
+    silent_since_ms: AtomicU64,
     epoch: Instant,
     timeout: Duration,
     script: redis::Script,
@@ -118,7 +131,9 @@ impl RedisLimiter {
                 conn: ArcSwapOption::empty(),
                 up: AtomicBool::new(false),
                 said_down: AtomicBool::new(false),
+                probe_now: tokio::sync::Notify::new(),
                 last_answer_ms: AtomicU64::new(0),
+                silent_since_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
                 timeout: backend.timeout,
                 script: redis::Script::new(include_str!("gcra.lua")),
@@ -139,8 +154,8 @@ impl RedisLimiter {
         self.shared.up.load(Ordering::Relaxed)
     }
 
-    /// One round of what the background task does (connect, load the script); true when
-    /// Redis is in use after it.
+    /// One round of what the background task does (connect, probe with the check script);
+    /// true when Redis is in use after it.
     pub async fn probe(&self) -> bool {
         self.shared.probe().await;
         self.is_up()
@@ -191,35 +206,77 @@ impl Shared {
     /// One check in Redis; `None` when Redis did not answer in time (or answered nonsense).
     async fn ask(
         &self,
-        conn: &ConnectionManager,
+        conn: &Arc<ConnectionManager>,
         api: &str,
         group: Option<&str>,
     ) -> Option<Learned> {
-        let mut conn = conn.clone();
         let mut call = self.script.key(self.key("app", api));
         if let Some(group) = group {
             call.key(self.key("group", group));
         }
         call.arg(&self.numbers[..]);
-        match tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut conn)).await {
-            Ok(Ok(answer)) => match decode(&answer) {
-                Some(result) => {
-                    self.answered();
-                    Some(result)
-                }
-                None => {
-                    self.down(&Outage::Answer(format!("{answer:?}")));
-                    None
-                }
-            },
-            Ok(Err(e)) => {
-                self.down(&Outage::Error(e));
+        match self.run(conn, &call).await {
+            Ok(learned) => {
+                self.answered();
+                Some(learned)
+            }
+            Err(why) => {
+                self.down(&why);
                 None
+            }
+        }
+    }
+
+    /// Runs the script on `conn` within the timeout, keeping track of a silent connection.
+    async fn run(
+        &self,
+        conn: &Arc<ConnectionManager>,
+        call: &ScriptInvocation<'_>,
+    ) -> Result<Learned, Outage> {
+        let mut client = (**conn).clone();
+        match tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut client)).await {
+            Ok(Ok(answer)) => {
+                self.silent_since_ms.store(0, Ordering::Relaxed);
+                decode(&answer).ok_or_else(|| Outage::Answer(format!("{answer:?}")))
+            }
+            Ok(Err(e)) => {
+                // An error from Redis itself (not from the socket) is an answer all the same.
+                if e.code().is_some() {
+                    self.silent_since_ms.store(0, Ordering::Relaxed);
+                }
+                Err(Outage::Error(e))
             }
             Err(_) => {
-                self.down(&Outage::Timeout(self.timeout));
-                None
+                self.timed_out(conn);
+                Err(Outage::Timeout(self.timeout))
             }
+        }
+    }
+
+    /// A call on `conn` timed out: past [`SILENT_CONNECTION_LIMIT`] of timeouts without an
+    /// answer, the connection is dropped so that the next probe opens a new one.
+    fn timed_out(&self, conn: &Arc<ConnectionManager>) {
+        let now = self.now_ms() + 1;
+        let since = match self.silent_since_ms.compare_exchange(
+            0,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => now,
+            Err(since) => since,
+        };
+        if Duration::from_millis(now.saturating_sub(since)) < SILENT_CONNECTION_LIMIT {
+            return;
+        }
+        // Only this connection: a late timeout of an old one leaves its replacement alone.
+        let previous = self
+            .conn
+            .compare_and_swap(conn, None::<Arc<ConnectionManager>>);
+        if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, conn)) {
+            self.silent_since_ms.store(0, Ordering::Relaxed);
+            self.probe_now.notify_one();
+            tracing::debug!(url = %self.shown_url, "Redis connection silent: opening a new one");
         }
     }
 
@@ -240,16 +297,26 @@ impl Shared {
     }
 
     fn down(&self, why: &Outage) {
-        self.up.store(false, Ordering::Relaxed);
+        if self.up.swap(false, Ordering::Relaxed) {
+            // Probe now rather than after the idle interval: Redis is back in use sooner.
+            self.probe_now.notify_one();
+        }
         self.gauge.set(0);
         if self.said_down.swap(true, Ordering::Relaxed) {
             return;
         }
         let error = self.scrub(why.to_string());
-        if why.is_auth() {
-            tracing::error!(url = %self.shown_url, %error, "Redis refused the gateway's credentials (WRONGPASS/NOAUTH): check the user and password of the rate_limit Redis URL; limiting locally (each gateway alone) until Redis accepts them");
-        } else {
-            tracing::warn!(url = %self.shown_url, %error, "Redis is not answering: limiting locally (each gateway alone) until it does");
+        let url = &self.shown_url;
+        match why.kind() {
+            OutageKind::Auth => {
+                tracing::error!(%url, %error, "Redis refused the gateway's credentials (WRONGPASS/NOAUTH): check the user and password of the rate_limit Redis URL; limiting locally (each gateway alone) until Redis accepts them")
+            }
+            OutageKind::Refused => {
+                tracing::error!(%url, %error, "Redis answers but refuses the rate-limit check (EVALSHA of the GCRA script): NOPERM means the URL's user may not run EVALSHA / SCRIPT or touch the {{chat-gateway:<sdkappid>}} keys (see its ACL); MOVED/ASK/CROSSSLOT mean the URL names a Redis Cluster node that does not serve those keys (point it at a standalone Redis or at the node that serves the slot); limiting locally (each gateway alone) until the check runs")
+            }
+            OutageKind::Other => {
+                tracing::warn!(%url, %error, "Redis is not answering: limiting locally (each gateway alone) until it does")
+            }
         }
     }
 
@@ -260,8 +327,10 @@ impl Shared {
         }
     }
 
-    /// One round of the background task: connect if need be, then load the script (which
-    /// also proves Redis answers and accepts the credentials). Returns when to come back.
+    /// One round of the background task: connect if need be, then run the check script as a
+    /// probe (on a key that holds nothing; it loads the script if Redis lacks it). Only a probe
+    /// that the check itself would pass puts Redis in use: a Redis that loads the script but
+    /// refuses `EVALSHA` stays down. Returns when to come back.
     async fn probe(&self) -> Duration {
         if self.up.load(Ordering::Relaxed) {
             let quiet = Duration::from_millis(
@@ -272,47 +341,45 @@ impl Shared {
                 return IDLE_PROBE_INTERVAL - quiet;
             }
         }
-        let conn = match self.conn.load_full() {
-            Some(conn) => conn,
-            None => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(CONNECT_TIMEOUT)
-                    .set_response_timeout(CONNECT_TIMEOUT)
-                    .set_number_of_retries(0);
-                let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
-                match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
-                    Ok(Ok(conn)) => {
-                        let conn = Arc::new(conn);
-                        self.conn.store(Some(conn.clone()));
-                        conn
-                    }
-                    Ok(Err(e)) => {
-                        self.down(&Outage::Error(e));
-                        return DOWN_PROBE_INTERVAL;
-                    }
-                    Err(_) => {
-                        self.down(&Outage::Timeout(CONNECT_TIMEOUT));
-                        return DOWN_PROBE_INTERVAL;
-                    }
-                }
+        let conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(why) => {
+                self.down(&why);
+                return DOWN_PROBE_INTERVAL;
             }
         };
-        let mut conn = (*conn).clone();
-        let invocation = self.script.prepare_invoke();
-        let load = invocation.load_async(&mut conn);
-        match tokio::time::timeout(self.timeout, load).await {
-            Ok(Ok(_)) => {
+        let probe = self.script.key(format!("{}:probe", self.prefix));
+        match self.run(&conn, &probe).await {
+            Ok(_) => {
                 self.answered();
                 IDLE_PROBE_INTERVAL
             }
-            Ok(Err(e)) => {
-                self.down(&Outage::Error(e));
+            Err(why) => {
+                self.down(&why);
                 DOWN_PROBE_INTERVAL
             }
-            Err(_) => {
-                self.down(&Outage::Timeout(self.timeout));
-                DOWN_PROBE_INTERVAL
+        }
+    }
+
+    /// The connection in use, or a new one.
+    async fn connection(&self) -> Result<Arc<ConnectionManager>, Outage> {
+        if let Some(conn) = self.conn.load_full() {
+            return Ok(conn);
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(CONNECT_TIMEOUT)
+            .set_number_of_retries(0);
+        let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
+        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(conn)) => {
+                let conn = Arc::new(conn);
+                self.silent_since_ms.store(0, Ordering::Relaxed);
+                self.conn.store(Some(conn.clone()));
+                Ok(conn)
             }
+            Ok(Err(e)) => Err(Outage::Error(e)),
+            Err(_) => Err(Outage::Timeout(CONNECT_TIMEOUT)),
         }
     }
 }
@@ -328,14 +395,28 @@ enum Outage {
     Answer(String),
 }
 
+/// What an outage's log line says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutageKind {
+    /// The credentials are wrong.
+    Auth,
+    /// Redis answers, but will not run the check for this user or on this node.
+    Refused,
+    Other,
+}
+
 impl Outage {
-    fn is_auth(&self) -> bool {
-        match self {
-            Outage::Error(e) => {
-                e.kind() == ErrorKind::AuthenticationFailed
-                    || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
-            }
-            _ => false,
+    fn kind(&self) -> OutageKind {
+        let Outage::Error(e) = self else {
+            return OutageKind::Other;
+        };
+        if e.kind() == ErrorKind::AuthenticationFailed {
+            return OutageKind::Auth;
+        }
+        match e.code() {
+            Some("NOAUTH" | "WRONGPASS") => OutageKind::Auth,
+            Some("NOPERM" | "MOVED" | "ASK" | "CROSSSLOT") => OutageKind::Refused,
+            _ => OutageKind::Other,
         }
     }
 }
@@ -356,10 +437,11 @@ impl RateLimiter for RedisLimiter {
             match shared.ask(&conn, &api.name, group.as_deref()).await {
                 Some(learned) => {
                     let answered = Instant::now();
+                    // Bounded: no wait longer than the budget allows is kept or told.
                     shared
                         .refused
-                        .learn(&api.name, group.as_deref(), answered, learned);
-                    learned.result()
+                        .learn(&api.name, group.as_deref(), answered, learned)
+                        .result()
                 }
                 // Redis silent: the local limiter decides, as while Redis is down.
                 None => local.check_now(&api, group.as_deref()),
@@ -388,6 +470,7 @@ impl RateLimiter for RedisLimiter {
                 tokio::select! {
                     _ = &mut stop => return,
                     _ = tokio::time::sleep(next) => {}
+                    _ = shared.probe_now.notified() => {}
                 }
             }
         }))

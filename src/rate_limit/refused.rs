@@ -34,6 +34,9 @@ type States = Mutex<HashMap<Box<str>, State>>;
 struct Keys {
     states: States,
     interval: Duration,
+    /// The longest wait the budget allows: the interval, in whole microseconds as Redis
+    /// rounds it (see [`Refused::learn`]).
+    longest: Duration,
     scope: Scope,
 }
 
@@ -72,9 +75,12 @@ impl Learned {
 impl Refused {
     /// `app_interval` and `group_interval` are 1 / the rates; `asking_for` bounds a check.
     pub fn new(app_interval: Duration, group_interval: Duration, asking_for: Duration) -> Self {
-        let keys = |interval, scope| Keys {
+        let keys = |interval: Duration, scope| Keys {
             states: Mutex::default(),
             interval,
+            longest: Duration::from_micros(
+                u64::try_from(interval.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX),
+            ),
             scope,
         };
         Refused {
@@ -102,8 +108,22 @@ impl Refused {
         None
     }
 
-    /// Keeps what Redis answered at `answered` for this call's keys.
-    pub fn learn(&self, api: &str, group: Option<&str>, answered: Instant, learned: Learned) {
+    /// Keeps what Redis answered at `answered` for this call's keys; returns it with every wait
+    /// bounded by what the budget allows.
+    ///
+    /// A GCRA state is never more than a spent budget (tau + t) ahead of now, and a call can
+    /// pass once it is at most tau ahead, so no true wait exceeds t, the interval. A longer one
+    /// (a Redis host whose clock stepped back: the states hold absolute times) would otherwise
+    /// shut a key, or an API for the whole app, until the gateway restarts: past t the gateway
+    /// asks Redis again instead.
+    pub fn learn(
+        &self,
+        api: &str,
+        group: Option<&str>,
+        answered: Instant,
+        learned: Learned,
+    ) -> Learned {
+        let learned = self.bounded(learned);
         match learned {
             // A refusal says nothing of the other key (the script stops at the first that
             // refuses, and a refusal spends nothing): its check, if this was it, is over.
@@ -128,6 +148,29 @@ impl Refused {
                     self.groups.wait(group, answered, group_next);
                 }
                 self.apps.wait(api, answered, app_next);
+            }
+        }
+        learned
+    }
+
+    fn bounded(&self, learned: Learned) -> Learned {
+        match learned {
+            Learned::Passed {
+                group_next,
+                app_next,
+            } => Learned::Passed {
+                group_next: group_next.min(self.groups.longest),
+                app_next: app_next.min(self.apps.longest),
+            },
+            Learned::Refused(refusal) => {
+                let longest = match refusal.scope {
+                    Scope::Group => self.groups.longest,
+                    Scope::App => self.apps.longest,
+                };
+                Learned::Refused(Refusal {
+                    retry_after: refusal.retry_after.min(longest),
+                    ..refusal
+                })
             }
         }
     }
@@ -209,7 +252,7 @@ fn lock(states: &States) -> MutexGuard<'_, HashMap<Box<str>, State>> {
 mod tests {
     use super::*;
 
-    const APP_T: Duration = Duration::from_millis(10);
+    const APP_T: Duration = Duration::from_millis(100);
     const GROUP_T: Duration = Duration::from_millis(50);
 
     fn refused() -> Refused {
@@ -327,6 +370,41 @@ mod tests {
         assert_eq!(
             r.check("a/b", Some("g"), t0 + ms(12)).map(|x| x.scope),
             Some(Scope::Group)
+        );
+    }
+
+    #[test]
+    fn no_wait_outlasts_what_the_budget_allows() {
+        let r = refused();
+        let t0 = Instant::now();
+        // What Redis answers for a state written before its host's clock stepped back 104 days.
+        let absurd = Duration::from_micros(9_000_000_000_000);
+        assert_eq!(
+            r.learn("a/b", Some("g"), t0, refusal(Scope::Group, absurd)),
+            refusal(Scope::Group, GROUP_T),
+            "the caller's Retry-After is bounded too"
+        );
+        assert_eq!(
+            r.check("x/y", Some("g"), t0 + GROUP_T - ms(1))
+                .map(|x| x.scope),
+            Some(Scope::Group)
+        );
+        assert_eq!(
+            r.check("x/y", Some("g"), t0 + GROUP_T),
+            None,
+            "Redis is asked again after one interval"
+        );
+        let t1 = t0 + GROUP_T;
+        r.learn("x/y", Some("g"), t1, refusal(Scope::App, absurd));
+        assert_eq!(r.check("x/y", Some("h"), t1 + APP_T), None, "the app too");
+        r.learn("a/b", Some("k"), t1, passed(absurd, absurd));
+        assert_eq!(r.check("a/b", Some("h"), t1 + APP_T), None);
+        assert_eq!(r.check("c/d", Some("k"), t1 + GROUP_T), None);
+        // Redis rounds waits up to whole microseconds: so does the bound.
+        let third = Refused::new(Duration::from_nanos(333_333_333), GROUP_T, ms(500));
+        assert_eq!(
+            third.learn("a/b", None, t0, refusal(Scope::App, absurd)),
+            refusal(Scope::App, Duration::from_micros(333_334))
         );
     }
 

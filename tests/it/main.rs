@@ -11,6 +11,7 @@ mod forwarding;
 mod hardening;
 mod observability;
 mod rate_limit;
+mod redis_faults;
 mod redis_limits;
 mod redis_server;
 mod soak;

@@ -15,7 +15,7 @@ use chat_gateway::rate_limit::{RedisLimiter, Scope};
 use crate::redis_server::RedisServer;
 use crate::support::*;
 
-const UP: &str = "chat_gateway_rate_limit_backend_up";
+pub(crate) const UP: &str = "chat_gateway_rate_limit_backend_up";
 
 fn update() -> Api {
     ApiTable::new(&ApiAllowList::counters())
@@ -153,11 +153,11 @@ async fn script_app_limit_caps_the_sum_over_groups_and_keys_expire() {
 
 // --- gateways through Redis ------------------------------------------------------------------
 
-fn redis_sections(url: &str, timeout: &str, rates: &str) -> String {
+pub(crate) fn redis_sections(url: &str, timeout: &str, rates: &str) -> String {
     format!("[rate_limit]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_timeout = \"{timeout}\"\n{rates}")
 }
 
-async fn wait_for_gauge(admin: std::net::SocketAddr, value: f64, limit: Duration) {
+pub(crate) async fn wait_for_gauge(admin: std::net::SocketAddr, value: f64, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
         if metric(&scrape(admin).await, UP) == value {
@@ -168,7 +168,7 @@ async fn wait_for_gauge(admin: std::net::SocketAddr, value: f64, limit: Duration
     }
 }
 
-fn increase(group: &str) -> String {
+pub(crate) fn increase(group: &str) -> String {
     format!(
         r#"{{"GroupId":"{group}","GroupCounter":[{{"Key":"likes","Value":1}}],"Mode":"Increase"}}"#
     )
