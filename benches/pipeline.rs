@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chat_gateway::apis::update_group_counter;
 use chat_gateway::config::Config;
 use chat_gateway::error::GatewayError;
+use chat_gateway::exchange::{GatewayResponse, UpstreamReport};
 use chat_gateway::metrics::Outcome;
 use chat_gateway::middleware::sign::upstream_uri;
-use chat_gateway::middleware::{GatewayResponse, UpstreamReport};
 use chat_gateway::stack::{self, StackParts};
 use chat_gateway::usersig::SecretKey;
+use chat_gateway::validated_apis::update_group_counter;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use http_body_util::{BodyExt, Full};

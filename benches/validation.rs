@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use chat_gateway::apis::{get_group_counter, update_group_counter, ValidatedApi};
+use chat_gateway::validated_apis::{get_group_counter, update_group_counter, ValidatedApi};
 use chat_gateway::validation::{validate_counter, validate_object, CounterPayload};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 

@@ -5,9 +5,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use crate::apis::{self, ValidatedApi};
 use crate::config::{is_api_name, ApiAllowList};
 use crate::metrics::{ApiMetrics, Metrics};
+use crate::validated_apis::{self, ValidatedApi};
 
 /// Distinct API names labelled as themselves under `allow = ["*"]`.
 const MAX_OPEN_API_LABELS: usize = 100;
@@ -104,7 +104,7 @@ impl ApiTable {
         // The validated APIs are always labelled as themselves under "*".
         let mut listed: Vec<Api> = names.iter().map(|n| Api::new(n)).collect();
         if any {
-            for name in apis::names() {
+            for name in validated_apis::names() {
                 listed.push(Api::new(name));
             }
         }
@@ -188,7 +188,7 @@ impl Api {
     fn new(name: &str) -> Self {
         Api(Arc::new(ApiInfo {
             name: Arc::from(name),
-            validated: apis::find(name),
+            validated: validated_apis::find(name),
             key: name_key(name),
             handles: OnceLock::new(),
         }))
@@ -206,7 +206,10 @@ mod tests {
             .route("/v4/group_open_http_svc/update_group_counter")
             .expect("allowed");
         assert_eq!(&*api.name, "group_open_http_svc/update_group_counter");
-        assert_eq!(api.validated, Some(&apis::update_group_counter::API));
+        assert_eq!(
+            api.validated,
+            Some(&validated_apis::update_group_counter::API)
+        );
         for path in [
             "/v4/group_open_http_svc/create_group",
             "/v4/group_open_http_svc/update_group_counter/x",
@@ -232,7 +235,7 @@ mod tests {
             table
                 .route("/v4/group_open_http_svc/get_group_counter")
                 .and_then(|a| a.validated),
-            Some(&apis::get_group_counter::API)
+            Some(&validated_apis::get_group_counter::API)
         );
         for i in 0..300 {
             table.route(&format!("/v4/svc/cmd{i}")).expect("allowed");

@@ -27,7 +27,6 @@
 
 pub mod admin;
 pub mod api;
-pub mod apis;
 pub mod auth;
 pub mod coalesce;
 pub mod config;
@@ -35,6 +34,7 @@ pub mod credentials;
 pub mod emulator;
 pub mod envelope;
 pub mod error;
+pub mod exchange;
 pub mod heap;
 pub mod lifecycle;
 pub mod logging;
@@ -48,6 +48,7 @@ pub mod server;
 pub mod stack;
 pub mod upstream;
 pub mod usersig;
+pub mod validated_apis;
 pub mod validation;
 pub mod watch;
 

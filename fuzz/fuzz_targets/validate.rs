@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use chat_gateway::apis::{update_group_counter, PayloadFacts, REGISTRY};
+use chat_gateway::validated_apis::{update_group_counter, PayloadFacts, REGISTRY};
 use chat_gateway::coalesce::merge;
 use chat_gateway::validation::{validate_object, Rejection};
 use libfuzzer_sys::fuzz_target;

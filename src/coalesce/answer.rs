@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use super::group::Member;
 use super::COALESCED_HEADER;
 use crate::error::{GatewayError, UpstreamFailure};
-use crate::middleware::{GatewayResponse, UpstreamReport};
+use crate::exchange::{GatewayResponse, UpstreamReport};
 
 /// Tencent's ErrorCodes for a merged call it refused whole for a reason that may belong to only
 /// some of its callers: 10063 (the group would hold more than 20 keys) and 10004 (an invalid

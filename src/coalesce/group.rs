@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::merge::{Increment, Merge, ReadKey};
 use crate::api::Api;
 use crate::error::GatewayError;
-use crate::middleware::GatewayResponse;
+use crate::exchange::GatewayResponse;
 
 pub type Answer = Result<GatewayResponse, GatewayError>;
 

@@ -20,13 +20,13 @@ use tower::{Layer, Service};
 use super::group::{Answer, Joined, Member, Registry};
 use super::merge;
 use crate::api::Api;
-use crate::apis::{Coalescing, PayloadFacts};
 use crate::config::CoalesceConfig;
 use crate::error::GatewayError;
+use crate::exchange::{BoxFuture, GatewayResponse};
 use crate::metrics::Metrics;
-use crate::middleware::rate_limit::{refused, TokensTaken};
-use crate::middleware::{BoxFuture, GatewayResponse};
+use crate::rate_limit::TokensTaken;
 use crate::rate_limit::{RateLimiter, Refusal, Scope};
+use crate::validated_apis::{Coalescing, PayloadFacts};
 
 /// Retry-After for a caller whose `max_wait` ran out while its group's call was in flight.
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -331,7 +331,7 @@ impl DriverCtx {
 
     /// The refusal's answer, counted.
     pub fn refused(&self, refusal: Refusal) -> GatewayError {
-        refused(&self.api, Some(&self.group), refusal, &self.shared.metrics)
+        refusal.counted(&self.api, Some(&self.group), &self.shared.metrics)
     }
 }
 

@@ -7,7 +7,7 @@ use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use crate::apis::{CounterUpdate, PayloadFacts};
+use crate::validated_apis::{CounterUpdate, PayloadFacts};
 pub use crate::validation::Mode;
 
 /// Tencent's most counters per call (and per group).
@@ -368,7 +368,7 @@ mod tests {
     /// increment taken with the facts is the body's.
     #[test]
     fn validated_facts_give_the_same_increment_as_the_body() {
-        let validate = crate::apis::update_group_counter::API.validate;
+        let validate = crate::validated_apis::update_group_counter::API.validate;
         for body in [
             r#"{"GroupId":"g","GroupCounter":[{"Key":"likes","Value":3}],"Mode":"Increase"}"#,
             r#"{"Mode":"Decrease","GroupCounter":[{"Value":-2,"Key":"a"},{"Key":"b","Value":9223372036854775807}],"GroupId":"g\u0031"}"#,
@@ -569,7 +569,7 @@ mod tests {
             spaced in any::<bool>(),
         ) {
             let body = render(&inc, order, escape, spaced);
-            let validate = crate::apis::update_group_counter::API.validate;
+            let validate = crate::validated_apis::update_group_counter::API.validate;
             let facts = validate(body.as_bytes());
             prop_assert!(facts.is_ok(), "{}", body);
             let Ok(facts) = facts else { return Ok(()) };

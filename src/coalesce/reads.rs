@@ -18,9 +18,9 @@ use super::line::{take_tokens, OnApp, Tokens, Waiters};
 use super::merge::ReadKey;
 use crate::api::Api;
 use crate::error::GatewayError;
-use crate::middleware::rate_limit::TokensTaken;
-use crate::middleware::GatewayResponse;
+use crate::exchange::GatewayResponse;
 use crate::rate_limit::Refusal;
+use crate::rate_limit::TokensTaken;
 
 impl<S> Coalesce<S>
 where

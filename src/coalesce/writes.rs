@@ -19,9 +19,9 @@ use super::layer::{Driver, DriverCtx};
 use super::line::{take_tokens, OnApp, Tokens, Waiters};
 use super::merge::{self, Merge};
 use crate::error::GatewayError;
-use crate::middleware::rate_limit::TokensTaken;
-use crate::middleware::{BoxFuture, GatewayResponse};
+use crate::exchange::{BoxFuture, GatewayResponse};
 use crate::rate_limit::Refusal;
+use crate::rate_limit::TokensTaken;
 
 type Outcome = Result<GatewayResponse, GatewayError>;
 

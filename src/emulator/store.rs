@@ -7,12 +7,12 @@ use std::sync::{Mutex, PoisonError};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::apis;
+use crate::validated_apis;
 
 // Only the names are shared with the gateway: the emulator checks bodies its own way.
-const GET: &str = apis::get_group_counter::API.name;
-const UPDATE: &str = apis::update_group_counter::API.name;
-const DELETE: &str = apis::delete_group_counter::API.name;
+const GET: &str = validated_apis::get_group_counter::API.name;
+const UPDATE: &str = validated_apis::update_group_counter::API.name;
+const DELETE: &str = validated_apis::delete_group_counter::API.name;
 
 /// Tencent's documented limits: counters per group, bytes per key, bytes per custom group ID.
 const MAX_COUNTERS: usize = 20;

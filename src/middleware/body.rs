@@ -17,8 +17,8 @@ use tokio::time::Timeout;
 use tower::{Layer, Service};
 
 use super::content_coding::{self, Coding};
-use super::GatewayResponse;
 use crate::error::GatewayError;
+use crate::exchange::GatewayResponse;
 
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLayer {

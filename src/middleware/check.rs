@@ -8,8 +8,8 @@ use futures_util::future::{ready, Either, Ready};
 use http::Request;
 use tower::{Layer, Service};
 
-use super::GatewayResponse;
 use crate::error::GatewayError;
+use crate::exchange::GatewayResponse;
 
 /// One synchronous step.
 pub trait Check<B> {

@@ -12,9 +12,9 @@ use std::time::Instant;
 use http::{HeaderName, Request};
 use tower::{Layer, Service};
 
-use super::{GatewayResponse, RequestId, UpstreamReport};
 use crate::api::{ApiTable, Label};
 use crate::envelope::{Reason, REJECTED_HEADER};
+use crate::exchange::{GatewayResponse, RequestId, UpstreamReport};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, Outcome};
 

@@ -14,12 +14,12 @@ use http::Request;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::GatewayResponse;
 use crate::api::Api;
-use crate::apis::PayloadFacts;
 use crate::error::GatewayError;
+use crate::exchange::GatewayResponse;
 use crate::metrics::Metrics;
-use crate::rate_limit::{Decision, RateLimiter, Refusal, Scope};
+use crate::rate_limit::{Decision, RateLimiter, Refusal, TokensTaken};
+use crate::validated_apis::PayloadFacts;
 
 #[derive(Clone)]
 pub struct LimitLayer {
@@ -60,32 +60,6 @@ pub struct Limit<S> {
 impl<S> std::fmt::Debug for Limit<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Limit")
-    }
-}
-
-/// A marker extension: this call's tokens were already taken (a coalesced batch takes them
-/// itself before it is built), so the limit layer lets it through.
-#[derive(Debug, Clone, Copy)]
-pub struct TokensTaken;
-
-/// The typed error for a refusal, counted in the rate-limited metric.
-pub fn refused(
-    api: &Api,
-    group: Option<&str>,
-    refusal: Refusal,
-    metrics: &Metrics,
-) -> GatewayError {
-    api.metrics(metrics).rate_limited(refusal.scope.as_str());
-    let retry_after_secs = refusal.retry_after_secs();
-    match refusal.scope {
-        Scope::Group => GatewayError::RateLimitedGroup {
-            group: group.unwrap_or_default().to_string(),
-            retry_after_secs,
-        },
-        Scope::App => GatewayError::RateLimitedApp {
-            api: api.name.to_string(),
-            retry_after_secs,
-        },
     }
 }
 
@@ -157,7 +131,7 @@ where
 fn refusal_of<B>(req: &Request<B>, refusal: Refusal, metrics: &Metrics) -> GatewayError {
     let group = req.extensions().get::<PayloadFacts>().map(|f| &*f.group_id);
     match req.extensions().get::<Api>() {
-        Some(api) => refused(api, group, refusal, metrics),
+        Some(api) => refusal.counted(api, group, metrics),
         // Never reached: only routed requests are checked.
         None => GatewayError::Internal("a request without its API reached the rate limit"),
     }

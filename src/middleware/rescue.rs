@@ -8,9 +8,9 @@ use std::task::{Context, Poll};
 use http::{HeaderValue, Request};
 use tower::{Layer, Service};
 
-use super::{GatewayResponse, UpstreamReport};
 use crate::envelope;
 use crate::error::GatewayError;
+use crate::exchange::{GatewayResponse, UpstreamReport};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RescueLayer;

@@ -17,9 +17,9 @@ use http::Request;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use super::{GatewayResponse, RequestId, UpstreamReport};
 use crate::credentials::{unix_now, Credentials};
 use crate::error::GatewayError;
+use crate::exchange::{GatewayResponse, RequestId, UpstreamReport};
 use crate::metrics::Metrics;
 use crate::upstream::targets::{Targets, UpstreamBase};
 

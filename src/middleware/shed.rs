@@ -9,8 +9,8 @@ use http::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
-use super::GatewayResponse;
 use crate::error::GatewayError;
+use crate::exchange::GatewayResponse;
 
 #[derive(Debug, Clone)]
 pub struct ShedLayer {

@@ -14,9 +14,9 @@ use http::{Request, Uri};
 use http_body_util::Full;
 use tower::{Layer, Service};
 
-use super::{GatewayResponse, RequestId};
 use crate::credentials::Credentials;
 use crate::error::GatewayError;
+use crate::exchange::{GatewayResponse, RequestId};
 use crate::upstream::targets::UpstreamBase;
 
 #[derive(Debug, Clone)]

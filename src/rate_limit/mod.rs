@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use crate::api::Api;
 use crate::config::{Backend, RateLimitConfig};
+use crate::error::GatewayError;
 use crate::metrics::Metrics;
 
 pub use local::LocalLimiter;
@@ -47,7 +48,29 @@ pub struct Refusal {
     pub retry_after: Duration,
 }
 
+/// A marker extension: this call's tokens were already taken (a coalesced batch, or a read
+/// that waited its turn, takes them itself), so the limit layer lets it through.
+#[derive(Debug, Clone, Copy)]
+pub struct TokensTaken;
+
 impl Refusal {
+    /// The typed error for this refusal of a call of `api` (for `group`), counted in the
+    /// rate-limited metric.
+    pub fn counted(self, api: &Api, group: Option<&str>, metrics: &Metrics) -> GatewayError {
+        api.metrics(metrics).rate_limited(self.scope.as_str());
+        let retry_after_secs = self.retry_after_secs();
+        match self.scope {
+            Scope::Group => GatewayError::RateLimitedGroup {
+                group: group.unwrap_or_default().to_string(),
+                retry_after_secs,
+            },
+            Scope::App => GatewayError::RateLimitedApp {
+                api: api.name.to_string(),
+                retry_after_secs,
+            },
+        }
+    }
+
     /// `Retry-After` in whole seconds, rounded up, at least 1.
     pub fn retry_after_secs(&self) -> u64 {
         let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);

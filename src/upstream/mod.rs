@@ -24,8 +24,8 @@ use tower::Service;
 
 use crate::api::Api;
 use crate::error::{GatewayError, UpstreamFailure};
+use crate::exchange::{BoxFuture, GatewayResponse, UpstreamReport};
 use crate::metrics::Metrics;
-use crate::middleware::{BoxFuture, GatewayResponse, UpstreamReport};
 
 /// Largest upstream answer the gateway passes on. Counter answers are a few hundred bytes;
 /// this leaves room for the bulkier v4 APIs under `allow = ["*"]`.

@@ -1,4 +1,4 @@
-//! Building blocks for an API's own payload rules (one module in `src/apis/`): the body as a
+//! Building blocks for an API's own payload rules (one module in `src/validated_apis/`): the body as a
 //! JSON object, and member rules several APIs share, each failing with an `ErrorInfo` that
 //! names the member and the rule.
 

@@ -20,9 +20,9 @@ use tokio::sync::oneshot;
 pub const SDKAPPID: u64 = 1400000000;
 pub const ADMIN: &str = "administrator";
 pub const SECRET: &str = "5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e";
-pub const UPDATE: &str = chat_gateway::apis::update_group_counter::API.path;
-pub const GET: &str = chat_gateway::apis::get_group_counter::API.path;
-pub const DELETE: &str = chat_gateway::apis::delete_group_counter::API.path;
+pub const UPDATE: &str = chat_gateway::validated_apis::update_group_counter::API.path;
+pub const GET: &str = chat_gateway::validated_apis::get_group_counter::API.path;
+pub const DELETE: &str = chat_gateway::validated_apis::delete_group_counter::API.path;
 
 pub fn key() -> SecretKey {
     SecretKey::new(SECRET).expect("key")
