@@ -188,7 +188,7 @@ impl<S> Coalesce<S> {
                 };
                 req.extensions_mut().insert(facts);
                 AtOnce::NotNow {
-                    group_token: matches!(result, Some(Err(r)) if r.scope == Scope::App),
+                    group_token: matches!(result, Some(Err(r)) if r.group_spent),
                 }
             }
         }
@@ -339,4 +339,5 @@ impl DriverCtx {
 pub(super) const BUSY: Refusal = Refusal {
     scope: Scope::Group,
     retry_after: BUSY_RETRY_AFTER,
+    group_spent: false,
 };

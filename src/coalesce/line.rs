@@ -65,15 +65,13 @@ pub(super) async fn take_tokens(
         match limiter.check(api, (!group_token).then_some(group)).await {
             Ok(()) => return Tokens::Taken,
             Err(refusal) => {
-                if refusal.scope == Scope::App {
-                    if on_app == OnApp::Refuse {
-                        return Tokens::App(refusal);
-                    }
-                    // The group's token was taken before the app refused (group first):
-                    // from now on wait for the app's alone, so that one call never spends
-                    // two of its group's tokens.
-                    group_token = true;
+                if refusal.scope == Scope::App && on_app == OnApp::Refuse {
+                    return Tokens::App(refusal);
                 }
+                // When the app refused after the group's token was taken, wait for the app's
+                // alone from now on, so that one call never spends two of its group's tokens;
+                // when nothing was taken (Redis), the group's is still to be had.
+                group_token |= refusal.group_spent;
                 let retry_at = Instant::now() + refusal.retry_after;
                 // Callers whose max_wait ends before the token can come are answered now.
                 if !waiters.expire(retry_at, Some(refusal)) {

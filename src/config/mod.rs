@@ -247,7 +247,19 @@ mod example_tests {
             c.chat.secret,
             SecretSource::File("/var/run/secrets/chat/secret-key".into())
         );
-        assert_eq!(c.apis, ApiAllowList::counters());
+        assert_eq!(
+            c.apis,
+            ApiAllowList::Only(
+                [
+                    "group_open_http_svc/get_group_counter",
+                    "group_open_http_svc/update_group_counter",
+                    "group_open_http_svc/delete_group_counter",
+                ]
+                .map(String::from)
+                .to_vec()
+            ),
+            "the contract's three counter APIs"
+        );
         assert_eq!(c.server.max_body_bytes, 65536);
     }
 

@@ -163,12 +163,15 @@ where
                 return Err(Refusal {
                     scope: Scope::Group,
                     retry_after: not_until.wait_time_from(self.clock.now()),
+                    group_spent: false,
                 });
             }
         }
         self.apps.check_key(&api.key).map_err(|not_until| Refusal {
             scope: Scope::App,
             retry_after: not_until.wait_time_from(self.clock.now()),
+            // The group's token was taken just above, and governor gives none back.
+            group_spent: group.is_some(),
         })
     }
 }
@@ -270,11 +273,13 @@ mod tests {
         let r = Refusal {
             scope: Scope::Group,
             retry_after: Duration::from_millis(2001),
+            group_spent: false,
         };
         assert_eq!(r.retry_after_secs(), 3);
         let r = Refusal {
             scope: Scope::Group,
             retry_after: Duration::ZERO,
+            group_spent: false,
         };
         assert_eq!(r.retry_after_secs(), 1);
     }

@@ -46,6 +46,10 @@ impl Scope {
 pub struct Refusal {
     pub scope: Scope,
     pub retry_after: Duration,
+    /// An app refusal that still spent the group's token (the local limiter takes the group's
+    /// first); a caller that waits for the app's token then must not take the group's again.
+    /// Redis's script writes nothing on a refusal, so its refusals spend nothing.
+    pub group_spent: bool,
 }
 
 /// A marker extension: this call's tokens were already taken (a coalesced batch, or a read
@@ -186,6 +190,7 @@ mod tests {
         let refusal = Refusal {
             scope: Scope::App,
             retry_after: Duration::from_millis(5),
+            group_spent: false,
         };
         let mut now = Decision::now(Err(refusal));
         assert_eq!(now.ready(), Some(Err(refusal)));

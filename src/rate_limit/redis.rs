@@ -185,6 +185,7 @@ fn decode(answer: &[i64]) -> Option<Learned> {
         Some(Learned::Refused(Refusal {
             scope,
             retry_after: micros(1)?,
+            group_spent: false,
         }))
     };
     match answer.first()? {

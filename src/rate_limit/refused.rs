@@ -169,6 +169,7 @@ impl Refused {
                 };
                 Learned::Refused(Refusal {
                     retry_after: refusal.retry_after.min(longest),
+                    group_spent: false,
                     ..refusal
                 })
             }
@@ -239,6 +240,7 @@ impl Keys {
         Refusal {
             scope: self.scope,
             retry_after: wait,
+            group_spent: false,
         }
     }
 }
@@ -274,6 +276,7 @@ mod tests {
         Learned::Refused(Refusal {
             scope,
             retry_after: wait,
+            group_spent: false,
         })
     }
 

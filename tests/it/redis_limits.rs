@@ -576,3 +576,62 @@ async fn redis_check_latency() {
         at(0.999)
     );
 }
+
+/// A hot group's batches wait for the app's token while other groups spend the app's budget.
+/// Redis's script spends nothing on an app refusal, so the batch must still take its group's
+/// token when the app's comes: the group's calls stay within `per_second x T + burst`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_group_waiting_for_the_apps_budget_keeps_within_its_own_on_redis() {
+    const T: Duration = Duration::from_secs(3);
+    let redis = RedisServer::start();
+    let upstream = spawn_recording(
+        None,
+        ok_answer(r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","GroupCounter":[{"Key":"likes","Value":1}]}"#),
+    )
+    .await;
+    let gw = spawn_gateway(&config_text(
+        &upstream.endpoint(),
+        "",
+        &redis_sections(
+            &redis.url(),
+            "500ms",
+            "group_per_second = 2\ngroup_burst = 1\napp_per_second = 20\napp_burst = 1\n",
+        ),
+    ))
+    .await;
+    let addr = gw.addr;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for caller in 0..12u64 {
+        tasks.push(tokio::spawn(async move {
+            for n in 0..10_000u64 {
+                if started.elapsed() >= T {
+                    break;
+                }
+                // Eight callers of the hot group; four spend the app's budget on other groups.
+                let group = if caller < 8 {
+                    "hot".to_string()
+                } else {
+                    format!("other-{caller}-{n}")
+                };
+                post(addr, UPDATE, increase(&group)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let hot = upstream
+        .requests()
+        .iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains(r#""GroupId":"hot""#))
+        .count();
+    // 2/s over the run (which ends once the callers' last answers are in) plus the burst.
+    let bound = (2.0 * elapsed).ceil() as usize + 1;
+    assert!(hot > 1, "the hot group was served");
+    assert!(
+        hot <= bound,
+        "{hot} calls of the hot group in {elapsed:.1}s; at most {bound}"
+    );
+}
