@@ -373,7 +373,7 @@ async fn a_slow_redis_costs_no_request_more_than_the_timeout() {
     let stop = Arc::new(AtomicBool::new(false));
     let driver = drive(gw.addr, stop.clone());
     // Redis stops answering anyone for 1.5 s.
-    let mut sleeper = Command::new("redis-cli")
+    let mut sleeper = Command::new(require_tool("redis-cli"))
         .args([
             "-h",
             "127.0.0.1",
