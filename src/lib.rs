@@ -92,8 +92,8 @@ pub async fn run_with_hurry(
     hurry: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let (parts, service) = stack::gateway(&config, key)?;
-    let caller_tls = match &config.server.tls {
-        Some(files) => Some(Arc::new(server::tls::CallerTls::new(files.clone())?)),
+    let caller_tls = match config.server.tls() {
+        Some(files) => Some(Arc::new(server::tls::CallerTls::new(files)?)),
         None => None,
     };
     let (metrics, credentials, lifecycle) = (

@@ -1,7 +1,7 @@
 //! What a config file points at, checked before the gateway starts (`check-config`): the
 //! secret key, the CA file, caller TLS files and the tokens file can be read and used.
 
-use crate::config::{Backend, Config, Problem, RedisBackend, RedisUrl, SecretSource};
+use crate::config::{Config, Problem, RedisBackend, RedisUrl, SecretSource};
 
 /// Checks what the file points at: the secret key can be read and is not empty, the CA
 /// file holds certificates, the tokens file can be read. Never prints a secret.
@@ -36,8 +36,8 @@ pub fn check_environment(config: &Config) -> Vec<Problem> {
             });
         }
     }
-    if let Some(tls) = &config.server.tls {
-        if let Err(e) = crate::server::tls::load(tls) {
+    if let Some(tls) = config.server.tls() {
+        if let Err(e) = crate::server::tls::load(&tls) {
             problems.push(Problem {
                 key: e.key().into(),
                 value: Some(format!("{:?}", e.path().display().to_string())),
@@ -45,12 +45,12 @@ pub fn check_environment(config: &Config) -> Vec<Problem> {
             });
         }
     }
-    if let Backend::Redis(RedisBackend {
+    if let Some(RedisBackend {
         url: RedisUrl::Env(var),
         ..
-    }) = &config.rate_limit.backend
+    }) = config.rate_limit.redis()
     {
-        if let Err(e) = crate::config::redis::url_from_env(var) {
+        if let Err(e) = crate::config::redis::url_from_env(&var) {
             problems.push(Problem {
                 key: "rate_limit.redis_url_env".into(),
                 value: Some(format!("{var:?}")),

@@ -66,7 +66,7 @@ pub enum BuildError {
     #[error("{key}: {0}", key = .0.key())]
     Tls(#[from] crate::server::tls::TlsError),
     #[error(transparent)]
-    RateLimit(#[from] rate_limit::RedisSetupError),
+    RateLimit(#[from] rate_limit::SetupError),
 }
 
 /// The whole gateway from a checked config: the shared parts (for the admin listener and the
