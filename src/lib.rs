@@ -93,7 +93,12 @@ pub async fn run_with_hurry(
 ) -> Result<(), RunError> {
     let (parts, service) = stack::gateway(&config, key)?;
     let caller_tls = match config.server.tls() {
-        Some(files) => Some(Arc::new(server::tls::CallerTls::new(files)?)),
+        Some(files) => {
+            if let Some(ca) = &files.client_ca_file {
+                preflight::check_client_ca(ca).map_err(stack::BuildError::ClientCa)?;
+            }
+            Some(Arc::new(server::tls::CallerTls::new(files)?))
+        }
         None => None,
     };
     let (metrics, credentials, lifecycle) = (
