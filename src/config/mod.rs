@@ -252,6 +252,24 @@ mod example_tests {
         assert_eq!(c.server.max_body_bytes, 65536);
     }
 
+    /// The example shows each key at the default its declaration gives.
+    #[test]
+    fn the_example_file_shows_the_declared_defaults() {
+        let text = include_str!("../../config/gateway.example.toml");
+        let c = Config::parse(text).expect("example is valid");
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.upstream, UpstreamConfig::default());
+        assert_eq!(c.rate_limit, RateLimitConfig::default());
+        assert_eq!(c.auth, AuthConfig::default());
+        assert_eq!(c.coalesce, CoalesceConfig::default());
+        assert_eq!(c.apis, ApisConfig::default().allow);
+        let chat = ChatKeys::default();
+        assert_eq!(
+            (&c.chat.identifier, c.chat.usersig_ttl, &c.chat.ca_file),
+            (&chat.identifier, chat.usersig_ttl, &chat.ca_file)
+        );
+    }
+
     #[test]
     fn every_key_of_the_schema_is_documented_in_the_example() {
         let text = include_str!("../../config/gateway.example.toml");

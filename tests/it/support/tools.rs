@@ -17,13 +17,19 @@ const PACKAGES: &[(&str, &str)] = &[
 /// The path of `name` on `PATH` (or in /usr/bin); panics, naming what installs it, when it is
 /// missing.
 pub fn require_tool(name: &str) -> PathBuf {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .unwrap_or_default()
+    let dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect())
+        .unwrap_or_default();
+    let dirs: Vec<PathBuf> = dirs
         .into_iter()
         .chain([PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file());
+        .collect();
+    require_tool_in(name, &dirs)
+}
+
+/// [`require_tool`] looking in `dirs` only.
+fn require_tool_in(name: &str, dirs: &[PathBuf]) -> PathBuf {
+    let found = dirs.iter().map(|dir| dir.join(name)).find(|p| p.is_file());
     match found {
         Some(path) => path,
         None => {
@@ -36,5 +42,26 @@ pub fn require_tool(name: &str) -> PathBuf {
                  or apt-get install {package}"
             )
         }
+    }
+}
+
+#[test]
+#[should_panic(
+    expected = "redis-cli is missing: run scripts/test (it installs what the tests need), or apt-get install redis-tools"
+)]
+fn a_missing_program_fails_naming_what_installs_it() {
+    // No directory to look in stands for a fresh machine.
+    require_tool_in("redis-cli", &[]);
+}
+
+#[test]
+fn scripts_test_installs_every_program_the_tests_run() {
+    let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test"))
+        .expect("scripts/test");
+    for (command, package) in PACKAGES {
+        assert!(
+            script.lines().any(|l| l == format!("{command} {package}")),
+            "scripts/test does not install {package} for {command}"
+        );
     }
 }
