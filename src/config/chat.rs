@@ -16,8 +16,8 @@ section! {
     pub struct ChatKeys in "chat" {
         /// Required: the app's SDKAppID.
         sdkappid: Option<u64> = None, |r, s, k| {
-            r.int_in(s, k, 1..=i64::from(u32::MAX), "must be a positive integer (your app's SDKAppID)")
-                .map(Some)
+            let why = "must be a positive integer (your app's SDKAppID)";
+            r.int_in(s, k, 1..=i64::from(u32::MAX), why).map(Some)
         };
         /// The app admin account the gateway signs as.
         identifier: String = DEFAULT_IDENTIFIER.into(), |r, s, k| r.string(s, k);

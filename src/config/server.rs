@@ -18,9 +18,9 @@ section! {
     /// The caller and admin listeners, limits, shutdown timing, threads and caller TLS.
     pub struct ServerConfig in "server" {
         /// Where internal services send their requests.
-        listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080)), |r, s, k| r.socket_addr(s, k);
+        listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 8080)), Reader::socket_addr;
         /// /metrics, /healthz and /readyz.
-        admin_listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 9090)), |r, s, k| r.socket_addr(s, k);
+        admin_listen: SocketAddr = SocketAddr::from(([0, 0, 0, 0], 9090)), Reader::socket_addr;
         /// Largest request body accepted.
         max_body_bytes: usize = 65536, |r, s, k| r.positive_int(s, k, 16 * 1024 * 1024);
         /// After a signal, keep serving this long with /readyz at 503.
