@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use super::reader::section;
+use super::reader::{section, Reader};
 
 section! {
     /// How callers are authenticated.
     pub struct AuthConfig in "auth" {
         /// One bearer token per line; absent: callers are not authenticated.
-        tokens_file: Option<PathBuf> = None, |r, s, k| r.string(s, k).map(|f| Some(f.into()));
+        tokens_file: Option<PathBuf> = None, Reader::path;
     }
 }

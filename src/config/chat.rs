@@ -30,13 +30,13 @@ section! {
         /// Failover target; by default the region's backup host unless `endpoint` is set.
         backup_endpoint: Option<Endpoint> = None, endpoint;
         /// A file holding the app's secret key (or `secret_key_env`).
-        secret_key_file: Option<PathBuf> = None, |r, s, k| r.string(s, k).map(|f| Some(f.into()));
+        secret_key_file: Option<PathBuf> = None, Reader::path;
         /// An environment variable holding the app's secret key (or `secret_key_file`).
-        secret_key_env: Option<String> = None, |r, s, k| r.string(s, k).map(Some);
+        secret_key_env: Option<String> = None, Reader::optional_string;
         /// Lifetime of the gateway's own admin UserSig.
         usersig_ttl: Duration = DEFAULT_USERSIG_TTL, |r, s, k| r.duration(s, k, false);
         /// Extra PEM roots trusted for the upstream.
-        ca_file: Option<PathBuf> = None, |r, s, k| r.string(s, k).map(|f| Some(f.into()));
+        ca_file: Option<PathBuf> = None, Reader::path;
     }
 }
 

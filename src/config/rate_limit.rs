@@ -51,9 +51,9 @@ section! {
         /// Where the budgets live: `local` or `redis`.
         backend: Backend = Backend::Local, |r, s, k| r.parsed(s, k, str::parse);
         /// With `backend = "redis"`: its URL (no password in the file).
-        redis_url: Option<String> = None, |r, s, k| r.string(s, k).map(Some);
+        redis_url: Option<String> = None, Reader::optional_string;
         /// With `backend = "redis"`: the environment variable holding its URL.
-        redis_url_env: Option<String> = None, |r, s, k| r.string(s, k).map(Some);
+        redis_url_env: Option<String> = None, Reader::optional_string;
         /// Longest a request waits for Redis before the local limiter answers.
         redis_timeout: Duration = Duration::from_millis(50), |r, s, k| r.duration(s, k, false);
     }

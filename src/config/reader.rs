@@ -2,6 +2,7 @@
 //! of stopping at the first, so that `check-config` can list them all at once.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::{Table, Value};
@@ -82,6 +83,16 @@ impl Reader {
         }
     }
 
+    /// A path key, for a field that is `None` when the key is absent.
+    pub fn path(&mut self, s: &Section, key: &str) -> Option<Option<PathBuf>> {
+        self.string(s, key).map(|path| Some(path.into()))
+    }
+
+    /// A string key, for a field that is `None` when the key is absent.
+    pub fn optional_string(&mut self, s: &Section, key: &str) -> Option<Option<String>> {
+        self.string(s, key).map(Some)
+    }
+
     /// A string key turned into `T` by `parse`; its error is the problem's why.
     pub fn parsed<T>(
         &mut self,
@@ -134,7 +145,7 @@ impl Reader {
         })
     }
 
-    /// An integer from `min` to `max`; `why` says what it must be.
+    /// An integer in `range` (which `T` holds); `why` says what it must be.
     pub fn int_in<T: TryFrom<i64>>(
         &mut self,
         s: &Section,
@@ -143,13 +154,14 @@ impl Reader {
         why: &str,
     ) -> Option<T> {
         let value = s.table.get(key)?;
-        match value.as_integer() {
-            Some(n) if range.contains(&n) => T::try_from(n).ok(),
-            _ => {
-                self.problem(&s.key(key), Some(value.to_string()), why);
-                None
-            }
+        let n = value
+            .as_integer()
+            .filter(|n| range.contains(n))
+            .and_then(|n| T::try_from(n).ok());
+        if n.is_none() {
+            self.problem(&s.key(key), Some(value.to_string()), why);
         }
+        n
     }
 
     /// An integer from 1 to `max`.

@@ -9,11 +9,6 @@ use toml::Table;
 
 use super::reader::{section, Reader};
 
-/// `Some(path)` for a path key that is set.
-fn path(r: &mut Reader, s: &super::reader::Section, key: &str) -> Option<Option<PathBuf>> {
-    r.string(s, key).map(|p| Some(p.into()))
-}
-
 section! {
     /// The caller and admin listeners, limits, shutdown timing, threads and caller TLS.
     pub struct ServerConfig in "server" {
@@ -41,11 +36,11 @@ section! {
         /// Longest a connection may go without taking any byte of an answer waiting for it.
         write_timeout: Duration = Duration::from_secs(10), |r, s, k| r.duration(s, k, false);
         /// Callers over TLS: the certificate chain (PEM), with `tls_key_file`.
-        tls_cert_file: Option<PathBuf> = None, path;
+        tls_cert_file: Option<PathBuf> = None, Reader::path;
         /// The certificate's private key (PEM).
-        tls_key_file: Option<PathBuf> = None, path;
+        tls_key_file: Option<PathBuf> = None, Reader::path;
         /// Client certificates are required, and must chain to these roots (PEM).
-        tls_client_ca_file: Option<PathBuf> = None, path;
+        tls_client_ca_file: Option<PathBuf> = None, Reader::path;
     }
 }
 
