@@ -20,7 +20,7 @@ fn config() -> RateLimitConfig {
         app_burst: 1_000_000,
         max_tracked_groups: 10_000_000,
         cleanup_interval: Duration::from_secs(10),
-        backend: Default::default(),
+        ..RateLimitConfig::default()
     }
 }
 

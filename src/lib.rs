@@ -93,93 +93,15 @@ pub async fn run_with_hurry(
     hurry: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let (parts, service) = stack::gateway(&config, key)?;
-    let caller_tls = match &config.server.tls {
-        Some(files) => Some(Arc::new(server::tls::CallerTls::new(files.clone())?)),
-        None => None,
-    };
-    let (metrics, credentials, lifecycle) = (
-        parts.metrics.clone(),
-        parts.credentials.clone(),
-        parts.lifecycle.clone(),
-    );
-
+    let caller_tls = caller_tls(&config)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-    let admin = Arc::new(admin::Admin {
-        metrics: metrics.clone(),
-        lifecycle: lifecycle.clone(),
-        credentials: credentials.clone(),
-        limiter: parts.limiter.clone(),
-    });
-    let mut tasks = vec![
-        tokio::spawn(server::serve_admin(
-            listeners.admin,
-            admin,
-            config.server.header_read_timeout,
-            stopped(),
-        )),
-        tokio::spawn(credentials.clone().renew_in_background(stopped())),
-        tokio::spawn(rate_limit::clean_periodically(
-            parts.limiter.clone(),
-            config.rate_limit.cleanup_interval,
-            metrics.clone(),
-            stopped(),
-        )),
-    ];
-    if let Some(task) = parts.limiter.background(Box::pin(stopped())) {
-        tasks.push(tokio::spawn(task));
-    }
-    if let config::SecretSource::File(path) = &config.chat.secret {
-        let metrics = metrics.clone();
-        tasks.push(tokio::spawn(watch::watch(
-            path.clone(),
-            watch::POLL_INTERVAL,
-            move |path| reload_secret(path, &credentials, &metrics),
-            stopped(),
-        )));
-    }
-    if let (Some(path), Some(authenticator)) =
-        (&config.auth.tokens_file, parts.authenticator.clone())
-    {
-        let metrics = metrics.clone();
-        metrics.caller_tokens_loaded(authenticator.count());
-        tasks.push(tokio::spawn(watch::watch(
-            path.clone(),
-            watch::POLL_INTERVAL,
-            move |path| metrics.caller_tokens_loaded(authenticator.reload(path)),
-            stopped(),
-        )));
-    }
-    if let Some(tls) = &caller_tls {
-        for path in tls.paths() {
-            let tls = tls.clone();
-            tasks.push(tokio::spawn(watch::watch(
-                path,
-                watch::POLL_INTERVAL,
-                move |_| tls.reload(),
-                stopped(),
-            )));
-        }
-    }
-    let header_read_timeout = config.server.header_read_timeout;
-    let options = server::accept::ConnOptions {
-        builder: server::connection_builder_with(header_read_timeout),
-        first_request_timeout: header_read_timeout,
-        // As over HTTP/1.1, where the wait for the next request head is bounded the same way.
-        idle_timeout: header_read_timeout,
-        write_timeout: config.server.write_timeout,
-        tls: caller_tls.as_ref().map(|t| t.current()),
-        answer_permits: Some(parts.in_flight.clone()),
-    };
+    let stop = Stop(stop_rx);
+    let tasks = spawn_tasks(&config, &parts, listeners.admin, caller_tls.as_ref(), &stop);
+    let options = conn_options(&config, &parts, caller_tls.as_ref());
     let limit = server::accept::ConnectionLimit::counted(
         config.server.max_connections,
-        metrics.caller_connections().clone(),
-        metrics.connections_refused().clone(),
+        parts.metrics.caller_connections().clone(),
+        parts.metrics.connections_refused().clone(),
     );
 
     tracing::info!(
@@ -192,11 +114,11 @@ pub async fn run_with_hurry(
     server::serve_callers(
         listeners.callers,
         service,
-        lifecycle,
+        parts.lifecycle.clone(),
         server::ShutdownTimes {
             drain_delay: config.server.drain_delay,
             shutdown_grace: config.server.shutdown_grace,
-            header_read_timeout,
+            header_read_timeout: config.server.header_read_timeout,
         },
         options,
         limit,
@@ -210,6 +132,116 @@ pub async fn run_with_hurry(
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Caller TLS, when configured: the files loaded, and a client CA file that holds CAs only.
+fn caller_tls(config: &Config) -> Result<Option<Arc<server::tls::CallerTls>>, RunError> {
+    let Some(files) = config.server.tls() else {
+        return Ok(None);
+    };
+    if let Some(ca) = &files.client_ca_file {
+        preflight::check_client_ca(ca).map_err(stack::BuildError::ClientCa)?;
+    }
+    Ok(Some(Arc::new(server::tls::CallerTls::new(files)?)))
+}
+
+/// The signal that stops the background tasks once the callers' server is done.
+struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// The background tasks, each until `stop`: the admin listener, UserSig renewal, the
+/// limiter's cleanup and its own work, and the watches of the files the config names.
+fn spawn_tasks(
+    config: &Config,
+    parts: &stack::StackParts,
+    admin_listener: TcpListener,
+    caller_tls: Option<&Arc<server::tls::CallerTls>>,
+    stop: &Stop,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let (metrics, credentials) = (parts.metrics.clone(), parts.credentials.clone());
+    let admin = Arc::new(admin::Admin {
+        metrics: metrics.clone(),
+        lifecycle: parts.lifecycle.clone(),
+        credentials: credentials.clone(),
+        limiter: parts.limiter.clone(),
+    });
+    let mut tasks = vec![
+        tokio::spawn(server::serve_admin(
+            admin_listener,
+            admin,
+            config.server.header_read_timeout,
+            stop.stopped(),
+        )),
+        tokio::spawn(credentials.clone().renew_in_background(stop.stopped())),
+        tokio::spawn(rate_limit::clean_periodically(
+            parts.limiter.clone(),
+            config.rate_limit.cleanup_interval,
+            metrics.clone(),
+            stop.stopped(),
+        )),
+    ];
+    if let Some(task) = parts.limiter.background(Box::pin(stop.stopped())) {
+        tasks.push(tokio::spawn(task));
+    }
+    if let config::SecretSource::File(path) = &config.chat.secret {
+        let metrics = metrics.clone();
+        tasks.push(tokio::spawn(watch::watch(
+            path.clone(),
+            watch::POLL_INTERVAL,
+            move |path| reload_secret(path, &credentials, &metrics),
+            stop.stopped(),
+        )));
+    }
+    if let (Some(path), Some(authenticator)) =
+        (&config.auth.tokens_file, parts.authenticator.clone())
+    {
+        metrics.caller_tokens_loaded(authenticator.count());
+        tasks.push(tokio::spawn(watch::watch(
+            path.clone(),
+            watch::POLL_INTERVAL,
+            move |path| metrics.caller_tokens_loaded(authenticator.reload(path)),
+            stop.stopped(),
+        )));
+    }
+    if let Some(tls) = caller_tls {
+        for path in tls.paths() {
+            let tls = tls.clone();
+            tasks.push(tokio::spawn(watch::watch(
+                path,
+                watch::POLL_INTERVAL,
+                move |_| tls.reload(),
+                stop.stopped(),
+            )));
+        }
+    }
+    tasks
+}
+
+/// How each caller connection is served: HTTP/1.1 and h2, its deadlines, TLS, and the permits
+/// that answers being written hold.
+fn conn_options(
+    config: &Config,
+    parts: &stack::StackParts,
+    caller_tls: Option<&Arc<server::tls::CallerTls>>,
+) -> server::accept::ConnOptions {
+    let header_read_timeout = config.server.header_read_timeout;
+    server::accept::ConnOptions {
+        builder: server::connection_builder_with(header_read_timeout),
+        first_request_timeout: header_read_timeout,
+        // As over HTTP/1.1, where the wait for the next request head is bounded the same way.
+        idle_timeout: header_read_timeout,
+        write_timeout: config.server.write_timeout,
+        tls: caller_tls.map(|t| t.current()),
+        answer_permits: Some(parts.in_flight.clone()),
+    }
 }
 
 /// A changed secret key file: the next UserSig uses the new key at once. An empty or

@@ -127,8 +127,8 @@ impl ApiMetrics {
         self.coalesce.get_or_init(|| {
             let m = &self.metrics.0;
             (
-                m.batch_size.with_label_values(&[&*self.name]),
-                m.coalesced.with_label_values(&[&*self.name]),
+                m.api.batch_size.with_label_values(&[&*self.name]),
+                m.api.coalesced.with_label_values(&[&*self.name]),
             )
         })
     }
@@ -149,7 +149,8 @@ impl ApiMetrics {
             self.upstream_ok
                 .get_or_init(|| {
                     let m = &self.metrics.0;
-                    m.upstream_responses
+                    m.api
+                        .upstream_responses
                         .with_label_values(&[&*self.name, &m.error_codes.label(0)])
                 })
                 .inc();
@@ -164,20 +165,38 @@ pub struct Metrics(Arc<Inner>);
 
 struct Inner {
     registry: Registry,
+    api: ApiFamilies,
+    upstream: UpstreamFamilies,
+    gateway: GatewayFamilies,
+    error_codes: BoundedLabels,
+}
+
+/// The families labelled by API.
+struct ApiFamilies {
     requests: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
     upstream_responses: IntCounterVec,
     rate_limited: IntCounterVec,
     overhead: HistogramVec,
+    coalesced: IntCounterVec,
+    batch_size: HistogramVec,
+}
+
+/// The upstream's slots, second attempts and circuit.
+struct UpstreamFamilies {
     upstream_in_flight: IntGauge,
     upstream_waiting: IntGauge,
+    upstream_retries: IntCounterVec,
+    circuit_open: IntGauge,
+}
+
+/// The gateway's own state: credentials, limiter, connections, log.
+struct GatewayFamilies {
     usersig_expiry: IntGauge,
     usersig_renewals: IntCounterVec,
     secret_key_loaded: IntGauge,
     tracked_groups: IntGauge,
-    upstream_retries: IntCounterVec,
-    circuit_open: IntGauge,
     caller_connections: IntGauge,
     connections_refused: prometheus::IntCounter,
     /// Brought up to [`crate::logging::dropped_lines`] at each scrape, under the lock (two
@@ -185,9 +204,6 @@ struct Inner {
     log_lines_dropped: std::sync::Mutex<prometheus::IntCounter>,
     /// Registered on first use: it exists only with caller authentication.
     caller_tokens_loaded: std::sync::OnceLock<IntGauge>,
-    coalesced: IntCounterVec,
-    batch_size: HistogramVec,
-    error_codes: BoundedLabels,
 }
 
 impl Default for Metrics {
@@ -202,33 +218,29 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+/// Registers a metric. The definitions are constants: a failure here is a programming error
+/// caught by every test.
+fn register<M>(registry: &Registry, metric: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = metric.expect("valid metric definition");
     registry
-        .register(Box::new(c.clone()))
+        .register(Box::new(metric.clone()))
         .expect("metric registered once");
-    c
+    metric
 }
 
-fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
-    let h = HistogramVec::new(
+fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+/// A histogram labelled by API.
+fn histogram(name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<HistogramVec> {
+    HistogramVec::new(
         HistogramOpts::new(name, help).buckets(buckets.to_vec()),
         &["api"],
     )
-    .expect("valid metric definition");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
-}
-
-/// A counter without labels.
-fn single_counter(registry: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
-    let c = prometheus::IntCounter::new(name, help).expect("valid metric definition");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("metric registered once");
-    c
 }
 
 /// Brings a counter up to `total`, a count kept elsewhere (never down).
@@ -239,12 +251,129 @@ fn catch_up(counter: &prometheus::IntCounter, total: u64) {
     }
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric definition");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("metric registered once");
-    g
+impl ApiFamilies {
+    fn new(r: &Registry) -> Self {
+        ApiFamilies {
+            requests: register(r, counter(
+                "chat_gateway_requests_total",
+                "Requests answered, by API and outcome (ok, upstream_error or the rejection reason).",
+                &["api", "outcome"],
+            )),
+            request_duration: register(r, histogram(
+                "chat_gateway_request_duration_seconds",
+                "Time from the request's arrival to its answer, as the caller sees it.",
+                ROUND_TRIP_BUCKETS,
+            )),
+            upstream_duration: register(r, histogram(
+                "chat_gateway_upstream_duration_seconds",
+                "Round trip to Tencent (connect, send, read the answer).",
+                ROUND_TRIP_BUCKETS,
+            )),
+            upstream_responses: register(r, counter(
+                "chat_gateway_upstream_responses_total",
+                "Answers from Tencent by the ErrorCode in their body (unparsable, or other past the cap).",
+                &["api", "error_code"],
+            )),
+            rate_limited: register(r, counter(
+                "chat_gateway_rate_limited_total",
+                "Requests refused by the gateway's rate limits, by scope (group or app).",
+                &["api", "scope"],
+            )),
+            overhead: register(r, histogram(
+                "chat_gateway_overhead_seconds",
+                "Time spent in the gateway itself, excluding the upstream round trip.",
+                OVERHEAD_BUCKETS,
+            )),
+            coalesced: register(r, counter(
+                "chat_gateway_coalesced_requests_total",
+                "Callers answered from an upstream call they shared with others (coalescing).",
+                &["api"],
+            )),
+            batch_size: register(r, histogram(
+                "chat_gateway_coalesce_batch_size",
+                "Callers per upstream call sent by the coalescing layer (1: sent alone).",
+                BATCH_BUCKETS,
+            )),
+        }
+    }
+}
+
+impl UpstreamFamilies {
+    fn new(r: &Registry) -> Self {
+        let upstream_retries = register(r, counter(
+            "chat_gateway_upstream_retries_total",
+            "Second attempts and failovers, by reason: connect_failover (primary unreachable, sent to the backup), usersig_expired (70001: renewed and resent), circuit_open (sent straight to the backup).",
+            &["reason"],
+        ));
+        for reason in ["connect_failover", "usersig_expired", "circuit_open"] {
+            upstream_retries.with_label_values(&[reason]);
+        }
+        UpstreamFamilies {
+            upstream_in_flight: register(r, IntGauge::new(
+                "chat_gateway_upstream_requests_in_flight",
+                "Requests sent to Tencent and not yet answered.",
+            )),
+            upstream_waiting: register(r, IntGauge::new(
+                "chat_gateway_upstream_requests_waiting",
+                "Requests waiting for a free upstream slot (upstream.max_in_flight are in flight).",
+            )),
+            upstream_retries,
+            circuit_open: register(r, IntGauge::new(
+                "chat_gateway_upstream_circuit_open",
+                "1 while requests skip the primary host after repeated connect failures.",
+            )),
+        }
+    }
+}
+
+impl GatewayFamilies {
+    fn new(r: &Registry) -> Self {
+        let usersig_renewals = register(
+            r,
+            counter(
+                "chat_gateway_usersig_renewals_total",
+                "Renewals of the admin UserSig, by result.",
+                &["result"],
+            ),
+        );
+        // Make the renewal series visible before the first renewal happens.
+        for result in ["ok", "error"] {
+            usersig_renewals.with_label_values(&[result]);
+        }
+        let secret_key_loaded = register(
+            r,
+            IntGauge::new(
+                "chat_gateway_secret_key_loaded",
+                "1 while the secret key in use is the one on disk, 0 after a failed reload.",
+            ),
+        );
+        secret_key_loaded.set(1);
+        GatewayFamilies {
+            usersig_expiry: register(r, IntGauge::new(
+                "chat_gateway_usersig_expiry_timestamp_seconds",
+                "When the current admin UserSig expires (Unix seconds).",
+            )),
+            usersig_renewals,
+            secret_key_loaded,
+            tracked_groups: register(r, IntGauge::new(
+                "chat_gateway_rate_limit_tracked_groups",
+                "GroupIds whose rate-limit state is kept (quiet ones are forgotten at each cleanup).",
+            )),
+            caller_connections: register(r, IntGauge::new(
+                "chat_gateway_caller_connections",
+                "Caller connections open now (at most server.max_connections).",
+            )),
+            connections_refused: register(r, prometheus::IntCounter::new(
+                "chat_gateway_connections_refused_total",
+                "Caller connections closed at once because server.max_connections were open.",
+            )),
+            log_lines_dropped: std::sync::Mutex::new(register(r, prometheus::IntCounter::new(
+                "chat_gateway_log_lines_dropped_total",
+                "Log lines dropped because stderr did not keep up (requests never wait on the log).",
+            ))),
+            caller_tokens_loaded: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 impl Metrics {
@@ -256,160 +385,29 @@ impl Metrics {
         g
     }
 
-    // The definitions are constants: a failure here is a programming error caught by every test.
     pub fn new() -> Self {
-        let r = Registry::new();
-        let requests = counter(
-            &r,
-            "chat_gateway_requests_total",
-            "Requests answered, by API and outcome (ok, upstream_error or the rejection reason).",
-            &["api", "outcome"],
+        let registry = Registry::new();
+        let build_info = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("chat_gateway_build_info", "The running version; always 1."),
+                &["version"],
+            ),
         );
-        let request_duration = histogram(
-            &r,
-            "chat_gateway_request_duration_seconds",
-            "Time from the request's arrival to its answer, as the caller sees it.",
-            ROUND_TRIP_BUCKETS,
-        );
-        let upstream_duration = histogram(
-            &r,
-            "chat_gateway_upstream_duration_seconds",
-            "Round trip to Tencent (connect, send, read the answer).",
-            ROUND_TRIP_BUCKETS,
-        );
-        let upstream_responses = counter(
-            &r,
-            "chat_gateway_upstream_responses_total",
-            "Answers from Tencent by the ErrorCode in their body (unparsable, or other past the cap).",
-            &["api", "error_code"],
-        );
-        let rate_limited = counter(
-            &r,
-            "chat_gateway_rate_limited_total",
-            "Requests refused by the gateway's rate limits, by scope (group or app).",
-            &["api", "scope"],
-        );
-        let overhead = histogram(
-            &r,
-            "chat_gateway_overhead_seconds",
-            "Time spent in the gateway itself, excluding the upstream round trip.",
-            OVERHEAD_BUCKETS,
-        );
-        let upstream_in_flight = gauge(
-            &r,
-            "chat_gateway_upstream_requests_in_flight",
-            "Requests sent to Tencent and not yet answered.",
-        );
-        let upstream_waiting = gauge(
-            &r,
-            "chat_gateway_upstream_requests_waiting",
-            "Requests waiting for a free upstream slot (upstream.max_in_flight are in flight).",
-        );
-        let usersig_expiry = gauge(
-            &r,
-            "chat_gateway_usersig_expiry_timestamp_seconds",
-            "When the current admin UserSig expires (Unix seconds).",
-        );
-        let usersig_renewals = counter(
-            &r,
-            "chat_gateway_usersig_renewals_total",
-            "Renewals of the admin UserSig, by result.",
-            &["result"],
-        );
-        let secret_key_loaded = gauge(
-            &r,
-            "chat_gateway_secret_key_loaded",
-            "1 while the secret key in use is the one on disk, 0 after a failed reload.",
-        );
-        secret_key_loaded.set(1);
-        let tracked_groups = gauge(
-            &r,
-            "chat_gateway_rate_limit_tracked_groups",
-            "GroupIds whose rate-limit state is kept (quiet ones are forgotten at each cleanup).",
-        );
-        let upstream_retries = counter(
-            &r,
-            "chat_gateway_upstream_retries_total",
-            "Second attempts and failovers, by reason: connect_failover (primary unreachable, sent to the backup), usersig_expired (70001: renewed and resent), circuit_open (sent straight to the backup).",
-            &["reason"],
-        );
-        for reason in ["connect_failover", "usersig_expired", "circuit_open"] {
-            upstream_retries.with_label_values(&[reason]);
-        }
-        let circuit_open = gauge(
-            &r,
-            "chat_gateway_upstream_circuit_open",
-            "1 while requests skip the primary host after repeated connect failures.",
-        );
-        let caller_connections = gauge(
-            &r,
-            "chat_gateway_caller_connections",
-            "Caller connections open now (at most server.max_connections).",
-        );
-        let connections_refused = single_counter(
-            &r,
-            "chat_gateway_connections_refused_total",
-            "Caller connections closed at once because server.max_connections were open.",
-        );
-        let log_lines_dropped = single_counter(
-            &r,
-            "chat_gateway_log_lines_dropped_total",
-            "Log lines dropped because stderr did not keep up (requests never wait on the log).",
-        );
-        let coalesced = counter(
-            &r,
-            "chat_gateway_coalesced_requests_total",
-            "Callers answered from an upstream call they shared with others (coalescing).",
-            &["api"],
-        );
-        let batch_size = histogram(
-            &r,
-            "chat_gateway_coalesce_batch_size",
-            "Callers per upstream call sent by the coalescing layer (1: sent alone).",
-            BATCH_BUCKETS,
-        );
-        let build_info = IntGaugeVec::new(
-            Opts::new("chat_gateway_build_info", "The running version; always 1."),
-            &["version"],
-        )
-        .expect("valid metric definition");
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        r.register(Box::new(build_info))
-            .expect("metric registered once");
         #[cfg(target_os = "linux")]
-        {
-            let process = prometheus::process_collector::ProcessCollector::for_self();
-            r.register(Box::new(process))
-                .expect("metric registered once");
-        }
-        // Make the renewal series visible before the first renewal happens.
-        for result in ["ok", "error"] {
-            usersig_renewals.with_label_values(&[result]);
-        }
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric registered once");
         Metrics(Arc::new(Inner {
-            registry: r,
-            requests,
-            request_duration,
-            upstream_duration,
-            upstream_responses,
-            rate_limited,
-            overhead,
-            upstream_in_flight,
-            upstream_waiting,
-            usersig_expiry,
-            usersig_renewals,
-            secret_key_loaded,
-            tracked_groups,
-            upstream_retries,
-            circuit_open,
-            caller_connections,
-            connections_refused,
-            log_lines_dropped: std::sync::Mutex::new(log_lines_dropped),
-            caller_tokens_loaded: std::sync::OnceLock::new(),
-            coalesced,
-            batch_size,
+            api: ApiFamilies::new(&registry),
+            upstream: UpstreamFamilies::new(&registry),
+            gateway: GatewayFamilies::new(&registry),
+            registry,
             error_codes: BoundedLabels::new(MAX_ERROR_CODES),
         }))
     }
@@ -419,13 +417,13 @@ impl Metrics {
         let m = &self.0;
         ApiMetrics {
             outcomes: Outcome::all()
-                .map(|o| m.requests.with_label_values(&[api, o.as_str()]))
+                .map(|o| m.api.requests.with_label_values(&[api, o.as_str()]))
                 .collect(),
-            duration: m.request_duration.with_label_values(&[api]),
-            overhead: m.overhead.with_label_values(&[api]),
-            upstream_duration: m.upstream_duration.with_label_values(&[api]),
-            rate_limited_group: m.rate_limited.with_label_values(&[api, "group"]),
-            rate_limited_app: m.rate_limited.with_label_values(&[api, "app"]),
+            duration: m.api.request_duration.with_label_values(&[api]),
+            overhead: m.api.overhead.with_label_values(&[api]),
+            upstream_duration: m.api.upstream_duration.with_label_values(&[api]),
+            rate_limited_group: m.api.rate_limited.with_label_values(&[api, "group"]),
+            rate_limited_app: m.api.rate_limited.with_label_values(&[api, "app"]),
             coalesce: std::sync::OnceLock::new(),
             upstream_ok: std::sync::OnceLock::new(),
             name: api.into(),
@@ -440,66 +438,80 @@ impl Metrics {
             Some(code) => m.error_codes.label(code),
             None => Arc::from("unparsable"),
         };
-        m.upstream_responses.with_label_values(&[api, &label]).inc();
+        m.api
+            .upstream_responses
+            .with_label_values(&[api, &label])
+            .inc();
     }
 
     pub fn caller_connections(&self) -> &IntGauge {
-        &self.0.caller_connections
+        &self.0.gateway.caller_connections
     }
 
     pub fn connections_refused(&self) -> &prometheus::IntCounter {
-        &self.0.connections_refused
+        &self.0.gateway.connections_refused
     }
 
     /// How many tokens the tokens file gave at its last read: 0 when it was empty, missing or
     /// unreadable (the previous tokens then stay in force, which an alert must tell).
     pub fn caller_tokens_loaded(&self, count: usize) {
-        let gauge = self.0.caller_tokens_loaded.get_or_init(|| {
-            gauge(
-                &self.0.registry,
+        let gauge = self.0.gateway.caller_tokens_loaded.get_or_init(|| {
+            register(&self.0.registry, IntGauge::new(
                 "chat_gateway_caller_tokens_loaded",
                 "Tokens read from auth.tokens_file at its last change; 0 when it could not be used (the previous tokens stay in force).",
-            )
+            ))
         });
         gauge.set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     pub fn upstream_in_flight(&self) -> &IntGauge {
-        &self.0.upstream_in_flight
+        &self.0.upstream.upstream_in_flight
     }
 
     pub fn upstream_waiting(&self) -> &IntGauge {
-        &self.0.upstream_waiting
+        &self.0.upstream.upstream_waiting
     }
 
     pub fn usersig_renewed(&self, expires_at: u64) {
-        self.0.usersig_expiry.set(expires_at as i64);
-        self.0.usersig_renewals.with_label_values(&["ok"]).inc();
+        self.0.gateway.usersig_expiry.set(expires_at as i64);
+        self.0
+            .gateway
+            .usersig_renewals
+            .with_label_values(&["ok"])
+            .inc();
     }
 
     pub fn usersig_renewal_failed(&self) {
-        self.0.usersig_renewals.with_label_values(&["error"]).inc();
+        self.0
+            .gateway
+            .usersig_renewals
+            .with_label_values(&["error"])
+            .inc();
     }
 
     pub fn tracked_groups(&self, n: usize) {
-        self.0.tracked_groups.set(n as i64);
+        self.0.gateway.tracked_groups.set(n as i64);
     }
 
     pub fn upstream_retry(&self, reason: &str) {
-        self.0.upstream_retries.with_label_values(&[reason]).inc();
+        self.0
+            .upstream
+            .upstream_retries
+            .with_label_values(&[reason])
+            .inc();
     }
 
     pub fn circuit_open(&self, open: bool) {
-        self.0.circuit_open.set(i64::from(open));
+        self.0.upstream.circuit_open.set(i64::from(open));
     }
 
     pub fn secret_key_loaded(&self, loaded: bool) {
-        self.0.secret_key_loaded.set(i64::from(loaded));
+        self.0.gateway.secret_key_loaded.set(i64::from(loaded));
     }
 
     /// The Prometheus text format.
     pub fn render(&self) -> Vec<u8> {
-        if let Ok(counter) = self.0.log_lines_dropped.lock() {
+        if let Ok(counter) = self.0.gateway.log_lines_dropped.lock() {
             catch_up(&counter, crate::logging::dropped_lines());
         }
         let mut out = Vec::with_capacity(16 * 1024);

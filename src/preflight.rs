@@ -1,7 +1,9 @@
 //! What a config file points at, checked before the gateway starts (`check-config`): the
 //! secret key, the CA file, caller TLS files and the tokens file can be read and used.
 
-use crate::config::{Backend, Config, Problem, RedisBackend, RedisUrl, SecretSource};
+use std::path::Path;
+
+use crate::config::{Config, Problem, RedisBackend, RedisUrl, SecretSource};
 
 /// Checks what the file points at: the secret key can be read and is not empty, the CA
 /// file holds certificates, the tokens file can be read. Never prints a secret.
@@ -36,21 +38,29 @@ pub fn check_environment(config: &Config) -> Vec<Problem> {
             });
         }
     }
-    if let Some(tls) = &config.server.tls {
-        if let Err(e) = crate::server::tls::load(tls) {
+    if let Some(tls) = config.server.tls() {
+        if let Err(e) = crate::server::tls::load(&tls) {
             problems.push(Problem {
                 key: e.key().into(),
                 value: Some(format!("{:?}", e.path().display().to_string())),
                 why: e.to_string(),
             });
+        } else if let Some(path) = &tls.client_ca_file {
+            if let Err(why) = check_client_ca(path) {
+                problems.push(Problem {
+                    key: "server.tls_client_ca_file".into(),
+                    value: Some(format!("{:?}", path.display().to_string())),
+                    why,
+                });
+            }
         }
     }
-    if let Backend::Redis(RedisBackend {
+    if let Some(RedisBackend {
         url: RedisUrl::Env(var),
         ..
-    }) = &config.rate_limit.backend
+    }) = config.rate_limit.redis()
     {
-        if let Err(e) = crate::config::redis::url_from_env(var) {
+        if let Err(e) = crate::config::redis::url_from_env(&var) {
             problems.push(Problem {
                 key: "rate_limit.redis_url_env".into(),
                 value: Some(format!("{var:?}")),
@@ -68,4 +78,152 @@ pub fn check_environment(config: &Config) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// Every certificate of a client CA file must be a CA (basicConstraints with cA true): the
+/// verifier takes whatever the file holds as a root, so a leaf there would be trusted to
+/// vouch for callers without being meant to. Unreadable files are left to the TLS loader,
+/// which says why.
+pub fn check_client_ca(path: &Path) -> Result<(), String> {
+    let Ok(pem) = std::fs::read(path) else {
+        return Ok(());
+    };
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..]).flatten().collect();
+    for (n, cert) in certs.iter().enumerate() {
+        match is_ca(cert.as_ref()) {
+            Some(true) => {}
+            Some(false) => {
+                return Err(format!(
+                    "certificate {} of the file is not a CA (its basicConstraints do not say CA:TRUE): name the CA that issues the callers' certificates, not a certificate it issued",
+                    n + 1
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "certificate {} of the file is not a readable X.509 certificate",
+                    n + 1
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One DER element: its tag, its content, and what follows it.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |len, b| (len << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// Whether an X.509 certificate (DER) says it is a CA; `None` when it cannot be read.
+fn is_ca(cert: &[u8]) -> Option<bool> {
+    const SEQUENCE: u8 = 0x30;
+    const EXTENSIONS: u8 = 0xa3; // [3] of tbsCertificate
+    const BASIC_CONSTRAINTS: [u8; 3] = [0x55, 0x1d, 0x13]; // 2.5.29.19
+    let (SEQUENCE, cert, _) = der(cert)? else {
+        return None;
+    };
+    let (SEQUENCE, mut tbs, _) = der(cert)? else {
+        return None;
+    };
+    while !tbs.is_empty() {
+        let (tag, content, rest) = der(tbs)?;
+        tbs = rest;
+        if tag != EXTENSIONS {
+            continue;
+        }
+        let (SEQUENCE, mut extensions, _) = der(content)? else {
+            return None;
+        };
+        while !extensions.is_empty() {
+            let (_, extension, rest) = der(extensions)?;
+            extensions = rest;
+            let (0x06, oid, fields) = der(extension)? else {
+                return None;
+            };
+            if oid != BASIC_CONSTRAINTS {
+                continue;
+            }
+            // extnID, critical BOOLEAN DEFAULT FALSE, extnValue OCTET STRING
+            let (mut tag, mut value, rest) = der(fields)?;
+            if tag == 0x01 {
+                (tag, value, _) = der(rest)?;
+            }
+            let (0x04, SEQUENCE) = (tag, value.first().copied()?) else {
+                return None;
+            };
+            // BasicConstraints ::= SEQUENCE { cA BOOLEAN DEFAULT FALSE, pathLen OPTIONAL }
+            let (_, constraints, _) = der(value)?;
+            return Some(match der(constraints) {
+                Some((0x01, flag, _)) => flag.first().is_some_and(|b| *b != 0),
+                _ => false,
+            });
+        }
+        return Some(false);
+    }
+    // No extensions (an X.509 v1 certificate): nothing says it is a CA.
+    Some(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn cert(is_ca: rcgen::IsCa) -> String {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).expect("params");
+        params.is_ca = is_ca;
+        params.self_signed(&key).expect("cert").pem()
+    }
+
+    #[test]
+    fn a_leaf_certificate_is_not_a_client_ca() {
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = dir.path().join("ca.pem");
+        let ca_pem = cert(rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained));
+        std::fs::write(&ca, &ca_pem).expect("write");
+        assert_eq!(check_client_ca(&ca), Ok(()));
+        for leaf in [rcgen::IsCa::NoCa, rcgen::IsCa::ExplicitNoCa] {
+            std::fs::write(&ca, format!("{ca_pem}{}", cert(leaf))).expect("write");
+            let why = check_client_ca(&ca).expect_err("a leaf");
+            assert!(
+                why.starts_with("certificate 2 of the file is not a CA"),
+                "{why}"
+            );
+        }
+    }
+
+    #[test]
+    fn check_config_refuses_a_leaf_as_client_ca() {
+        let dir = tempfile::tempdir().expect("dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).expect("params");
+        let leaf = params.self_signed(&key).expect("cert");
+        std::fs::write(dir.path().join("tls.crt"), leaf.pem()).expect("write");
+        std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).expect("write");
+        std::fs::write(dir.path().join("secret"), "k").expect("write");
+        let text = format!(
+            "[server]\ntls_cert_file = \"{d}/tls.crt\"\ntls_key_file = \"{d}/tls.key\"\ntls_client_ca_file = \"{d}/tls.crt\"\n\
+             [chat]\nsdkappid = 1400000000\nregion = \"singapore\"\nsecret_key_file = \"{d}/secret\"\n",
+            d = dir.path().display()
+        );
+        let problems = check_environment(&Config::parse(&text).expect("valid"));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "server.tls_client_ca_file");
+        assert!(problems[0].why.contains("not a CA"), "{}", problems[0]);
+    }
 }

@@ -65,8 +65,10 @@ pub enum BuildError {
     Tokens(#[from] TokensError),
     #[error("{key}: {0}", key = .0.key())]
     Tls(#[from] crate::server::tls::TlsError),
+    #[error("server.tls_client_ca_file: {0}")]
+    ClientCa(String),
     #[error(transparent)]
-    RateLimit(#[from] rate_limit::RedisSetupError),
+    RateLimit(#[from] rate_limit::SetupError),
 }
 
 /// The whole gateway from a checked config: the shared parts (for the admin listener and the

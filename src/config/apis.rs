@@ -1,10 +1,14 @@
 //! `[apis]`: which v4 APIs callers may reach.
 
-use toml::Table;
+use super::reader::{section, Reader, Section};
 
-use super::reader::Reader;
-
-pub const KEYS: &[&str] = &["allow"];
+section! {
+    /// Which v4 APIs callers may reach.
+    pub struct ApisConfig in "apis" {
+        /// `"service/command"` names, or `"*"` for every v4 API; by default the validated ones.
+        allow: ApiAllowList = ApiAllowList::counters(), read_allow;
+    }
+}
 
 /// Which v4 APIs callers may reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,17 +32,15 @@ impl Default for ApiAllowList {
     }
 }
 
-pub fn read(r: &mut Reader, t: &Table) -> ApiAllowList {
-    let Some(value) = t.get("allow") else {
-        return ApiAllowList::counters();
-    };
+fn read_allow(r: &mut Reader, s: &Section, key: &str) -> Option<ApiAllowList> {
+    let value = s.table.get(key)?;
     let Some(items) = value.as_array() else {
         r.problem(
-            "apis.allow",
+            &s.key(key),
             Some(value.to_string()),
             "must be an array of \"service/command\" strings",
         );
-        return ApiAllowList::counters();
+        return None;
     };
     let mut names = Vec::new();
     let mut any = false;
@@ -51,17 +53,17 @@ pub fn read(r: &mut Reader, t: &Table) -> ApiAllowList {
                 }
             }
             _ => r.problem(
-                "apis.allow",
+                &s.key(key),
                 Some(item.to_string()),
                 "each entry must be \"service/command\" (lowercase letters, digits, underscores) or \"*\"",
             ),
         }
     }
-    if any {
+    Some(if any {
         ApiAllowList::Any
     } else {
         ApiAllowList::Only(names)
-    }
+    })
 }
 
 /// `service/command`, each part made of lowercase ASCII letters, digits and underscores, as

@@ -2,19 +2,12 @@
 
 use std::path::PathBuf;
 
-use toml::Table;
+use super::reader::{section, Reader};
 
-use super::reader::Reader;
-
-pub const KEYS: &[&str] = &["tokens_file"];
-
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct AuthConfig {
-    pub tokens_file: Option<PathBuf>,
-}
-
-pub fn read(r: &mut Reader, t: &Table) -> AuthConfig {
-    AuthConfig {
-        tokens_file: r.string(t, "auth", "tokens_file").map(PathBuf::from),
+section! {
+    /// How callers are authenticated.
+    pub struct AuthConfig in "auth" {
+        /// One bearer token per line; absent: callers are not authenticated.
+        tokens_file: Option<PathBuf> = None, Reader::path;
     }
 }

@@ -8,20 +8,41 @@ use std::time::Duration;
 
 use toml::Table;
 
-use super::reader::Reader;
+use super::reader::{section, Reader, Section};
 use crate::region::Region;
 
-pub const KEYS: &[&str] = &[
-    "sdkappid",
-    "identifier",
-    "region",
-    "endpoint",
-    "backup_endpoint",
-    "secret_key_file",
-    "secret_key_env",
-    "usersig_ttl",
-    "ca_file",
-];
+section! {
+    /// The `[chat]` keys as written; [`ChatConfig`] is what they resolve to.
+    pub struct ChatKeys in "chat" {
+        /// Required: the app's SDKAppID.
+        sdkappid: Option<u64> = None, |r, s, k| {
+            let why = "must be a positive integer (your app's SDKAppID)";
+            r.int_in(s, k, 1..=i64::from(u32::MAX), why).map(Some)
+        };
+        /// The app admin account the gateway signs as.
+        identifier: String = DEFAULT_IDENTIFIER.into(), |r, s, k| r.string(s, k);
+        /// The region whose REST hosts are used; required unless `endpoint` is set.
+        region: Option<Region> = None, |r, s, k| {
+            r.parsed(s, k, |name| name.parse::<Region>().map_err(|e| e.to_string())).map(Some)
+        };
+        /// Replaces the region's host (scheme, host, port).
+        endpoint: Option<Endpoint> = None, endpoint;
+        /// Failover target; by default the region's backup host unless `endpoint` is set.
+        backup_endpoint: Option<Endpoint> = None, endpoint;
+        /// A file holding the app's secret key (or `secret_key_env`).
+        secret_key_file: Option<PathBuf> = None, Reader::path;
+        /// An environment variable holding the app's secret key (or `secret_key_file`).
+        secret_key_env: Option<String> = None, Reader::optional_string;
+        /// Lifetime of the gateway's own admin UserSig.
+        usersig_ttl: Duration = DEFAULT_USERSIG_TTL, |r, s, k| r.duration(s, k, false);
+        /// Extra PEM roots trusted for the upstream.
+        ca_file: Option<PathBuf> = None, Reader::path;
+    }
+}
+
+fn endpoint(r: &mut Reader, s: &Section, key: &str) -> Option<Option<Endpoint>> {
+    r.parsed(s, key, Endpoint::parse).map(Some)
+}
 
 /// Shortest and longest UserSig lifetimes the gateway accepts for its own admin sig.
 const MIN_USERSIG_TTL: Duration = Duration::from_secs(60);
@@ -145,26 +166,34 @@ impl fmt::Display for Endpoint {
 /// The `[chat]` section, or `None` when a required key is missing or wrong (the reader then
 /// holds the problem).
 pub fn read(r: &mut Reader, t: &Table) -> Option<ChatConfig> {
-    let sdkappid = match t.get("sdkappid") {
-        None => {
-            r.problem("chat.sdkappid", None, "is required (your app's SDKAppID)");
-            None
-        }
-        Some(v) => match v.as_integer() {
-            Some(n) if n > 0 && n <= u32::MAX as i64 => Some(n as u64),
-            _ => {
-                r.problem(
-                    "chat.sdkappid",
-                    Some(v.to_string()),
-                    "must be a positive integer (your app's SDKAppID)",
-                );
-                None
-            }
-        },
-    };
-    let identifier = r
-        .string(t, "chat", "identifier")
-        .unwrap_or_else(|| DEFAULT_IDENTIFIER.to_string());
+    let keys = ChatKeys::read_keys(r, t);
+    if !t.contains_key("sdkappid") {
+        r.problem("chat.sdkappid", None, "is required (your app's SDKAppID)");
+    }
+    check_identifier(r, &keys.identifier);
+    let endpoint = resolve_endpoints(r, t, &keys);
+    let secret = resolve_secret(r, &keys);
+    if !(MIN_USERSIG_TTL..=MAX_USERSIG_TTL).contains(&keys.usersig_ttl) {
+        r.problem(
+            "chat.usersig_ttl",
+            Some(humantime::format_duration(keys.usersig_ttl).to_string()),
+            "must be between 1m and 180days",
+        );
+    }
+    let (endpoint, backup_endpoint) = endpoint?;
+    Some(ChatConfig {
+        sdkappid: keys.sdkappid?,
+        identifier: keys.identifier,
+        region: keys.region,
+        endpoint,
+        backup_endpoint,
+        secret: secret?,
+        usersig_ttl: keys.usersig_ttl,
+        ca_file: keys.ca_file,
+    })
+}
+
+fn check_identifier(r: &mut Reader, identifier: &str) {
     if identifier.is_empty()
         || identifier.len() > 32
         || !identifier.bytes().all(|b| b.is_ascii_graphic())
@@ -175,20 +204,18 @@ pub fn read(r: &mut Reader, t: &Table) -> Option<ChatConfig> {
             "must be 1 to 32 printable ASCII characters without spaces (an app admin account)",
         );
     }
-    let region = r
-        .string(t, "chat", "region")
-        .and_then(|name| match name.parse::<Region>() {
-            Ok(region) => Some(region),
-            Err(e) => {
-                r.problem("chat.region", Some(format!("{name:?}")), &e.to_string());
-                None
-            }
-        });
-    let endpoint = read_endpoint(r, t, "endpoint");
-    let backup = read_endpoint(r, t, "backup_endpoint");
-    let endpoint = match (&endpoint, region) {
-        (Some(e), _) => Some(e.clone()),
-        (None, Some(region)) => Some(Endpoint::https_host(region.primary_host())),
+}
+
+/// Where requests go and where they fail over to: `endpoint` replaces the region's primary
+/// host, and the region's backup host only stands in for the region's own primary host.
+fn resolve_endpoints(
+    r: &mut Reader,
+    t: &Table,
+    keys: &ChatKeys,
+) -> Option<(Endpoint, Option<Endpoint>)> {
+    let endpoint = match (&keys.endpoint, keys.region) {
+        (Some(e), _) => e.clone(),
+        (None, Some(region)) => Endpoint::https_host(region.primary_host()),
         (None, None) => {
             if !t.contains_key("region") {
                 r.problem(
@@ -197,21 +224,27 @@ pub fn read(r: &mut Reader, t: &Table) -> Option<ChatConfig> {
                     "is required unless chat.endpoint is set",
                 );
             }
-            None
+            return None;
         }
     };
-    // The region's backup host only stands in for the region's own primary host.
-    let backup_endpoint = match (backup, t.contains_key("endpoint"), region) {
-        (Some(b), _, _) => Some(b),
+    let backup = match (
+        &keys.backup_endpoint,
+        t.contains_key("endpoint"),
+        keys.region,
+    ) {
+        (Some(b), _, _) => Some(b.clone()),
         (None, false, Some(region)) => region.backup_host().map(Endpoint::https_host),
         _ => None,
     };
-    let secret = match (
-        r.string(t, "chat", "secret_key_file"),
-        r.string(t, "chat", "secret_key_env"),
-    ) {
-        (Some(file), None) if !file.is_empty() => Some(SecretSource::File(file.into())),
-        (None, Some(var)) if !var.is_empty() => Some(SecretSource::Env(var)),
+    Some((endpoint, backup))
+}
+
+fn resolve_secret(r: &mut Reader, keys: &ChatKeys) -> Option<SecretSource> {
+    match (&keys.secret_key_file, &keys.secret_key_env) {
+        (Some(file), None) if !file.as_os_str().is_empty() => {
+            Some(SecretSource::File(file.clone()))
+        }
+        (None, Some(var)) if !var.is_empty() => Some(SecretSource::Env(var.clone())),
         (Some(_), Some(_)) => {
             r.problem(
                 "chat.secret_key_env",
@@ -226,38 +259,6 @@ pub fn read(r: &mut Reader, t: &Table) -> Option<ChatConfig> {
                 None,
                 "is required (or chat.secret_key_env): the secret key is never written in this file",
             );
-            None
-        }
-    };
-    let usersig_ttl = r
-        .duration(t, "chat", "usersig_ttl", false)
-        .unwrap_or(DEFAULT_USERSIG_TTL);
-    if !(MIN_USERSIG_TTL..=MAX_USERSIG_TTL).contains(&usersig_ttl) {
-        r.problem(
-            "chat.usersig_ttl",
-            Some(humantime::format_duration(usersig_ttl).to_string()),
-            "must be between 1m and 180days",
-        );
-    }
-    let ca_file = r.string(t, "chat", "ca_file").map(PathBuf::from);
-    Some(ChatConfig {
-        sdkappid: sdkappid?,
-        identifier,
-        region,
-        endpoint: endpoint?,
-        backup_endpoint,
-        secret: secret?,
-        usersig_ttl,
-        ca_file,
-    })
-}
-
-fn read_endpoint(r: &mut Reader, t: &Table, key: &str) -> Option<Endpoint> {
-    let text = r.string(t, "chat", key)?;
-    match Endpoint::parse(&text) {
-        Ok(e) => Some(e),
-        Err(why) => {
-            r.problem(&format!("chat.{key}"), Some(format!("{text:?}")), &why);
             None
         }
     }

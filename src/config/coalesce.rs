@@ -4,55 +4,44 @@ use std::time::Duration;
 
 use toml::Table;
 
-use super::reader::Reader;
+use super::reader::{section, Reader};
 use super::ServerConfig;
 
-pub const KEYS: &[&str] = &["enabled", "max_wait", "max_callers", "reads"];
-
-/// Hot-group write coalescing: concurrent increments of one group share one upstream call.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CoalesceConfig {
-    /// Merge concurrent `Increase` / `Decrease` of one group.
-    pub enabled: bool,
-    /// Longest a caller waits for its group's next call; past it: 10006, never applied.
-    pub max_wait: Duration,
-    /// Callers in one batch at most.
-    pub max_callers: usize,
-    /// Concurrent identical `get_group_counter` calls of one group share one call.
-    pub reads: bool,
-}
-
-impl Default for CoalesceConfig {
-    fn default() -> Self {
-        CoalesceConfig {
-            enabled: true,
-            max_wait: Duration::from_secs(1),
-            max_callers: 1000,
-            reads: true,
-        }
+section! {
+    /// Hot-group write coalescing: concurrent increments of one group share one upstream call.
+    pub struct CoalesceConfig in "coalesce" {
+        /// Merge concurrent `Increase` / `Decrease` of one group.
+        enabled: bool = true, |r, s, k| r.boolean(s, k);
+        /// Longest a caller waits for its group's next call; past it: 10006, never applied.
+        max_wait: Duration = Duration::from_secs(1), |r, s, k| r.duration(s, k, false);
+        /// Callers in one batch at most.
+        max_callers: usize = 1000, |r, s, k| r.positive_int(s, k, 100_000);
+        /// Concurrent identical `get_group_counter` calls of one group share one call.
+        reads: bool = true, |r, s, k| r.boolean(s, k);
     }
 }
 
+/// The shortest `max_wait`: the runtime's timers count whole milliseconds, and an upstream
+/// call takes far longer, so a shorter wait would refuse (10006) nearly every increment that
+/// finds its group's call in flight.
+pub const MIN_MAX_WAIT: Duration = Duration::from_millis(1);
+
 /// Reads `[coalesce]`; problems go to `r`.
 pub fn read(r: &mut Reader, t: &Table, server: &ServerConfig) -> CoalesceConfig {
-    let defaults = CoalesceConfig::default();
-    let coalesce = CoalesceConfig {
-        enabled: r
-            .boolean(t, "coalesce", "enabled")
-            .unwrap_or(defaults.enabled),
-        max_wait: r
-            .duration(t, "coalesce", "max_wait", false)
-            .unwrap_or(defaults.max_wait),
-        max_callers: r
-            .positive_int(t, "coalesce", "max_callers", 100_000)
-            .map_or(defaults.max_callers, |n| n as usize),
-        reads: r.boolean(t, "coalesce", "reads").unwrap_or(defaults.reads),
-    };
+    let coalesce = CoalesceConfig::read_keys(r, t);
+    let shown = || Some(humantime::format_duration(coalesce.max_wait).to_string());
+    if coalesce.max_wait < MIN_MAX_WAIT {
+        r.problem(
+            "coalesce.max_wait",
+            shown(),
+            "must be at least 1ms: timers count whole milliseconds, and a shorter wait would refuse (10006) nearly every increment that finds its group's call in flight",
+        );
+    }
     // Waiting callers are answered within the grace period: sent, or refused at max_wait.
     if coalesce.enabled && coalesce.max_wait > server.shutdown_grace {
         r.problem(
             "coalesce.max_wait",
-            Some(humantime::format_duration(coalesce.max_wait).to_string()),
+            shown(),
             "must be at most server.shutdown_grace, so that callers waiting at shutdown are answered",
         );
     }
@@ -101,11 +90,27 @@ secret_key_file = "/run/secret"
             ("max_callers", "0"),
             ("reads", "\"yes\""),
             ("max_wait", "\"30s\""),
+            ("max_wait", "\"1ns\""),
+            ("max_wait", "\"999us\""),
         ] {
             let text = format!("{MINIMAL}[coalesce]\n{key} = {value}\n");
             let problems = Config::parse(&text).expect_err("invalid").0;
             assert_eq!(problems.len(), 1, "{key} = {value}: {problems:?}");
             assert_eq!(problems[0].key, format!("coalesce.{key}"));
         }
+    }
+
+    #[test]
+    fn max_wait_is_at_least_a_millisecond() {
+        let text = format!("{MINIMAL}[coalesce]\nmax_wait = \"1ns\"\n");
+        let problems = Config::parse(&text).expect_err("invalid").0;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].value.as_deref(), Some("1ns"));
+        assert!(problems[0].why.contains("at least 1ms"), "{}", problems[0]);
+        let text = format!("{MINIMAL}[coalesce]\nmax_wait = \"1ms\"\n");
+        assert_eq!(
+            Config::parse(&text).expect("valid").coalesce.max_wait,
+            MIN_MAX_WAIT
+        );
     }
 }

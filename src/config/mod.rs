@@ -2,8 +2,9 @@
 //!
 //! Every problem is collected (key, value, why) rather than stopping at the first, so that
 //! `check-config` can list them all at once; unknown sections and keys are problems too. Each
-//! section declares its keys and its defaults (its `Default`) next to its struct. The secret
-//! key never sits in the TOML.
+//! section declares each of its keys once (`section!`: field, default, doc line, how it is
+//! read); the reader, the unknown-key check and `check-config` all take them from there. The
+//! secret key never sits in the TOML.
 
 pub mod apis;
 pub mod auth;
@@ -20,13 +21,13 @@ use std::path::Path;
 
 use toml::Table;
 
-pub use apis::{is_api_name, ApiAllowList};
+pub use apis::{is_api_name, ApiAllowList, ApisConfig};
 pub use auth::AuthConfig;
-pub use chat::{ChatConfig, Endpoint, SecretSource};
+pub use chat::{ChatConfig, ChatKeys, Endpoint, SecretSource};
 pub use coalesce::CoalesceConfig;
-pub use rate_limit::RateLimitConfig;
+pub use rate_limit::{Backend, RateLimitConfig};
 pub use reader::MAX_DURATION;
-pub use redis::{Backend, RedisBackend, RedisUrl};
+pub use redis::{RedisBackend, RedisUrl};
 pub use server::{ServerConfig, TlsFiles};
 pub use upstream::UpstreamConfig;
 
@@ -70,13 +71,13 @@ pub struct Config {
 
 /// The sections and the keys each may hold; anything else is an error.
 const SCHEMA: [(&str, &[&str]); 7] = [
-    ("server", server::KEYS),
-    ("chat", chat::KEYS),
-    ("upstream", upstream::KEYS),
-    ("rate_limit", rate_limit::KEYS),
-    ("auth", auth::KEYS),
-    ("apis", apis::KEYS),
-    ("coalesce", coalesce::KEYS),
+    (server::SECTION, server::KEYS),
+    (chat::SECTION, chat::KEYS),
+    (upstream::SECTION, upstream::KEYS),
+    (rate_limit::SECTION, rate_limit::KEYS),
+    (auth::SECTION, auth::KEYS),
+    (apis::SECTION, apis::KEYS),
+    (coalesce::SECTION, coalesce::KEYS),
 ];
 
 impl Config {
@@ -123,10 +124,10 @@ impl Config {
             SCHEMA.map(|(name, _)| r.section(&table, name).unwrap_or(&empty));
         let server = server::read(&mut r, server);
         let chat = chat::read(&mut r, chat);
-        let upstream = upstream::read(&mut r, upstream);
+        let upstream = UpstreamConfig::read_keys(&mut r, upstream);
         let rate_limit = rate_limit::read(&mut r, rate_limit);
-        let auth = auth::read(&mut r, auth);
-        let apis = apis::read(&mut r, apis);
+        let auth = AuthConfig::read_keys(&mut r, auth);
+        let apis = ApisConfig::read_keys(&mut r, apis).allow;
         let coalesce = coalesce::read(&mut r, coalesce, &server);
 
         match (r.problems.is_empty(), chat) {
@@ -261,6 +262,24 @@ mod example_tests {
             "the contract's three counter APIs"
         );
         assert_eq!(c.server.max_body_bytes, 65536);
+    }
+
+    /// The example shows each key at the default its declaration gives.
+    #[test]
+    fn the_example_file_shows_the_declared_defaults() {
+        let text = include_str!("../../config/gateway.example.toml");
+        let c = Config::parse(text).expect("example is valid");
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.upstream, UpstreamConfig::default());
+        assert_eq!(c.rate_limit, RateLimitConfig::default());
+        assert_eq!(c.auth, AuthConfig::default());
+        assert_eq!(c.coalesce, CoalesceConfig::default());
+        assert_eq!(c.apis, ApisConfig::default().allow);
+        let chat = ChatKeys::default();
+        assert_eq!(
+            (&c.chat.identifier, c.chat.usersig_ttl, &c.chat.ca_file),
+            (&chat.identifier, chat.usersig_ttl, &chat.ca_file)
+        );
     }
 
     #[test]

@@ -1,37 +1,62 @@
-//! `[rate_limit]`: the per-group and per-app budgets, and how many groups are tracked.
+//! `[rate_limit]`: the per-group and per-app budgets, how many groups are tracked, and where
+//! the budgets live (this process, or a Redis the fleet shares).
 
 use std::time::Duration;
 
 use toml::Table;
 
-use super::reader::Reader;
-use super::redis::{read_backend, Backend};
+use super::reader::{section, Reader};
+use super::redis::{check_url, redact, RedisBackend, RedisUrl};
 
-pub const KEYS: &[&str] = &[
-    "group_per_second",
-    "group_burst",
-    "app_per_second",
-    "app_burst",
-    "max_tracked_groups",
-    "cleanup_interval",
-    "backend",
-    "redis_url",
-    "redis_url_env",
-    "redis_timeout",
-];
+/// Where the budgets live: this process, or a Redis the whole fleet shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    #[default]
+    Local,
+    Redis,
+}
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateLimitConfig {
-    pub group_per_second: u32,
-    pub group_burst: u32,
-    pub app_per_second: u32,
-    pub app_burst: u32,
-    /// GroupIds tracked at once; past it new groups share one bucket until a cleanup.
-    pub max_tracked_groups: usize,
-    /// How often quiet groups are forgotten.
-    pub cleanup_interval: Duration,
-    /// Where the budgets live: this process, or a Redis the whole fleet shares.
-    pub backend: Backend,
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "local" => Ok(Backend::Local),
+            "redis" => Ok(Backend::Redis),
+            _ => Err("must be \"local\" or \"redis\"".into()),
+        }
+    }
+}
+
+/// Requests per second and bursts: 1 to a billion.
+fn rate(r: &mut Reader, s: &super::reader::Section, key: &str) -> Option<u32> {
+    r.positive_int(s, key, 1_000_000_000)
+}
+
+section! {
+    /// The budgets, and where they live.
+    pub struct RateLimitConfig in "rate_limit" {
+        /// Requests per second per GroupId.
+        group_per_second: u32 = 20, rate;
+        /// How many requests per GroupId may come at once.
+        group_burst: u32 = 40, rate;
+        /// Requests per second per API for the whole app.
+        app_per_second: u32 = 200, rate;
+        /// How many requests per API may come at once; by default a tenth of `app_per_second`.
+        app_burst: u32 = RateLimitConfig::default_app_burst(200), rate;
+        /// GroupIds tracked at once; past it new groups share one bucket until a cleanup.
+        max_tracked_groups: usize = 100_000, |r, s, k| r.positive_int(s, k, 100_000_000);
+        /// How often quiet groups are forgotten.
+        cleanup_interval: Duration = Duration::from_secs(10), |r, s, k| r.duration(s, k, false);
+        /// Where the budgets live: `local` or `redis`.
+        backend: Backend = Backend::Local, |r, s, k| r.parsed(s, k, str::parse);
+        /// With `backend = "redis"`: its URL (no password in the file).
+        redis_url: Option<String> = None, Reader::optional_string;
+        /// With `backend = "redis"`: the environment variable holding its URL.
+        redis_url_env: Option<String> = None, Reader::optional_string;
+        /// Longest a request waits for Redis before the local limiter answers.
+        redis_timeout: Duration = Duration::from_millis(50), |r, s, k| r.duration(s, k, false);
+    }
 }
 
 impl RateLimitConfig {
@@ -40,41 +65,72 @@ impl RateLimitConfig {
     pub fn default_app_burst(app_per_second: u32) -> u32 {
         (app_per_second / 10).max(1)
     }
-}
 
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        RateLimitConfig {
-            group_per_second: 20,
-            group_burst: 40,
-            app_per_second: 200,
-            app_burst: RateLimitConfig::default_app_burst(200),
-            max_tracked_groups: 100_000,
-            cleanup_interval: Duration::from_secs(10),
-            backend: Backend::Local,
+    /// The Redis the budgets live in, with `backend = "redis"`.
+    pub fn redis(&self) -> Option<RedisBackend> {
+        if self.backend != Backend::Redis {
+            return None;
         }
+        let url = match (&self.redis_url, &self.redis_url_env) {
+            (Some(url), _) => RedisUrl::Url(url.clone()),
+            (None, Some(var)) => RedisUrl::Env(var.clone()),
+            (None, None) => RedisUrl::Url(String::new()),
+        };
+        Some(RedisBackend {
+            url,
+            timeout: self.redis_timeout,
+        })
     }
 }
 
 pub fn read(r: &mut Reader, t: &Table) -> RateLimitConfig {
-    let d = RateLimitConfig::default();
-    let rate = |r: &mut Reader, key: &str| r.positive_int(t, "rate_limit", key, 1_000_000_000);
-    let app_per_second = rate(r, "app_per_second").map_or(d.app_per_second, |n| n as u32);
-    RateLimitConfig {
-        group_per_second: rate(r, "group_per_second").map_or(d.group_per_second, |n| n as u32),
-        group_burst: rate(r, "group_burst").map_or(d.group_burst, |n| n as u32),
-        app_per_second,
-        app_burst: rate(r, "app_burst").map_or_else(
-            || RateLimitConfig::default_app_burst(app_per_second),
-            |b| b as u32,
-        ),
-        max_tracked_groups: r
-            .positive_int(t, "rate_limit", "max_tracked_groups", 100_000_000)
-            .map_or(d.max_tracked_groups, |n| n as usize),
-        cleanup_interval: r
-            .duration(t, "rate_limit", "cleanup_interval", false)
-            .unwrap_or(d.cleanup_interval),
-        backend: read_backend(r, t),
+    let mut config = RateLimitConfig::read_keys(r, t);
+    if !t.contains_key("app_burst") {
+        config.app_burst = RateLimitConfig::default_app_burst(config.app_per_second);
+    }
+    check_backend(r, &config);
+    config
+}
+
+/// The Redis keys: set only with `backend = "redis"`, and then exactly one source of the URL
+/// (offline checks only: scheme, syntax, no password in the file, certificate checks on).
+fn check_backend(r: &mut Reader, config: &RateLimitConfig) {
+    let url = config.redis_url.as_deref();
+    let shown_url = url.map(|url| format!("{:?}", redact(url)));
+    let env = config.redis_url_env.as_deref();
+    let shown_env = env.map(|var| format!("{var:?}"));
+    if config.backend == Backend::Local {
+        let why =
+            "set only with backend = \"redis\" (with backend = \"local\" it would be ignored)";
+        if url.is_some() {
+            r.problem("rate_limit.redis_url", shown_url, why);
+        }
+        if env.is_some() {
+            r.problem("rate_limit.redis_url_env", shown_env, why);
+        }
+    } else {
+        match (url, env) {
+            (Some(url), None) => {
+                if let Err(e) = check_url(url, false) {
+                    r.problem("rate_limit.redis_url", shown_url, &e.to_string());
+                }
+            }
+            (None, Some("")) => r.problem("rate_limit.redis_url_env", None, "must name a variable"),
+            (None, Some(_)) => {}
+            (Some(_), Some(_)) | (None, None) => r.problem(
+                "rate_limit.backend",
+                Some("\"redis\"".into()),
+                "needs exactly one of redis_url and redis_url_env",
+            ),
+        }
+    }
+    if config.redis_timeout > Duration::from_secs(10) {
+        let shown = humantime::format_duration(config.redis_timeout).to_string();
+        r.problem(
+            "rate_limit.redis_timeout",
+            Some(format!("{shown:?}")),
+            "must be at most 10s: requests wait this long when Redis is slow",
+        );
     }
 }
 

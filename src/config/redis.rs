@@ -1,20 +1,8 @@
-//! `[rate_limit]` backend keys: where the budgets live (this process, or a Redis the fleet
-//! shares) and, for Redis, where its URL comes from. Offline checks only: scheme, syntax, and
-//! no password in the file; a URL is never shown with its password.
+//! The Redis of `backend = "redis"`: where its URL comes from, and the offline checks of a URL
+//! (scheme, syntax, no password in the file, certificate checks on, a database that exists);
+//! a URL is never shown with its password.
 
 use std::time::Duration;
-
-use toml::Table;
-
-use super::reader::Reader;
-
-/// Where the budgets live: this process, or a Redis the whole fleet shares.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub enum Backend {
-    #[default]
-    Local,
-    Redis(RedisBackend),
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RedisBackend {
@@ -40,13 +28,21 @@ pub enum UrlError {
     PasswordInFile,
     #[error("not a valid Redis URL (redis://[user:password@]host[:port][/db])")]
     Syntax,
+    #[error("#insecure turns off the checks of the server's certificate; remove it (and trust the server's CA instead)")]
+    Insecure,
+    #[error("the database number must be an integer from 0 to {MAX_DB} (Redis numbers its databases from 0; 16 unless the server is configured for more)")]
+    Database,
     #[error("environment variable {0} is not set (or not UTF-8)")]
     EnvMissing(String),
     #[error("environment variable {0} is empty")]
     EnvEmpty(String),
 }
 
-/// Offline checks of a URL: scheme, syntax, and (for one written in the TOML) no password.
+/// The highest database number taken: Redis's `databases` setting is an int.
+pub const MAX_DB: i64 = i32::MAX as i64;
+
+/// Offline checks of a URL: scheme, syntax, certificate checks left on, the database number,
+/// and (for one written in the TOML) no password.
 pub fn check_url(url: &str, password_ok: bool) -> Result<(), UrlError> {
     let lower = url.get(..9).unwrap_or(url).to_ascii_lowercase();
     if !lower.starts_with("redis://") && !lower.starts_with("rediss://") {
@@ -55,8 +51,31 @@ pub fn check_url(url: &str, password_ok: bool) -> Result<(), UrlError> {
     if !password_ok && password(url).is_some() {
         return Err(UrlError::PasswordInFile);
     }
+    // redis-rs reads the fragment `insecure` of a rediss:// URL as "accept any certificate".
+    if url
+        .split_once('#')
+        .is_some_and(|(_, fragment)| fragment.eq_ignore_ascii_case("insecure"))
+    {
+        return Err(UrlError::Insecure);
+    }
     redis::Client::open(url).map_err(|_| UrlError::Syntax)?;
-    Ok(())
+    match database(url) {
+        None => Ok(()),
+        Some(db) => match db.parse::<i64>() {
+            Ok(n) if (0..=MAX_DB).contains(&n) => Ok(()),
+            _ => Err(UrlError::Database),
+        },
+    }
+}
+
+/// The database part of a URL's path (`/3` gives `3`), when there is one.
+fn database(url: &str) -> Option<&str> {
+    let start = url.find("://")? + 3;
+    let rest = &url[start..];
+    let path = &rest[rest.find(['/', '?', '#'])?..];
+    let path = path.strip_prefix('/')?;
+    let db = &path[..path.find(['?', '#']).unwrap_or(path.len())];
+    (!db.is_empty()).then_some(db)
 }
 
 /// The URL named by `redis_url_env`, checked.
@@ -96,58 +115,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The `[rate_limit]` backend keys, read by the config parser: the backend, and for Redis
-/// where its URL comes from (offline checks only: scheme, syntax, no password in the file)
-/// and `redis_timeout` (default 50 ms).
-pub fn read_backend(r: &mut Reader, t: &Table) -> Backend {
-    let url = r.string(t, "rate_limit", "redis_url");
-    let env = r.string(t, "rate_limit", "redis_url_env");
-    let timeout = r.duration(t, "rate_limit", "redis_timeout", false);
-    let kind = r.string(t, "rate_limit", "backend");
-    let mut problem = |key: &str, value: Option<String>, why: String| {
-        r.problem(&format!("rate_limit.{key}"), value, &why)
-    };
-    match kind.as_deref() {
-        None | Some("local") => Backend::Local,
-        Some("redis") => {
-            let url = match (url, env) {
-                (Some(url), None) => {
-                    if let Err(e) = check_url(&url, false) {
-                        problem(
-                            "redis_url",
-                            Some(format!("{:?}", redact(&url))),
-                            e.to_string(),
-                        );
-                    }
-                    RedisUrl::Url(url)
-                }
-                (None, Some(var)) if !var.is_empty() => RedisUrl::Env(var),
-                (None, Some(_)) => {
-                    problem("redis_url_env", None, "must name a variable".into());
-                    RedisUrl::Env(String::new())
-                }
-                (Some(_), Some(_)) | (None, None) => {
-                    let why = "needs exactly one of redis_url and redis_url_env";
-                    problem("backend", Some("\"redis\"".into()), why.into());
-                    RedisUrl::Url(String::new())
-                }
-            };
-            let timeout = timeout.unwrap_or(Duration::from_millis(50));
-            if timeout > Duration::from_secs(10) {
-                let shown = humantime::format_duration(timeout).to_string();
-                let why = "must be at most 10s: requests wait this long when Redis is slow";
-                problem("redis_timeout", Some(format!("{shown:?}")), why.into());
-            }
-            Backend::Redis(RedisBackend { url, timeout })
-        }
-        Some(other) => {
-            let why = "must be \"local\" or \"redis\"";
-            problem("backend", Some(format!("{other:?}")), why.into());
-            Backend::Local
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,25 +147,100 @@ mod tests {
         ));
     }
 
-    /// The backend keys as parsed from `lines` under `[rate_limit]`.
-    fn parse(lines: &str) -> Result<Backend, Vec<String>> {
+    #[test]
+    fn insecure_tls_is_refused() {
+        for url in ["rediss://h:6380/0#insecure", "rediss://h#INSECURE"] {
+            assert!(
+                matches!(check_url(url, true), Err(UrlError::Insecure)),
+                "{url}"
+            );
+        }
+        assert!(check_url("rediss://h:6380/0", false).is_ok());
+        let problems = parse("backend = \"redis\"\nredis_url = \"rediss://r:6380/0#insecure\"")
+            .expect_err("refused");
+        assert_eq!(problems, ["rate_limit.redis_url"]);
+    }
+
+    #[test]
+    fn database_numbers_must_exist() {
+        for url in [
+            "redis://h/0",
+            "redis://h:6379/15",
+            "redis://h/2147483647",
+            "redis://h",
+            "redis://h/",
+        ] {
+            assert!(check_url(url, false).is_ok(), "{url}");
+        }
+        for url in [
+            "redis://h/99999999999",
+            "redis://h:6379/2147483648",
+            "redis://h/-1",
+        ] {
+            assert!(
+                matches!(check_url(url, true), Err(UrlError::Database)),
+                "{url}: {:?}",
+                check_url(url, true)
+            );
+        }
+        let text = format!(
+            "{MINIMAL}[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://r:6379/99999999999\"\n"
+        );
+        let problems = Config::parse(&text).expect_err("refused").0;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(
+            problems[0].value.as_deref(),
+            Some("\"redis://r:6379/99999999999\"")
+        );
+        assert!(
+            problems[0].why.contains("from 0 to 2147483647"),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn redis_keys_with_the_local_backend_are_refused() {
+        for lines in [
+            "redis_url = \"redis://r:6379\"",
+            "backend = \"local\"\nredis_url = \"redis://r:6379\"",
+            "redis_url_env = \"V\"",
+        ] {
+            let text = format!("{MINIMAL}[rate_limit]\n{lines}\n");
+            let problems = Config::parse(&text).expect_err("refused").0;
+            assert_eq!(problems.len(), 1, "{lines}: {problems:?}");
+            assert!(
+                problems[0].key.starts_with("rate_limit.redis_url"),
+                "{}",
+                problems[0]
+            );
+            assert!(
+                problems[0].why.contains("only with backend = \"redis\""),
+                "{}",
+                problems[0]
+            );
+        }
+    }
+
+    /// The Redis backend as parsed from `lines` under `[rate_limit]`.
+    fn parse(lines: &str) -> Result<Option<RedisBackend>, Vec<String>> {
         let text = format!("{MINIMAL}[rate_limit]\n{lines}\n");
         Config::parse(&text)
-            .map(|c| c.rate_limit.backend)
+            .map(|c| c.rate_limit.redis())
             .map_err(|p| p.0.into_iter().map(|p| p.key).collect())
     }
 
     #[test]
     fn backend_keys_default_and_complain() {
-        assert_eq!(parse(""), Ok(Backend::Local));
+        assert_eq!(parse(""), Ok(None));
         assert_eq!(
             parse("backend = \"redis\"\nredis_url = \"redis://r:6379\""),
-            Ok(Backend::Redis(RedisBackend {
+            Ok(Some(RedisBackend {
                 url: RedisUrl::Url("redis://r:6379".into()),
                 timeout: Duration::from_millis(50),
             }))
         );
-        let keys = |r: Result<Backend, Vec<String>>| r.err().unwrap_or_default();
+        let keys = |r: Result<Option<RedisBackend>, Vec<String>>| r.err().unwrap_or_default();
         assert_eq!(keys(parse("backend = \"redis\"")), ["rate_limit.backend"]);
         assert_eq!(
             keys(parse(
@@ -216,8 +258,8 @@ mod tests {
             .replace("# redis_url_env =", "redis_url_env =");
         let config = Config::parse(&text).expect("valid");
         assert_eq!(
-            config.rate_limit.backend,
-            Backend::Redis(RedisBackend {
+            config.rate_limit.redis(),
+            Some(RedisBackend {
                 url: RedisUrl::Env("CHAT_GATEWAY_REDIS_URL".into()),
                 timeout: Duration::from_millis(50),
             })

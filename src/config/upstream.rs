@@ -2,43 +2,18 @@
 
 use std::time::Duration;
 
-use toml::Table;
+use super::reader::section;
 
-use super::reader::Reader;
-
-pub const KEYS: &[&str] = &["connect_timeout", "request_timeout", "max_in_flight"];
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct UpstreamConfig {
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
-    /// Requests sent to Tencent at once (over HTTP/1.1, the most connections per host); more
-    /// wait for a free slot within `request_timeout`.
-    pub max_in_flight: usize,
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        UpstreamConfig {
-            connect_timeout: Duration::from_secs(2),
-            request_timeout: Duration::from_secs(5),
-            max_in_flight: 128,
-        }
-    }
-}
-
-pub fn read(r: &mut Reader, t: &Table) -> UpstreamConfig {
-    let d = UpstreamConfig::default();
-    UpstreamConfig {
-        connect_timeout: r
-            .duration(t, "upstream", "connect_timeout", false)
-            .unwrap_or(d.connect_timeout),
-        request_timeout: r
-            .duration(t, "upstream", "request_timeout", false)
-            .unwrap_or(d.request_timeout),
-        max_in_flight: r
-            .positive_int(t, "upstream", "max_in_flight", 100_000)
-            .map_or(d.max_in_flight, |n| n as usize),
+section! {
+    /// How the gateway talks to Tencent.
+    pub struct UpstreamConfig in "upstream" {
+        /// Time to set up a connection to Tencent (TCP and TLS).
+        connect_timeout: Duration = Duration::from_secs(2), |r, s, k| r.duration(s, k, false);
+        /// Time for one attempt, from sending to the last byte of the answer.
+        request_timeout: Duration = Duration::from_secs(5), |r, s, k| r.duration(s, k, false);
+        /// Requests sent to Tencent at once (over HTTP/1.1, the most connections per host);
+        /// more wait for a free slot within `request_timeout`.
+        max_in_flight: usize = 128, |r, s, k| r.positive_int(s, k, 100_000);
     }
 }
 

@@ -218,7 +218,7 @@ mod tests {
             app_burst,
             max_tracked_groups: 1_000_000,
             cleanup_interval: Duration::from_secs(10),
-            backend: Default::default(),
+            ..RateLimitConfig::default()
         }
     }
 

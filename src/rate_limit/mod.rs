@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::api::Api;
-use crate::config::{Backend, RateLimitConfig};
+use crate::config::RateLimitConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 
@@ -148,15 +148,22 @@ pub trait RateLimiter: Send + Sync + 'static {
     }
 }
 
+/// Why the limiter the config asks for could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error(transparent)]
+    Redis(#[from] RedisSetupError),
+}
+
 /// The limiter the config asks for; Redis keys carry the app's `sdkappid`.
 pub fn from_config(
     config: &RateLimitConfig,
     sdkappid: u64,
     metrics: &Metrics,
-) -> Result<Arc<dyn RateLimiter>, RedisSetupError> {
-    Ok(match &config.backend {
-        Backend::Local => Arc::new(LocalLimiter::new(config)),
-        Backend::Redis(redis) => Arc::new(RedisLimiter::new(config, redis, sdkappid, metrics)?),
+) -> Result<Arc<dyn RateLimiter>, SetupError> {
+    Ok(match config.redis() {
+        None => Arc::new(LocalLimiter::new(config)),
+        Some(redis) => Arc::new(RedisLimiter::new(config, &redis, sdkappid, metrics)?),
     })
 }
 

@@ -3,9 +3,11 @@
 use super::*;
 use proptest::prelude::*;
 
+/// Made by Tencent's official `tls-sig-api-v2` library (see the file's `about`); kept in the
+/// repository so that a clone on its own checks against them.
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../shared/vectors/usersig-v2.json"
+    "/tests/fixtures/usersig-v2.json"
 );
 
 #[derive(Deserialize)]

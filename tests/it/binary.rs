@@ -115,6 +115,63 @@ fn check_config_lists_every_problem_and_exits_2() {
     }
 }
 
+/// Settings `check-config` used to accept: each is now one problem (key, value, why).
+#[test]
+fn check_config_refuses_settings_that_do_not_do_what_they_seem() {
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = dir.path().join("secret-key");
+    std::fs::write(&secret, format!("{SECRET}\n")).expect("write");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    std::fs::write(dir.path().join("tls.crt"), leaf.pem()).expect("write");
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).expect("write");
+    let d = dir.path().display();
+    let leaf_as_ca = format!(
+        "[server]\ntls_cert_file = \"{d}/tls.crt\"\ntls_key_file = \"{d}/tls.key\"\ntls_client_ca_file = \"{d}/tls.crt\"\n"
+    );
+    for (extra, expected) in [
+        (
+            "[rate_limit]\nbackend = \"redis\"\nredis_url = \"rediss://r:6380/0#insecure\"\n",
+            "rate_limit.redis_url = \"rediss://r:6380/0#insecure\": #insecure turns off",
+        ),
+        (
+            "[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://r:6379/99999999999\"\n",
+            "rate_limit.redis_url = \"redis://r:6379/99999999999\": the database number must be",
+        ),
+        (
+            "[coalesce]\nmax_wait = \"1ns\"\n",
+            "coalesce.max_wait = 1ns: must be at least 1ms",
+        ),
+        (
+            "[rate_limit]\nredis_url_env = \"CHAT_GATEWAY_REDIS_URL\"\n",
+            "rate_limit.redis_url_env = \"CHAT_GATEWAY_REDIS_URL\": set only with backend = \"redis\"",
+        ),
+        (
+            leaf_as_ca.as_str(),
+            "server.tls_client_ca_file = ",
+        ),
+    ] {
+        let path = dir.path().join("gateway.toml");
+        let text = format!(
+            "{extra}[chat]\nsdkappid = {SDKAPPID}\nregion = \"singapore\"\nsecret_key_file = \"{}\"\n",
+            secret.display()
+        );
+        std::fs::write(&path, text).expect("write");
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra}: {stderr}");
+        assert!(stderr.contains("1 problem(s)"), "{extra}: {stderr}");
+        assert!(stderr.contains(expected), "{expected} missing from:\n{stderr}");
+    }
+}
+
 #[test]
 fn check_config_accepts_the_example_and_checks_the_secret_file() {
     let dir = tempfile::tempdir().expect("dir");
@@ -199,6 +256,7 @@ async fn sandbox_answers_the_readme_curl_line() {
         readme.contains(&line),
         "the README shows the sandbox's curl line:\n{line}"
     );
+    require_tool("curl");
     for expected in [1, 2] {
         let out = tokio::process::Command::new("sh")
             .arg("-c")

@@ -287,3 +287,41 @@ async fn client_certificates_stand_in_for_bearer_tokens() {
     }
     assert_eq!(emulator.emulator.requests(), 2);
 }
+
+/// A leaf certificate as the client CA would be taken as a root: the gateway refuses to start.
+#[tokio::test]
+async fn a_leaf_certificate_as_client_ca_stops_the_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let pki = Pki::new("server CA");
+    let (cert, cert_key) = pki.issue(false);
+    std::fs::write(dir.path().join("tls.crt"), &cert).expect("write");
+    std::fs::write(dir.path().join("tls.key"), &cert_key).expect("write");
+    // The server's own certificate, a leaf, where the client CA belongs.
+    std::fs::write(dir.path().join("ca.crt"), &cert).expect("write");
+    let text = tls_config("http://127.0.0.1:9", dir.path(), true, "");
+    let config = chat_gateway::config::Config::parse(&text).expect("valid");
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let listeners = |l: std::net::TcpListener| {
+        l.set_nonblocking(true).expect("nonblocking");
+        tokio::net::TcpListener::from_std(l).expect("listener")
+    };
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        chat_gateway::run(
+            config,
+            key(),
+            chat_gateway::Listeners {
+                callers: listeners(bind()),
+                admin: listeners(bind()),
+            },
+            std::future::pending(),
+        ),
+    )
+    .await
+    .expect("refused at once");
+    let error = result.expect_err("a leaf is not a client CA").to_string();
+    assert!(
+        error.starts_with("server.tls_client_ca_file: certificate 1 of the file is not a CA"),
+        "{error}"
+    );
+}

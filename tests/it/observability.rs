@@ -502,30 +502,6 @@ async fn distinct_error_codes_are_capped() {
 
 // ---- external tools: promtool and a real Prometheus server ----
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// The tool's path, or `None` (after saying so) when it is missing outside CI; in CI a
-/// missing tool fails the test.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .unwrap_or_default()
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file());
-    if found.is_none() {
-        assert!(
-            !in_ci(),
-            "{name} is missing; CI installs it (Debian's prometheus package)"
-        );
-        println!("skipped: {name} not found (apt-get install prometheus); CI runs this test");
-    }
-    found
-}
-
 /// Some traffic of every common kind, so that most families have series.
 async fn mixed_traffic(gw: &GatewayHandle) {
     for body in [
@@ -546,9 +522,7 @@ async fn mixed_traffic(gw: &GatewayHandle) {
 
 #[tokio::test]
 async fn promtool_accepts_a_live_scrape() {
-    let Some(promtool) = tool("promtool") else {
-        return;
-    };
+    let promtool = require_tool("promtool");
     let upstream = spawn_recording(None, scripted()).await;
     let gw = spawn_gateway(&config_text(
         &upstream.endpoint(),
@@ -750,9 +724,7 @@ impl Prometheus {
 
 #[tokio::test]
 async fn a_real_prometheus_scrapes_the_contract_series() {
-    let Some(binary) = tool("prometheus") else {
-        return;
-    };
+    let binary = require_tool("prometheus");
     let emulator = spawn_emulator(None).await;
     let gw = spawn_gateway(&config_text(
         &emulator.endpoint(),

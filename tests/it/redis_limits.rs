@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chat_gateway::api::{Api, ApiTable};
-use chat_gateway::config::{ApiAllowList, Backend, RateLimitConfig, RedisBackend, RedisUrl};
+use chat_gateway::config::{ApiAllowList, RateLimitConfig, RedisBackend, RedisUrl};
 use chat_gateway::metrics::Metrics;
 use chat_gateway::rate_limit::{RedisLimiter, Scope};
 
@@ -31,7 +31,7 @@ fn limits(group_rate: u32, group_burst: u32, app_rate: u32, app_burst: u32) -> R
         app_burst,
         max_tracked_groups: 100_000,
         cleanup_interval: Duration::from_secs(10),
-        backend: Backend::Local,
+        ..RateLimitConfig::default()
     }
 }
 
@@ -373,7 +373,7 @@ async fn a_slow_redis_costs_no_request_more_than_the_timeout() {
     let stop = Arc::new(AtomicBool::new(false));
     let driver = drive(gw.addr, stop.clone());
     // Redis stops answering anyone for 1.5 s.
-    let mut sleeper = Command::new("redis-cli")
+    let mut sleeper = Command::new(require_tool("redis-cli"))
         .args([
             "-h",
             "127.0.0.1",

@@ -8,6 +8,8 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::require_tool;
+
 pub struct RedisServer {
     pub port: u16,
     extra: Vec<String>,
@@ -24,7 +26,7 @@ fn free_port() -> u16 {
 
 /// Redis 7 refuses `DEBUG` unless told otherwise; Redis 6 does not know the option.
 fn debug_option() -> Vec<String> {
-    let version = Command::new("redis-server")
+    let version = Command::new(require_tool("redis-server"))
         .arg("--version")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
@@ -60,7 +62,7 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+        let child = Command::new(require_tool("redis-server"))
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
@@ -70,7 +72,7 @@ impl RedisServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server (Debian package redis-server) must be installed");
+            .expect("start redis-server");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.answers() {
@@ -113,7 +115,7 @@ impl RedisServer {
 
     /// `redis-cli` against it; its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let out = Command::new(require_tool("redis-cli"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(args)
             .output()

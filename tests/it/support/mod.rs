@@ -7,12 +7,14 @@ mod client;
 mod raw;
 mod recording;
 mod spawn;
+mod tools;
 
 pub use certs::*;
 pub use client::*;
 pub use raw::*;
 pub use recording::*;
 pub use spawn::*;
+pub use tools::*;
 
 use chat_gateway::usersig::SecretKey;
 use tokio::sync::oneshot;
