@@ -22,7 +22,11 @@ pub enum ApiAllowList {
 impl ApiAllowList {
     /// The default: every API in the registry of validated APIs (the group counter APIs).
     pub fn counters() -> Self {
-        ApiAllowList::Only(crate::validated_apis::names().map(String::from).collect())
+        ApiAllowList::Only(
+            crate::validated_apis::allowed_by_default()
+                .map(String::from)
+                .collect(),
+        )
     }
 }
 

@@ -13,6 +13,7 @@ pub const API: ValidatedApi = ValidatedApi {
     validate,
     idempotent: |_| true,
     coalesce: Coalescing::Never,
+    allowed_by_default: false,
 };
 
 fn validate(body: &[u8]) -> Result<PayloadFacts, Rejection> {

@@ -11,6 +11,7 @@ pub const API: ValidatedApi = ValidatedApi {
     validate,
     idempotent: |_| true,
     coalesce: Coalescing::Never,
+    allowed_by_default: true,
 };
 
 fn validate(body: &[u8]) -> Result<PayloadFacts, Rejection> {

@@ -39,6 +39,8 @@ pub struct ValidatedApi {
     pub idempotent: fn(&PayloadFacts) -> bool,
     /// How concurrent calls of this API may share upstream calls.
     pub coalesce: Coalescing,
+    /// Allowed when the config has no `[apis] allow` (the contract's default: the counter APIs).
+    pub allowed_by_default: bool,
 }
 
 /// How concurrent calls of one API may share upstream calls (`[coalesce]`).
@@ -85,6 +87,14 @@ pub fn find(service_command: &str) -> Option<&'static ValidatedApi> {
 /// The `service/command` names of every validated API, in registry order.
 pub fn names() -> impl Iterator<Item = &'static str> {
     REGISTRY.iter().map(|api| api.name)
+}
+
+/// The names allowed when the config lists none.
+pub fn allowed_by_default() -> impl Iterator<Item = &'static str> {
+    REGISTRY
+        .iter()
+        .filter(|api| api.allowed_by_default)
+        .map(|api| api.name)
 }
 
 #[cfg(test)]

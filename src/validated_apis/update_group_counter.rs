@@ -11,6 +11,7 @@ pub const API: ValidatedApi = ValidatedApi {
     validate,
     idempotent,
     coalesce: Coalescing::CounterIncrements,
+    allowed_by_default: true,
 };
 
 fn validate(body: &[u8]) -> Result<PayloadFacts, Rejection> {
