@@ -155,6 +155,23 @@ value_of() {        # value_of PORT GROUP: the group's likes, read through the p
     sed -n 's/.*"Value":\([0-9-]*\).*/\1/p'
 }
 
+# Reads of the hot group while the likes come in, as a dashboard would poll it: every 100 ms
+# (at most DURATION x 10 of them), alternately naming the key the likes set (answered from the
+# waiting batch) and naming none (waits its turn for a token); their latency and ErrorCodes.
+reader() {          # reader PORT GROUP OUT
+  local i body took code end=$((SECONDS + DURATION - 1))
+  for i in $(seq $((DURATION * 10))); do
+    [ "$SECONDS" -lt "$end" ] || break
+    if [ $((i % 2)) = 0 ]; then body="{\"GroupId\":\"$2\",\"GroupCounterKeys\":[\"likes\"]}"; else body="{\"GroupId\":\"$2\"}"; fi
+    took=$(curl -sS --max-time 3 -o "$3.body" -w '%{time_total}' -X POST -H 'Content-Type: application/json' \
+      --data-binary "$body" "http://127.0.0.1:$1/v4/group_open_http_svc/get_group_counter" 2>/dev/null) || took=3.0
+    code=$(sed -n 's/.*"ErrorCode":\([0-9]*\).*/\1/p' "$3.body" 2>/dev/null)
+    printf '%s %s\n' "$took" "${code:-none}" >>"$3"
+    sleep 0.1
+  done
+}
+printf '| target | reads | p50 ms | p99 ms | max ms | answered other than ErrorCode 0 |\n|---|---|---|---|---|---|\n' >"$WORK/reads.md"
+
 printf '| target | client req/s | OK answers/s | applied increments/s | upstream calls/s | upstream round trip ms (as the gateway saw it) | p50 ms | p99 ms | p99 ms, whole run | callers over the bound, whole run | CPU us/applied increment | peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n' >"$WORK/table.md"
 for target in $TARGETS; do
   group="live-$target-$$"
@@ -174,6 +191,10 @@ for target in $TARGETS; do
     *) die "unknown target $target";;
   esac
   before=$(ticks "$pid")
+  rpid=
+  if [ "$target" != nginx ]; then
+    sleep 0.5; reader "$port" "$group" "$WORK/reads-$target.txt" & rpid=$!
+  fi
   body="{\"GroupId\":\"$group\",\"GroupCounter\":[{\"Key\":\"likes\",\"Value\":1}],\"Mode\":\"Increase\"}"
   if [ "$CLIENT" = wrk ]; then
     say "==> $target: wrk -c $CONNS -d ${DURATION}s into one group ($group)"
@@ -187,7 +208,12 @@ for target in $TARGETS; do
       "http://127.0.0.1:$port$API" >"$WORK/client-$target.txt" 2>&1 || die "h2load failed (see $WORK/client-$target.txt)"
   fi
   after=$(ticks "$pid")
+  [ -n "$rpid" ] && wait "$rpid"
   sleep 1.5   # the last calls return
+  if [ -n "$rpid" ]; then
+    sort -n "$WORK/reads-$target.txt" | awk -v name="$target" '{t[NR] = $1 * 1000; if ($2 != "0") bad++}
+      END { if (NR) printf "| %s | %d | %.1f | %.1f | %.1f | %d |\n", name, NR, t[int(NR * 0.5) + 1], t[int(NR * 0.99) + 1], t[NR], bad }' >>"$WORK/reads.md"
+  fi
   rss_kb=$(awk '$1 == "VmHWM:" {print $2}' "/proc/$pid/status")
   applied=$(value_of "$port" "$group"); applied=${applied:-0}
   if [ "$CLIENT" = wrk ]; then
@@ -235,3 +261,6 @@ for target in $TARGETS; do
 done
 say ""
 cat "$WORK/table.md"
+say ""
+say "Reads of the hot group during the storm (get_group_counter every 100 ms):"
+cat "$WORK/reads.md"
