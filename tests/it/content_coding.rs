@@ -1,12 +1,12 @@
 //! Compressed request bodies, through the gateway on 127.0.0.1: gzip and deflate are decoded
 //! before validation and Tencent gets plain JSON; a coding the gateway cannot decode, a body
-//! that is not what its header says, and a body that inflates past `max_body_bytes` are
-//! answered in the envelope and never forwarded.
+//! that is not what its header says (bytes after the compressed data included), and a body
+//! that inflates past `max_body_bytes` are answered in the envelope and never forwarded.
 
 use std::io::Write;
 
 use bytes::Bytes;
-use flate2::write::{GzEncoder, ZlibEncoder};
+use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
 use flate2::Compression;
 use http::Request;
 use http_body_util::Full;
@@ -27,6 +27,16 @@ fn zlib(data: &[u8]) -> Vec<u8> {
     let mut e = ZlibEncoder::new(Vec::new(), Compression::default());
     e.write_all(data).expect("write");
     e.finish().expect("finish")
+}
+
+fn raw_deflate(data: &[u8]) -> Vec<u8> {
+    let mut e = DeflateEncoder::new(Vec::new(), Compression::default());
+    e.write_all(data).expect("write");
+    e.finish().expect("finish")
+}
+
+fn info(reply: &Reply) -> String {
+    reply.json()["ErrorInfo"].as_str().unwrap_or("").to_string()
 }
 
 async fn post_encoded(addr: std::net::SocketAddr, coding: &str, body: impl Into<Bytes>) -> Reply {
@@ -115,4 +125,47 @@ async fn a_gzip_transfer_coding_is_decoded_too() {
     assert_eq!(seen.len(), 1);
     assert_eq!(&seen[0].body[..], UPDATE_BODY.as_bytes());
     assert!(seen[0].headers.get("transfer-encoding").is_none());
+}
+
+/// Bytes after the end of the compressed data are not part of the body the caller
+/// compressed: refused alike for gzip, zlib and raw deflate, naming the problem.
+#[tokio::test]
+async fn bytes_after_the_compressed_data_are_refused_for_every_coding() {
+    let upstream = spawn_recording(None, ok_answer(OK_BODY)).await;
+    let gw = spawn_gateway(&config_text(&upstream.endpoint(), "", "")).await;
+    for (name, coding, mut body) in [
+        ("gzip", "gzip", gzip(UPDATE_BODY.as_bytes())),
+        ("zlib", "deflate", zlib(UPDATE_BODY.as_bytes())),
+        (
+            "raw deflate",
+            "deflate",
+            raw_deflate(UPDATE_BODY.as_bytes()),
+        ),
+    ] {
+        body.extend_from_slice(b"garbage after the end");
+        let reply = post_encoded(gw.addr, coding, body).await;
+        reply.assert_rejection(200, 60003, "invalid_json");
+        let info = info(&reply);
+        assert!(
+            info.contains(&format!("not valid {coding} data")),
+            "{name}: {info}"
+        );
+    }
+    assert!(upstream.requests().is_empty(), "nothing reached Tencent");
+}
+
+/// A raw deflate stream (no zlib header) that inflates past the limit stops there.
+#[tokio::test]
+async fn a_raw_deflate_bomb_is_too_large() {
+    let upstream = spawn_recording(None, ok_answer(OK_BODY)).await;
+    let gw = spawn_gateway(&config_text(&upstream.endpoint(), "", "")).await;
+    // 10 MB of spaces in about 10 KB: over max_body_bytes (64 KB by default) once inflated.
+    let bomb = raw_deflate(&vec![b' '; 10 << 20]);
+    assert!(bomb.len() < 64 << 10);
+    let reply = post_encoded(gw.addr, "deflate", bomb).await;
+    reply.assert_rejection(200, 10004, "body_too_large");
+    let fits = raw_deflate(UPDATE_BODY.as_bytes());
+    let reply = post_encoded(gw.addr, "deflate", fits).await;
+    assert_eq!(reply.error_code(), 0, "{:?}", reply.body);
+    assert_eq!(upstream.count(), 1);
 }
