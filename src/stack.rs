@@ -22,6 +22,7 @@ use crate::middleware::allow::Allow;
 use crate::middleware::auth::Authenticate;
 use crate::middleware::body::BodyLayer;
 use crate::middleware::check::CheckLayer;
+use crate::middleware::content_coding::Decode;
 use crate::middleware::drain::Drain;
 use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::LimitLayer;
@@ -213,6 +214,8 @@ where
         // once the body is in, so slow senders hold connections, not permits; large answers
         // hold one again while they are written (see server::io).
         .layer(ShedLayer::shared(parts.in_flight.clone()))
+        // A compressed body is decoded here, under the permit, to at most max_body_bytes.
+        .layer(CheckLayer::new(Decode::new(parts.max_body_bytes)))
         // A JSON object; counter payloads keep Tencent's rules.
         .layer(CheckLayer::new(Validate))
         // Concurrent increments of one group share one call and one token (taken here).

@@ -1,19 +1,25 @@
 //! Request bodies a caller compressed (`Content-Encoding: gzip` or `deflate`, as HTTP clients
-//! with request compression send them): decoded when read, so the rules see, and Tencent
-//! gets, plain JSON. The decoded body is held to `max_body_bytes` like any other, so a small
-//! body that inflates to gigabytes stops at the limit, with no more than that in memory. A
-//! coding the gateway cannot decode is named in the answer instead of being reported as bytes
-//! that are not JSON.
+//! with request compression send them): decoded before validation, so the rules see, and
+//! Tencent gets, plain JSON. The coding is read from the headers before the body (a coding
+//! the gateway cannot decode is named in the answer instead of being reported as bytes that
+//! are not JSON); the body layer marks the request with it, and [`Decode`] decodes after the
+//! shed layer, so only requests holding an in-flight permit spend memory and CPU on it. The
+//! decoded body is held to `max_body_bytes` like any other: a small body that inflates to
+//! gigabytes stops at the limit, with no more than that in memory.
 
 use std::io::Read;
 
-use crate::error::GatewayError;
 use bytes::Bytes;
 use flate2::read::MultiGzDecoder;
 use flate2::{Decompress, FlushDecompress, Status};
 use http::header::{HeaderMap, CONTENT_ENCODING, TRANSFER_ENCODING};
+use http::Request;
 
-/// A content coding the gateway decodes.
+use super::check::Check;
+use crate::error::GatewayError;
+
+/// A content coding the gateway decodes; also the request extension the body layer leaves on
+/// a body read as it came, for [`Decode`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Coding {
     Gzip,
@@ -106,6 +112,28 @@ pub fn decode(coding: Coding, body: &[u8], max: usize) -> Result<Bytes, GatewayE
                 Coding::Deflate => "deflate",
             }
         ))),
+    }
+}
+
+/// Decodes a body the body layer marked with its [`Coding`]; placed under the shed layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Decode {
+    max_bytes: usize,
+}
+
+impl Decode {
+    pub fn new(max_bytes: usize) -> Self {
+        Decode { max_bytes }
+    }
+}
+
+impl Check<Bytes> for Decode {
+    fn check(&self, req: &mut Request<Bytes>) -> Result<(), GatewayError> {
+        if let Some(coding) = req.extensions_mut().remove::<Coding>() {
+            let plain = decode(coding, req.body(), self.max_bytes)?;
+            *req.body_mut() = plain;
+        }
+        Ok(())
     }
 }
 

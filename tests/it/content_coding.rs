@@ -1,9 +1,11 @@
 //! Compressed request bodies, through the gateway on 127.0.0.1: gzip and deflate are decoded
 //! before validation and Tencent gets plain JSON; a coding the gateway cannot decode, a body
 //! that is not what its header says (bytes after the compressed data included), and a body
-//! that inflates past `max_body_bytes` are answered in the envelope and never forwarded.
+//! that inflates past `max_body_bytes` are answered in the envelope and never forwarded;
+//! decoding happens only under an in-flight permit.
 
 use std::io::Write;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
@@ -168,4 +170,46 @@ async fn a_raw_deflate_bomb_is_too_large() {
     let reply = post_encoded(gw.addr, "deflate", fits).await;
     assert_eq!(reply.error_code(), 0, "{:?}", reply.body);
     assert_eq!(upstream.count(), 1);
+}
+
+/// With `max_in_flight = 1` and the one permit held by a request Tencent is slow to answer,
+/// a compressed body is refused `overloaded` before it is decoded: a bomb is not even found
+/// to be too large. Once the permit is free, the same bomb is decoded (and refused as too
+/// large) and a compressed request goes through.
+#[tokio::test]
+async fn compressed_bodies_are_decoded_only_under_an_in_flight_permit() {
+    let upstream = spawn_recording(
+        None,
+        std::sync::Arc::new(|_| (Duration::from_millis(1500), json_response(OK_BODY))),
+    )
+    .await;
+    let config = config_text(&upstream.endpoint(), "", "").replacen(
+        "shutdown_grace = \"5s\"\n",
+        "shutdown_grace = \"5s\"\nmax_in_flight = 1\n",
+        1,
+    );
+    let gw = spawn_gateway(&config).await;
+    let addr = gw.addr;
+    let holder = tokio::spawn(async move { post(addr, UPDATE, UPDATE_BODY).await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.count() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first request never reached Tencent"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let bomb = gzip(&vec![b' '; 10 << 20]);
+    let reply = post_encoded(gw.addr, "gzip", bomb.clone()).await;
+    reply.assert_rejection(503, 60018, "overloaded");
+    let reply = post_encoded(gw.addr, "deflate", raw_deflate(&vec![b' '; 10 << 20])).await;
+    reply.assert_rejection(503, 60018, "overloaded");
+
+    let first = holder.await.expect("first request");
+    assert_eq!(first.error_code(), 0, "{:?}", first.body);
+    let reply = post_encoded(gw.addr, "gzip", bomb).await;
+    reply.assert_rejection(200, 10004, "body_too_large");
+    let reply = post_encoded(gw.addr, "gzip", gzip(UPDATE_BODY.as_bytes())).await;
+    assert_eq!(reply.error_code(), 0, "{:?}", reply.body);
+    assert_eq!(upstream.count(), 2);
 }
