@@ -24,6 +24,7 @@ use crate::middleware::body::BodyLayer;
 use crate::middleware::check::CheckLayer;
 use crate::middleware::content_coding::Decode;
 use crate::middleware::drain::Drain;
+use crate::middleware::leftover::Discard;
 use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::LimitLayer;
 use crate::middleware::rescue::RescueLayer;
@@ -157,7 +158,7 @@ pub fn build<B, U>(
        + Send
        + 'static
 where
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     U: Service<Request<Full<Bytes>>, Response = GatewayResponse, Error = GatewayError>
         + Clone
@@ -185,7 +186,7 @@ pub fn build_unobserved<B, U>(
        + Send
        + 'static
 where
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     U: Service<Request<Full<Bytes>>, Response = GatewayResponse, Error = GatewayError>
         + Clone
@@ -193,7 +194,14 @@ where
         + 'static,
     U::Future: Send,
 {
+    let discard = Discard {
+        max_bytes: parts.max_body_bytes,
+        timeout: parts.body_read_timeout,
+    };
     ServiceBuilder::new()
+        // HTTP/2: the rest of a body answered before it was read is read away (bounded), so
+        // that clients still sending keep the answer.
+        .map_request(move |req: Request<B>| discard.wrap(req))
         // The one place where typed errors become Tencent envelopes with the reason header.
         .layer(RescueLayer)
         // After the drain delay, new requests on open connections are refused.
