@@ -23,7 +23,9 @@ use crate::middleware::allow::Allow;
 use crate::middleware::auth::Authenticate;
 use crate::middleware::body::BodyLayer;
 use crate::middleware::check::CheckLayer;
+use crate::middleware::content_coding::Decode;
 use crate::middleware::drain::Drain;
+use crate::middleware::leftover::Discard;
 use crate::middleware::observe::ObserveLayer;
 use crate::middleware::rate_limit::LimitLayer;
 use crate::middleware::rescue::RescueLayer;
@@ -158,7 +160,7 @@ pub fn build<B, U>(
        + Send
        + 'static
 where
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     U: Service<Request<Full<Bytes>>, Response = GatewayResponse, Error = GatewayError>
         + Clone
@@ -186,7 +188,7 @@ pub fn build_unobserved<B, U>(
        + Send
        + 'static
 where
-    B: Body<Data = Bytes> + Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     U: Service<Request<Full<Bytes>>, Response = GatewayResponse, Error = GatewayError>
         + Clone
@@ -194,7 +196,14 @@ where
         + 'static,
     U::Future: Send,
 {
+    let discard = Discard {
+        max_bytes: parts.max_body_bytes,
+        timeout: parts.body_read_timeout,
+    };
     ServiceBuilder::new()
+        // HTTP/2: the rest of a body answered before it was read is read away (bounded), so
+        // that clients still sending keep the answer.
+        .map_request(move |req: Request<B>| discard.wrap(req))
         // The one place where typed errors become Tencent envelopes with the reason header.
         .layer(RescueLayer)
         // After the drain delay, new requests on open connections are refused.
@@ -215,6 +224,8 @@ where
         // once the body is in, so slow senders hold connections, not permits; large answers
         // hold one again while they are written (see server::io).
         .layer(ShedLayer::shared(parts.in_flight.clone()))
+        // A compressed body is decoded here, under the permit, to at most max_body_bytes.
+        .layer(CheckLayer::new(Decode::new(parts.max_body_bytes)))
         // A JSON object; counter payloads keep Tencent's rules.
         .layer(CheckLayer::new(Validate))
         // Concurrent increments of one group share one call and one token (taken here).

@@ -1,7 +1,8 @@
 //! Body: refuse what is too large before reading it (Content-Length), then read at most
 //! `max_body_bytes` (chunked bodies) within `body_read_timeout`, so memory stays flat and no
-//! slow caller holds a request open for ever. A compressed body is decoded here (see
-//! [`content_coding`](super::content_coding)).
+//! slow caller holds a request open for ever. A compressed body is read as it came (at most
+//! `max_body_bytes` of it) and marked with its coding; it is decoded after the shed layer,
+//! under an in-flight permit (see [`content_coding`](super::content_coding)).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -133,7 +134,9 @@ where
             let next = match self.as_mut().project() {
                 BodyProj::Calling { call } => return call.poll(cx),
                 BodyProj::Refused { error } => {
-                    return Poll::Ready(Err(error.take().unwrap_or(GatewayError::Overloaded)))
+                    return Poll::Ready(Err(error
+                        .take()
+                        .unwrap_or(GatewayError::Internal("a refused body was polled twice"))))
                 }
                 BodyProj::Reading {
                     read,
@@ -143,17 +146,15 @@ where
                     timeout,
                     coding,
                 } => match (ready!(read.poll(cx)), parts.take()) {
-                    (Ok(Ok(bytes)), Some(parts)) => match coding {
-                        None => BodyFuture::Calling {
+                    (Ok(Ok(bytes)), Some(mut parts)) => {
+                        // Decoded later, under an in-flight permit (see content_coding).
+                        if let Some(coding) = *coding {
+                            parts.extensions.insert(coding);
+                        }
+                        BodyFuture::Calling {
                             call: inner.call(Request::from_parts(parts, bytes)),
-                        },
-                        Some(coding) => match content_coding::decode(*coding, &bytes, *max) {
-                            Ok(plain) => BodyFuture::Calling {
-                                call: inner.call(Request::from_parts(parts, plain)),
-                            },
-                            Err(error) => BodyFuture::Refused { error: Some(error) },
-                        },
-                    },
+                        }
+                    }
                     (result, _) => BodyFuture::Refused {
                         error: Some(read_error(result, *max, *timeout)),
                     },

@@ -6,6 +6,7 @@ pub mod body;
 pub mod check;
 pub mod content_coding;
 pub mod drain;
+pub mod leftover;
 pub mod observe;
 pub mod rate_limit;
 pub mod rescue;

@@ -325,3 +325,52 @@ async fn a_leaf_certificate_as_client_ca_stops_the_start() {
         "{error}"
     );
 }
+
+/// The TLS listener's first-request deadline covers the handshake: a caller that sends
+/// nothing, or the start of a ClientHello and then nothing, is closed after about
+/// `header_read_timeout` and gives its connection slot back.
+#[tokio::test]
+async fn silent_and_half_sent_client_hellos_are_closed_after_header_read_timeout() {
+    let emulator = spawn_emulator(None).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = Pki::new("server CA");
+    let (cert, key) = ca.issue(false);
+    std::fs::write(dir.path().join("tls.crt"), &cert).expect("write");
+    std::fs::write(dir.path().join("tls.key"), &key).expect("write");
+    let config = tls_config(&emulator.endpoint(), dir.path(), false, "").replacen(
+        "shutdown_grace = \"5s\"\n",
+        "shutdown_grace = \"5s\"\nheader_read_timeout = \"300ms\"\n",
+        1,
+    );
+    let gw = spawn_gateway(&config).await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(gw.addr).await.expect("connect");
+    let mut partial = TcpStream::connect(gw.addr).await.expect("connect");
+    // A handshake record's header and the first bytes of a ClientHello (type, length,
+    // version), then nothing more.
+    tokio::io::AsyncWriteExt::write_all(
+        &mut partial,
+        &[
+            0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+        ],
+    )
+    .await
+    .expect("write");
+    for (name, stream) in [
+        ("silent", &mut silent),
+        ("half-sent ClientHello", &mut partial),
+    ] {
+        assert!(
+            closed_within(stream, Duration::from_secs(3)).await,
+            "{name} TLS connection still open"
+        );
+    }
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let open = metric(&scrape(gw.admin).await, "chat_gateway_caller_connections");
+    assert_eq!(open, 0.0, "connection slots given back");
+    // The listener still serves a whole handshake.
+    let (reply, _) = tls_post(gw.addr, client_config(&ca, b"h2", None), None)
+        .await
+        .expect("h2 over TLS");
+    assert_eq!((reply.status.as_u16(), reply.error_code()), (200, 0));
+}

@@ -5,6 +5,7 @@ mod binary;
 mod caller_tls;
 mod coalesce;
 mod content_coding;
+mod early_answers;
 mod failover;
 mod faults;
 mod forwarding;

@@ -400,6 +400,57 @@ async fn a_slow_redis_costs_no_request_more_than_the_timeout() {
     wait_for_gauge(gw.admin, 1.0, Duration::from_secs(5)).await;
 }
 
+/// A silent Redis is answered by the local limiter, never by a pass: one group with a burst
+/// of 1, five requests at once while Redis sleeps, exactly one forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_redis_is_answered_by_the_local_limiter_not_by_a_pass() {
+    const OK: &str = r#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":""}"#;
+    let redis = RedisServer::start();
+    let upstream = spawn_recording(None, ok_answer(OK)).await;
+    let gw = spawn_gateway(&config_text(
+        &upstream.endpoint(),
+        "",
+        &redis_sections(
+            &redis.url(),
+            "200ms",
+            "group_per_second = 1\ngroup_burst = 1\napp_per_second = 100000\napp_burst = 100000\n",
+        ),
+    ))
+    .await;
+    wait_for_gauge(gw.admin, 1.0, Duration::from_secs(5)).await;
+    // Redis stops answering anyone for 2 s; each request waits 200 ms for it.
+    let mut sleeper = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &redis.port.to_string()])
+        .args(["debug", "sleep", "2"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-cli");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `Set`, not `Increase`: five separate calls, none merged by coalescing.
+    let replies = futures_util::future::join_all((0..5).map(|i| {
+        post(
+            gw.addr,
+            UPDATE,
+            format!(
+                r#"{{"GroupId":"one-group","GroupCounter":[{{"Key":"likes","Value":{i}}}],"Mode":"Set"}}"#
+            ),
+        )
+    }))
+    .await;
+    let passed = replies.iter().filter(|r| r.rejected().is_none()).count();
+    for reply in replies.iter().filter(|r| r.rejected().is_some()) {
+        reply.assert_rejection(200, 10006, "rate_limit_group");
+    }
+    assert_eq!(
+        passed,
+        1,
+        "{:?}",
+        replies.iter().map(|r| r.rejected()).collect::<Vec<_>>()
+    );
+    assert_eq!(upstream.count(), 1, "exactly one forwarded");
+    let _ = sleeper.wait();
+}
+
 #[tokio::test]
 async fn the_gauge_exists_only_with_the_redis_backend() {
     let emulator = spawn_emulator(None).await;
