@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::group::{Answer, Joined, Member, Registry};
+use super::line::Waiter;
 use super::merge;
 use crate::api::Api;
 use crate::config::CoalesceConfig;
@@ -313,7 +314,8 @@ pub(super) struct DriverCtx {
 impl DriverCtx {
     /// 10006 (or the app limit's 60007 when that is what stood in the way) for callers that
     /// were never sent.
-    pub fn refuse(&self, members: Vec<Member>, refusal: Option<Refusal>) {
+    pub fn refuse<W: Waiter>(&self, members: Vec<W>, refusal: Option<Refusal>) {
+        let members: Vec<W> = members.into_iter().filter(|m| !m.hung_up()).collect();
         if members.is_empty() {
             return;
         }
@@ -325,7 +327,7 @@ impl DriverCtx {
             "coalesced callers waited max_wait without their call being sent; refused, never applied"
         );
         for m in members {
-            let _ = m.tx.send(Err(self.refused(refusal)));
+            m.refuse(self.refused(refusal));
         }
     }
 

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::group::Registry;
+use super::group::{Member, Reader, Registry};
+use super::layer::DriverCtx;
 use crate::api::Api;
+use crate::error::GatewayError;
 use crate::rate_limit::{RateLimiter, Refusal, Scope};
 
 /// The callers waiting behind one place in the line.
@@ -125,5 +127,63 @@ impl<'a> Place<'a> {
 impl Drop for Place<'_> {
     fn drop(&mut self) {
         self.registry.leave_line(self.group, self.ticket);
+    }
+}
+
+/// One caller that waits until its `max_wait` runs out.
+pub(super) trait Waiter {
+    fn deadline(&self) -> Instant;
+    fn hung_up(&self) -> bool;
+    /// Answers it with `error` (it was never sent).
+    fn refuse(self, error: GatewayError);
+}
+
+impl Waiter for Member {
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+    fn hung_up(&self) -> bool {
+        self.tx.is_closed()
+    }
+    fn refuse(self, error: GatewayError) {
+        let _ = self.tx.send(Err(error));
+    }
+}
+
+impl Waiter for Reader {
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+    fn hung_up(&self) -> bool {
+        self.tx.is_closed()
+    }
+    fn refuse(self, error: GatewayError) {
+        let _ = self.tx.send(Err(error));
+    }
+}
+
+/// Callers held by a driver, out of the registry: a part of a batch sent again, the readers
+/// of one shared read.
+pub(super) struct Held<'a, W> {
+    pub ctx: &'a DriverCtx,
+    pub list: Vec<W>,
+}
+
+impl<W: Waiter> Waiters for Held<'_, W> {
+    fn earliest(&self) -> Option<Instant> {
+        self.list
+            .iter()
+            .filter(|w| !w.hung_up())
+            .map(Waiter::deadline)
+            .min()
+    }
+
+    fn expire(&mut self, before: Instant, refusal: Option<Refusal>) -> bool {
+        let (gone, stay): (Vec<W>, Vec<W>) = std::mem::take(&mut self.list)
+            .into_iter()
+            .partition(|w| w.deadline() <= before || w.hung_up());
+        self.list = stay;
+        self.ctx.refuse(gone, refusal);
+        !self.list.is_empty()
     }
 }

@@ -14,7 +14,7 @@ use tower::{Service, ServiceExt};
 use super::answer::SharedAnswer;
 use super::group::{Answer, ReadJoin, Reader, Rider};
 use super::layer::{Coalesce, Driver, DriverCtx, BUSY};
-use super::line::{take_tokens, OnApp, Tokens, Waiters};
+use super::line::{take_tokens, Held, OnApp, Tokens, Waiter, Waiters};
 use super::merge::ReadKey;
 use crate::api::Api;
 use crate::error::GatewayError;
@@ -135,7 +135,7 @@ where
     pub async fn drive_reads(self, key: ReadKey) {
         let ctx = &self.ctx;
         while let Some((mut req, waiting)) = ctx.shared.registry.take_reads(&ctx.group, &key) {
-            let mut readers = Readers { ctx, waiting };
+            let mut readers = Held { ctx, list: waiting };
             if ctx.shared.config.enabled {
                 match ctx.take_read_tokens(&mut readers).await {
                     Tokens::Taken => {
@@ -143,14 +143,14 @@ where
                     }
                     Tokens::Gone => continue,
                     Tokens::App(refusal) => {
-                        for r in readers.waiting {
-                            let _ = r.tx.send(Err(ctx.refused(refusal)));
+                        for r in readers.list {
+                            r.refuse(ctx.refused(refusal));
                         }
                         continue;
                     }
                 }
             }
-            let waiting = readers.waiting;
+            let waiting = readers.list;
             let n = waiting.len();
             if n == 0 {
                 continue;
@@ -198,35 +198,6 @@ impl DriverCtx {
             waiting,
         )
         .await
-    }
-}
-
-/// The callers of one shared read, waiting for its tokens.
-struct Readers<'a> {
-    ctx: &'a DriverCtx,
-    waiting: Vec<Reader>,
-}
-
-impl Waiters for Readers<'_> {
-    fn earliest(&self) -> Option<Instant> {
-        self.waiting
-            .iter()
-            .filter(|r| !r.tx.is_closed())
-            .map(|r| r.deadline)
-            .min()
-    }
-
-    fn expire(&mut self, before: Instant, refusal: Option<Refusal>) -> bool {
-        let (gone, stay): (Vec<Reader>, Vec<Reader>) = std::mem::take(&mut self.waiting)
-            .into_iter()
-            .partition(|r| r.deadline <= before || r.tx.is_closed());
-        self.waiting = stay;
-        for r in gone {
-            if !r.tx.is_closed() {
-                let _ = r.tx.send(Err(self.ctx.refused(refusal.unwrap_or(BUSY))));
-            }
-        }
-        !self.waiting.is_empty()
     }
 }
 

@@ -16,7 +16,7 @@ use tower::{Service, ServiceExt};
 use super::answer::{Pending, SharedAnswer};
 use super::group::{Member, Rider, Sealed, Turn};
 use super::layer::{Driver, DriverCtx};
-use super::line::{take_tokens, OnApp, Tokens, Waiters};
+use super::line::{take_tokens, Held, OnApp, Tokens, Waiters};
 use super::merge::{self, Merge};
 use crate::error::GatewayError;
 use crate::exchange::{BoxFuture, GatewayResponse};
@@ -179,7 +179,7 @@ where
 
     async fn send_part(self, members: Vec<Member>, mode: merge::Mode, template: Parts) {
         let ctx = &self.ctx;
-        let mut waiting = Part { ctx, members };
+        let mut waiting = Held { ctx, list: members };
         let tokens = take_tokens(
             &ctx.shared.registry,
             &*ctx.shared.limiter,
@@ -190,7 +190,7 @@ where
             &mut waiting,
         )
         .await;
-        let mut members = waiting.members;
+        let mut members = waiting.list;
         // A caller who hung up is never sent, as in a batch being sealed.
         members.retain(|m| !m.tx.is_closed());
         if !matches!(tokens, Tokens::Taken) || members.is_empty() {
@@ -311,31 +311,5 @@ impl Waiters for OpenBatch<'_> {
         let (gone, left) = ctx.shared.registry.expire(&ctx.group, self.id, before);
         ctx.refuse(gone, refusal);
         left > 0
-    }
-}
-
-/// The callers of a part of a refused batch, waiting for its tokens.
-struct Part<'a> {
-    ctx: &'a DriverCtx,
-    members: Vec<Member>,
-}
-
-impl Waiters for Part<'_> {
-    fn earliest(&self) -> Option<Instant> {
-        self.members
-            .iter()
-            .filter(|m| !m.tx.is_closed())
-            .map(|m| m.deadline)
-            .min()
-    }
-
-    fn expire(&mut self, before: Instant, refusal: Option<Refusal>) -> bool {
-        let (gone, stay): (Vec<Member>, Vec<Member>) = std::mem::take(&mut self.members)
-            .into_iter()
-            .partition(|m| m.deadline <= before || m.tx.is_closed());
-        self.members = stay;
-        let gone = gone.into_iter().filter(|m| !m.tx.is_closed()).collect();
-        self.ctx.refuse(gone, refusal);
-        !self.members.is_empty()
     }
 }
