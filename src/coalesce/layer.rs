@@ -89,11 +89,7 @@ impl<S> std::fmt::Debug for Coalesce<S> {
 
 impl<S> Service<Request<Bytes>> for Coalesce<S>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Inner,
 {
     type Response = GatewayResponse;
     type Error = GatewayError;
@@ -233,11 +229,7 @@ impl<F: std::future::Future> std::future::Future for ClaimedCall<F> {
 
 impl<S> Coalesce<S>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Inner,
 {
     fn write(
         &mut self,
@@ -284,6 +276,24 @@ where
             inner: self.inner.clone(),
         }
     }
+}
+
+/// The service below the coalescing layer, as the layer's drivers need it: cloned into tasks
+/// of their own, so `Send` and `'static`.
+pub trait Inner:
+    Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Inner for S where
+    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
 }
 
 /// Drives one batch (or one group's shared reads) from its first caller's arrival to the

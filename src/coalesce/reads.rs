@@ -9,26 +9,21 @@ use bytes::Bytes;
 use http::Request;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
 use super::answer::SharedAnswer;
 use super::group::{Answer, ReadJoin, Reader, Rider};
-use super::layer::{Coalesce, Driver, DriverCtx, BUSY};
+use super::layer::{Coalesce, Driver, DriverCtx, Inner, BUSY};
 use super::line::{take_tokens, Held, OnApp, Tokens, Waiter, Waiters};
 use super::merge::ReadKey;
 use crate::api::Api;
 use crate::error::GatewayError;
-use crate::exchange::GatewayResponse;
 use crate::rate_limit::Refusal;
 use crate::rate_limit::TokensTaken;
 
 impl<S> Coalesce<S>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Inner,
 {
     pub(super) async fn read(
         self,
@@ -125,11 +120,7 @@ where
 
 impl<S> Driver<S>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Inner,
 {
     /// Sends the group's shared reads with these keys, one at a time, until nobody waits.
     pub async fn drive_reads(self, key: ReadKey) {

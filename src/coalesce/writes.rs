@@ -11,11 +11,11 @@ use http::request::Parts;
 use http::Request;
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 
 use super::answer::{Pending, SharedAnswer};
 use super::group::{Member, Rider, Sealed, Turn};
-use super::layer::{Driver, DriverCtx};
+use super::layer::{Driver, DriverCtx, Inner};
 use super::line::{take_tokens, Held, OnApp, Tokens, Waiters};
 use super::merge::{self, Merge};
 use crate::error::GatewayError;
@@ -27,11 +27,7 @@ type Outcome = Result<GatewayResponse, GatewayError>;
 
 impl<S> Driver<S>
 where
-    S: Service<Request<Bytes>, Response = GatewayResponse, Error = GatewayError>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: Inner,
 {
     /// `group_token`: the group's token was already taken for this batch (its first caller
     /// found the app's budget spent).
