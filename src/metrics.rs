@@ -84,6 +84,8 @@ pub struct ApiMetrics {
     upstream_duration: prometheus::Histogram,
     rate_limited_group: prometheus::IntCounter,
     rate_limited_app: prometheus::IntCounter,
+    /// Made on first use (shadow mode only): group, app.
+    shadow: std::sync::OnceLock<(prometheus::IntCounter, prometheus::IntCounter)>,
     /// Made on first use, so that an API that never coalesces, or never hears back, shows no
     /// empty series.
     coalesce: std::sync::OnceLock<(prometheus::Histogram, prometheus::IntCounter)>,
@@ -115,6 +117,21 @@ impl ApiMetrics {
         match scope {
             "group" => self.rate_limited_group.inc(),
             _ => self.rate_limited_app.inc(),
+        }
+    }
+
+    /// A request the limits would have refused, forwarded in shadow mode.
+    pub fn rate_limit_shadow(&self, scope: &str) {
+        let (group, app) = self.shadow.get_or_init(|| {
+            let family = &self.metrics.0.api.rate_limit_shadow;
+            (
+                family.with_label_values(&[&*self.name, "group"]),
+                family.with_label_values(&[&*self.name, "app"]),
+            )
+        });
+        match scope {
+            "group" => group.inc(),
+            _ => app.inc(),
         }
     }
 
@@ -178,6 +195,7 @@ struct ApiFamilies {
     upstream_duration: HistogramVec,
     upstream_responses: IntCounterVec,
     rate_limited: IntCounterVec,
+    rate_limit_shadow: IntCounterVec,
     overhead: HistogramVec,
     coalesced: IntCounterVec,
     batch_size: HistogramVec,
@@ -277,6 +295,11 @@ impl ApiFamilies {
             rate_limited: register(r, counter(
                 "chat_gateway_rate_limited_total",
                 "Requests refused by the gateway's rate limits, by scope (group or app).",
+                &["api", "scope"],
+            )),
+            rate_limit_shadow: register(r, counter(
+                "chat_gateway_rate_limit_shadow_total",
+                "Requests the rate limits would have refused, forwarded in shadow mode, by scope (group or app).",
                 &["api", "scope"],
             )),
             overhead: register(r, histogram(
@@ -424,6 +447,7 @@ impl Metrics {
             upstream_duration: m.api.upstream_duration.with_label_values(&[api]),
             rate_limited_group: m.api.rate_limited.with_label_values(&[api, "group"]),
             rate_limited_app: m.api.rate_limited.with_label_values(&[api, "app"]),
+            shadow: std::sync::OnceLock::new(),
             coalesce: std::sync::OnceLock::new(),
             upstream_ok: std::sync::OnceLock::new(),
             name: api.into(),

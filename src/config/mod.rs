@@ -25,7 +25,7 @@ pub use apis::{is_api_name, ApiAllowList, ApisConfig};
 pub use auth::AuthConfig;
 pub use chat::{ChatConfig, ChatKeys, Endpoint, SecretSource};
 pub use coalesce::CoalesceConfig;
-pub use rate_limit::{Backend, RateLimitConfig};
+pub use rate_limit::{Backend, LimitMode, RateLimitConfig};
 pub use reader::MAX_DURATION;
 pub use redis::{RedisBackend, RedisUrl};
 pub use server::{ServerConfig, TlsFiles};

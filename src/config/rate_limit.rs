@@ -28,6 +28,28 @@ impl std::str::FromStr for Backend {
     }
 }
 
+/// What the limits do with a call over budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LimitMode {
+    /// Refuse it (10006 / 60007).
+    #[default]
+    Enforce,
+    /// Send it all the same, and count it in `chat_gateway_rate_limit_shadow_total`.
+    Shadow,
+}
+
+impl std::str::FromStr for LimitMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "enforce" => Ok(LimitMode::Enforce),
+            "shadow" => Ok(LimitMode::Shadow),
+            _ => Err("must be \"enforce\" or \"shadow\"".into()),
+        }
+    }
+}
+
 /// Requests per second and bursts: 1 to a billion.
 fn rate(r: &mut Reader, s: &super::reader::Section, key: &str) -> Option<u32> {
     r.positive_int(s, key, 1_000_000_000)
@@ -48,6 +70,8 @@ section! {
         max_tracked_groups: usize = 100_000, |r, s, k| r.positive_int(s, k, 100_000_000);
         /// How often quiet groups are forgotten.
         cleanup_interval: Duration = Duration::from_secs(10), |r, s, k| r.duration(s, k, false);
+        /// `enforce` refuses what is over budget; `shadow` only counts it and sends it.
+        mode: LimitMode = LimitMode::Enforce, |r, s, k| r.parsed(s, k, str::parse);
         /// Where the budgets live: `local` or `redis`.
         backend: Backend = Backend::Local, |r, s, k| r.parsed(s, k, str::parse);
         /// With `backend = "redis"`: its URL (no password in the file).

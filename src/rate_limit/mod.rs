@@ -8,6 +8,7 @@
 pub mod local;
 pub mod redis;
 mod refused;
+mod shadow;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::api::Api;
-use crate::config::RateLimitConfig;
+use crate::config::{LimitMode, RateLimitConfig};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 
@@ -161,9 +162,13 @@ pub fn from_config(
     sdkappid: u64,
     metrics: &Metrics,
 ) -> Result<Arc<dyn RateLimiter>, SetupError> {
-    Ok(match config.redis() {
+    let limiter: Arc<dyn RateLimiter> = match config.redis() {
         None => Arc::new(LocalLimiter::new(config)),
         Some(redis) => Arc::new(RedisLimiter::new(config, &redis, sdkappid, metrics)?),
+    };
+    Ok(match config.mode {
+        LimitMode::Enforce => limiter,
+        LimitMode::Shadow => Arc::new(shadow::Shadow::new(limiter, metrics.clone())),
     })
 }
 

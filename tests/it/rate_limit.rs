@@ -208,3 +208,61 @@ async fn a_request_refused_by_its_group_limit_spends_nothing_of_the_apps_budget(
         .assert_rejection(200, 60007, "rate_limit_app");
     assert_eq!(emulator.emulator.requests(), 2);
 }
+
+fn set(group: &str) -> String {
+    format!(r#"{{"GroupId":"{group}","GroupCounter":[{{"Key":"likes","Value":1}}],"Mode":"Set"}}"#)
+}
+
+/// `mode = "shadow"`: what enforcing would refuse is forwarded, and counted by scope, exactly.
+#[tokio::test]
+async fn shadow_mode_forwards_what_enforcing_would_refuse_and_counts_it() {
+    let emulator = spawn_emulator(None).await;
+    let gw = spawn_gateway(&config_text(
+        &emulator.endpoint(),
+        "",
+        "[rate_limit]\nmode = \"shadow\"\ngroup_per_second = 1\ngroup_burst = 1\napp_per_second = 1\napp_burst = 2\n",
+    ))
+    .await;
+    // Enforcing: g passes, g x3 over its group's budget, h passes (the app's burst is 2), k
+    // over the app's budget.
+    for group in ["g", "g", "g", "g", "h", "k"] {
+        let reply = post(gw.addr, UPDATE, set(group)).await;
+        assert_eq!(reply.error_code(), 0, "{group}: {:?}", reply.body);
+        assert!(reply.rejected().is_none());
+    }
+    assert_eq!(emulator.emulator.requests(), 6, "every request forwarded");
+    let m = scrape(gw.admin).await;
+    let api = "group_open_http_svc/update_group_counter";
+    let shadow = |scope: &str| {
+        metric(
+            &m,
+            &format!(r#"chat_gateway_rate_limit_shadow_total{{api="{api}",scope="{scope}"}}"#),
+        )
+    };
+    assert_eq!((shadow("group"), shadow("app")), (3.0, 1.0));
+    for scope in ["group", "app"] {
+        assert_eq!(
+            metric(
+                &m,
+                &format!(r#"chat_gateway_rate_limited_total{{api="{api}",scope="{scope}"}}"#)
+            ),
+            0.0,
+            "nothing refused"
+        );
+    }
+    // The same calls enforced: refused as counted above.
+    let gw = spawn_gateway(&config_text(
+        &emulator.endpoint(),
+        "",
+        "[rate_limit]\ngroup_per_second = 1\ngroup_burst = 1\napp_per_second = 1\napp_burst = 2\n",
+    ))
+    .await;
+    let codes: Vec<i64> = {
+        let mut codes = Vec::new();
+        for group in ["g", "g", "g", "g", "h", "k"] {
+            codes.push(post(gw.addr, UPDATE, set(group)).await.error_code());
+        }
+        codes
+    };
+    assert_eq!(codes, [0, 10006, 10006, 10006, 0, 60007]);
+}
