@@ -68,9 +68,9 @@ pub struct Fleet {
     /// for a check that timed out), so a share once in force stays through an outage.
     local: ArcSwap<LocalLimiter>,
     gauge: IntGauge,
-    /// Redis has answered an announcement once.
-    learned: AtomicBool,
-    /// The share of a gateway that never learned its fleet has been logged.
+    /// Redis has answered once.
+    reached: AtomicBool,
+    /// The share of a gateway that never reached Redis has been logged.
     said_never: AtomicBool,
     /// An announcement's refusal has been logged.
     said_refused: AtomicBool,
@@ -93,7 +93,7 @@ impl Fleet {
             size: AtomicU32::new(size),
             local: ArcSwap::from_pointee(LocalLimiter::new(&share_of(config, size))),
             gauge,
-            learned: AtomicBool::new(false),
+            reached: AtomicBool::new(false),
             said_never: AtomicBool::new(false),
             said_refused: AtomicBool::new(false),
         }
@@ -109,9 +109,14 @@ impl Fleet {
         self.size.load(Ordering::Relaxed)
     }
 
-    /// The first outage of a gateway that never learned its fleet: says which share it keeps.
-    pub fn never_learned(&self) {
-        if self.learned.load(Ordering::Relaxed) || self.said_never.swap(true, Ordering::Relaxed) {
+    /// Redis answered: an outage from now on is not one of a gateway that never reached it.
+    pub fn reached(&self) {
+        self.reached.store(true, Ordering::Relaxed);
+    }
+
+    /// The first outage of a gateway that never reached Redis: says which share it keeps.
+    pub fn never_reached(&self) {
+        if self.reached.load(Ordering::Relaxed) || self.said_never.swap(true, Ordering::Relaxed) {
             return;
         }
         let size = self.size();
@@ -151,7 +156,7 @@ impl Fleet {
 
     /// The fleet counted `count` gateways (itself included).
     fn learn(&self, count: u32) {
-        self.learned.store(true, Ordering::Relaxed);
+        self.reached.store(true, Ordering::Relaxed);
         let size = if self.fixed > 0 {
             self.fixed
         } else {

@@ -305,6 +305,7 @@ impl Shared {
         self.last_answer_ms.store(self.now_ms(), Ordering::Relaxed);
         if !self.up.swap(true, Ordering::Relaxed) {
             self.gauge.set(1);
+            self.fleet.reached();
             if self.said_down.swap(false, Ordering::Relaxed) {
                 tracing::info!(url = %self.shown_url, "Redis answers again: rate limits are shared by the fleet again");
             } else {
@@ -322,7 +323,7 @@ impl Shared {
         if self.said_down.swap(true, Ordering::Relaxed) {
             return;
         }
-        self.fleet.never_learned();
+        self.fleet.never_reached();
         let error = self.scrub(why.to_string());
         let url = &self.shown_url;
         let fleet_size = self.fleet.size();

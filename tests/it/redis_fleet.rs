@@ -10,6 +10,7 @@ use chat_gateway::metrics::Metrics;
 use chat_gateway::rate_limit::fleet::FLEET_STALE;
 use chat_gateway::rate_limit::RedisLimiter;
 
+use crate::binary::{free_port, Running, BIN};
 use crate::redis_limits::{increase, redis_sections, wait_for_gauge, UP};
 use crate::redis_server::RedisServer;
 use crate::support::*;
@@ -243,4 +244,58 @@ async fn the_fleet_set_counts_each_gateway_once_and_forgets_the_silent() {
     let pttl: i64 = redis.cli(&["pttl", &key]).trim().parse().expect("pttl");
     assert!(pttl > 0 && pttl <= FLEET_STALE.as_millis() as i64, "{pttl}");
     assert_eq!(redis.calls("keys") + redis.calls("scan"), 0);
+}
+
+/// `serve` with a Redis that is not there and `fallback_fleet_size = fixed`: the gauge and
+/// what the log says, once, about the share it keeps.
+async fn never_reached(fixed: u32) -> (f64, String) {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).expect("write");
+    let (port, admin_port) = (free_port(), free_port());
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndrain_delay = \"0s\"\n\
+             [chat]\nsdkappid = {SDKAPPID}\nidentifier = \"{ADMIN}\"\nendpoint = \"http://127.0.0.1:{port}\"\nsecret_key_file = \"{}\"\n\
+             {}fallback_fleet_size = {fixed}\n",
+            secret.display(),
+            redis_sections(&redis.url(), "50ms", ""),
+        ),
+    )
+    .expect("write");
+    let gateway = Running::spawn(
+        std::process::Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path),
+    );
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        assert!(Instant::now() < deadline, "gateway did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A few probes fail meanwhile (every 250 ms): the log says it once all the same.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let size = metric(&scrape(admin).await, FLEET);
+    gateway.signal("-TERM");
+    let (_, log) = tokio::task::spawn_blocking(move || gateway.wait(Duration::from_secs(10)))
+        .await
+        .expect("join");
+    (size, log)
+}
+
+#[tokio::test]
+async fn a_gateway_that_never_reached_redis_says_once_which_share_it_keeps() {
+    let (size, log) = never_reached(4).await;
+    assert_eq!(size, 4.0);
+    assert_eq!(log.matches("Redis never reached").count(), 1, "{log}");
+    assert!(log.contains("at 1/4 here"), "{log}");
+    let (size, log) = never_reached(0).await;
+    assert_eq!(size, 1.0);
+    assert_eq!(log.matches("Redis never reached").count(), 1, "{log}");
+    assert!(log.contains("keeps each whole rate-limit budget"), "{log}");
 }
