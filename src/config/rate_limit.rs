@@ -50,6 +50,9 @@ impl std::str::FromStr for LimitMode {
     }
 }
 
+/// The largest `fallback_fleet_size`.
+const MAX_FLEET_SIZE: i64 = 10_000;
+
 /// Requests per second and bursts: 1 to a billion.
 fn rate(r: &mut Reader, s: &super::reader::Section, key: &str) -> Option<u32> {
     r.positive_int(s, key, 1_000_000_000)
@@ -80,6 +83,9 @@ section! {
         redis_url_env: Option<String> = None, Reader::optional_string;
         /// Longest a request waits for Redis before the local limiter answers.
         redis_timeout: Duration = Duration::from_millis(50), |r, s, k| r.duration(s, k, false);
+        /// With `backend = "redis"`: while Redis is unreachable each gateway keeps 1/n of every
+        /// budget; 0 learns n from Redis (the gateways announce themselves there).
+        fallback_fleet_size: u32 = 0, |r, s, k| r.int_in(s, k, 0..=MAX_FLEET_SIZE, "must be an integer from 0 (learned from Redis) to 10000");
     }
 }
 
@@ -131,6 +137,10 @@ fn check_backend(r: &mut Reader, config: &RateLimitConfig) {
         }
         if env.is_some() {
             r.problem("rate_limit.redis_url_env", shown_env, why);
+        }
+        if config.fallback_fleet_size > 0 {
+            let shown = Some(config.fallback_fleet_size.to_string());
+            r.problem("rate_limit.fallback_fleet_size", shown, why);
         }
     } else {
         match (url, env) {
@@ -187,5 +197,39 @@ mod tests {
                 problems[0]
             );
         }
+    }
+
+    #[test]
+    fn fallback_fleet_size_is_0_to_10000_and_only_with_redis() {
+        let redis = "backend = \"redis\"\nredis_url = \"redis://127.0.0.1:6379/0\"\n";
+        for (value, ok) in [
+            ("0", true),
+            ("4", true),
+            ("10000", true),
+            ("10001", false),
+            ("-1", false),
+            ("\"3\"", false),
+        ] {
+            let text = format!("{MINIMAL}[rate_limit]\n{redis}fallback_fleet_size = {value}\n");
+            match Config::parse(&text) {
+                Ok(config) => {
+                    assert!(ok, "{value} accepted");
+                    assert_eq!(config.rate_limit.fallback_fleet_size.to_string(), value);
+                }
+                Err(problems) => {
+                    assert!(!ok, "{value}: {:?}", problems.0);
+                    assert_eq!(problems.0[0].key, "rate_limit.fallback_fleet_size");
+                    assert!(problems.0[0]
+                        .why
+                        .contains("0 (learned from Redis) to 10000"));
+                }
+            }
+        }
+        let text = format!("{MINIMAL}[rate_limit]\nfallback_fleet_size = 3\n");
+        let problems = Config::parse(&text).expect_err("local backend").0;
+        assert_eq!(problems[0].key, "rate_limit.fallback_fleet_size");
+        assert!(
+            Config::parse(&format!("{MINIMAL}[rate_limit]\nfallback_fleet_size = 0\n")).is_ok()
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! backend ([`local`]) decides at once, a shared backend may ask the network. [`from_config`]
 //! is the one place a backend is chosen.
 
+pub mod fleet;
 pub mod local;
 pub mod redis;
 mod refused;

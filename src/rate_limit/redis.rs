@@ -5,8 +5,10 @@
 //! What Redis says about when a saturated key can pass again is kept ([`Refused`]): until
 //! then the gateway refuses such calls itself, and then one caller asks, so a flood of refused
 //! callers does not become a flood of Redis commands. While Redis is slow or down a
-//! [`LocalLimiter`] with the same numbers decides alone; a background task probes Redis (with
-//! the check itself, on a key that holds nothing) and puts it back in use as soon as it works.
+//! [`LocalLimiter`](super::LocalLimiter) at this gateway's share of the numbers decides alone
+//! (`1 / fleet size`, [`Fleet`]); a background task probes Redis (with the check itself, on a
+//! key that holds nothing) and puts it back in use as soon as it works, and announces the
+//! gateway while Redis answers, which is how the fleet's size is learned.
 //! A connection that stays silent without closing is replaced ([`SILENT_CONNECTION_LIMIT`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,8 +20,9 @@ use prometheus::IntGauge;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, ScriptInvocation};
 
+use super::fleet::{Fleet, ANNOUNCE_INTERVAL};
 use super::refused::{Learned, Refused};
-use super::{BoxFuture, Decision, LocalLimiter, RateLimiter, Refusal, Scope};
+use super::{BoxFuture, Decision, RateLimiter, Refusal, Scope};
 use crate::api::Api;
 use crate::config::redis::{check_url, password, redact, url_from_env, UrlError};
 use crate::config::{RateLimitConfig, RedisBackend, RedisUrl};
@@ -58,7 +61,6 @@ fn gcra_ns(per_second: u32, burst: u32) -> (u64, u64) {
 
 /// The Redis-backed limiter.
 pub struct RedisLimiter {
-    local: Arc<LocalLimiter>,
     shared: Arc<Shared>,
 }
 
@@ -97,6 +99,8 @@ struct Shared {
     numbers: [u64; 4],
     refused: Refused,
     gauge: IntGauge,
+    /// The fleet's size, and the local limiter that decides while Redis is not in use.
+    fleet: Fleet,
 }
 
 impl RedisLimiter {
@@ -122,8 +126,8 @@ impl RedisLimiter {
             "1 while the shared rate-limit store (Redis) answers, 0 while the gateway limits locally.",
         );
         gauge.set(0);
+        let prefix = format!("{{chat-gateway:{sdkappid}}}");
         Ok(RedisLimiter {
-            local: Arc::new(LocalLimiter::new(config)),
             shared: Arc::new(Shared {
                 client,
                 shown_url: redact(&url),
@@ -137,7 +141,8 @@ impl RedisLimiter {
                 epoch: Instant::now(),
                 timeout: backend.timeout,
                 script: redis::Script::new(include_str!("gcra.lua")),
-                prefix: format!("{{chat-gateway:{sdkappid}}}"),
+                fleet: Fleet::new(config, &prefix, metrics),
+                prefix,
                 numbers: [app_t, app_tau, group_t, group_tau],
                 refused: Refused::new(
                     Duration::from_nanos(app_t),
@@ -147,6 +152,17 @@ impl RedisLimiter {
                 gauge,
             }),
         })
+    }
+
+    /// The fleet size whose share the local fallback keeps.
+    pub fn fleet_size(&self) -> u32 {
+        self.shared.fleet.size()
+    }
+
+    /// Announces this gateway in Redis and learns the fleet's size, as the background task
+    /// does every [`ANNOUNCE_INTERVAL`] while Redis is in use; nothing when it is not.
+    pub async fn announce(&self) {
+        self.shared.announce().await;
     }
 
     /// True while checks go to Redis.
@@ -289,6 +305,7 @@ impl Shared {
         self.last_answer_ms.store(self.now_ms(), Ordering::Relaxed);
         if !self.up.swap(true, Ordering::Relaxed) {
             self.gauge.set(1);
+            self.fleet.reached();
             if self.said_down.swap(false, Ordering::Relaxed) {
                 tracing::info!(url = %self.shown_url, "Redis answers again: rate limits are shared by the fleet again");
             } else {
@@ -306,17 +323,19 @@ impl Shared {
         if self.said_down.swap(true, Ordering::Relaxed) {
             return;
         }
+        self.fleet.never_reached();
         let error = self.scrub(why.to_string());
         let url = &self.shown_url;
+        let fleet_size = self.fleet.size();
         match why.kind() {
             OutageKind::Auth => {
-                tracing::error!(%url, %error, "Redis refused the gateway's credentials (WRONGPASS/NOAUTH): check the user and password of the rate_limit Redis URL; limiting locally (each gateway alone) until Redis accepts them")
+                tracing::error!(%url, %error, fleet_size, "Redis refused the gateway's credentials (WRONGPASS/NOAUTH): check the user and password of the rate_limit Redis URL; limiting locally (each gateway alone, at 1/fleet_size of each budget) until Redis accepts them")
             }
             OutageKind::Refused => {
-                tracing::error!(%url, %error, "Redis answers but refuses the rate-limit check (EVALSHA of the GCRA script): NOPERM means the URL's user may not run EVALSHA / SCRIPT or touch the {{chat-gateway:<sdkappid>}} keys (see its ACL); MOVED/ASK/CROSSSLOT mean the URL names a Redis Cluster node that does not serve those keys (point it at a standalone Redis or at the node that serves the slot); limiting locally (each gateway alone) until the check runs")
+                tracing::error!(%url, %error, fleet_size, "Redis answers but refuses the rate-limit check (EVALSHA of the GCRA script): NOPERM means the URL's user may not run EVALSHA / SCRIPT or touch the {{chat-gateway:<sdkappid>}} keys (see its ACL); MOVED/ASK/CROSSSLOT mean the URL names a Redis Cluster node that does not serve those keys (point it at a standalone Redis or at the node that serves the slot); limiting locally (each gateway alone, at 1/fleet_size of each budget) until the check runs")
             }
             OutageKind::Other => {
-                tracing::warn!(%url, %error, "Redis is not answering: limiting locally (each gateway alone) until it does")
+                tracing::warn!(%url, %error, fleet_size, "Redis is not answering: limiting locally (each gateway alone, at 1/fleet_size of each budget) until it does")
             }
         }
     }
@@ -358,6 +377,42 @@ impl Shared {
             Err(why) => {
                 self.down(&why);
                 DOWN_PROBE_INTERVAL
+            }
+        }
+    }
+
+    /// Announces this gateway once [`ANNOUNCE_INTERVAL`] has passed since Redis last took an
+    /// announcement (at once after it comes back); returns how long until the next is due.
+    /// Never on the request path: only the background task calls it.
+    async fn announce_when_due(&self, last: &mut Option<Instant>) -> Duration {
+        if last.map_or(true, |at| at.elapsed() >= ANNOUNCE_INTERVAL) {
+            self.announce().await;
+            if self.up.load(Ordering::Relaxed) {
+                *last = Some(Instant::now());
+            }
+        }
+        last.map_or(ANNOUNCE_INTERVAL, |at| {
+            ANNOUNCE_INTERVAL.saturating_sub(at.elapsed())
+        })
+    }
+
+    /// Announces this gateway while Redis is in use (its answer is one from Redis).
+    async fn announce(&self) {
+        if let Some(conn) = self.conn.load_full() {
+            if self.up.load(Ordering::Relaxed) {
+                // A lost connection or silence counts as a failed check would: an idle
+                // gateway learns of an outage within an interval.
+                match tokio::time::timeout(self.timeout, self.fleet.announce(&conn)).await {
+                    Ok(Ok(())) => {
+                        self.silent_since_ms.store(0, Ordering::Relaxed);
+                        self.answered();
+                    }
+                    Ok(Err(e)) => self.down(&Outage::Error(e)),
+                    Err(_) => {
+                        self.timed_out(&conn);
+                        self.down(&Outage::Timeout(self.timeout));
+                    }
+                }
             }
         }
     }
@@ -427,12 +482,12 @@ impl RateLimiter for RedisLimiter {
         // While Redis is not in use the local limiter decides alone.
         let conn = match self.shared.conn.load_full() {
             Some(conn) if self.shared.up.load(Ordering::Relaxed) => conn,
-            _ => return Decision::now(self.local.check_now(api, group)),
+            _ => return Decision::now(self.shared.fleet.local().check_now(api, group)),
         };
         if let Some(refusal) = self.shared.refused.check(&api.name, group, Instant::now()) {
             return Decision::now(Err(refusal));
         }
-        let (shared, local, api) = (self.shared.clone(), self.local.clone(), api.clone());
+        let (shared, api) = (self.shared.clone(), api.clone());
         let group = group.map(str::to_string);
         Decision::later(async move {
             match shared.ask(&conn, &api.name, group.as_deref()).await {
@@ -445,28 +500,33 @@ impl RateLimiter for RedisLimiter {
                         .result()
                 }
                 // Redis silent: the local limiter decides, as while Redis is down.
-                None => local.check_now(&api, group.as_deref()),
+                None => shared.fleet.local().check_now(&api, group.as_deref()),
             }
         })
     }
 
     fn cleanup(&self) -> usize {
         self.shared.refused.cleanup(Instant::now());
-        self.local.cleanup()
+        self.shared.fleet.local().cleanup()
     }
 
     fn tracked_groups(&self) -> usize {
-        self.local.tracked_groups()
+        self.shared.fleet.local().tracked_groups()
     }
 
     fn background(&self, stop: BoxFuture) -> Option<BoxFuture> {
         let shared = self.shared.clone();
         Some(Box::pin(async move {
             tokio::pin!(stop);
+            let mut announced = None;
             loop {
                 let next = tokio::select! {
                     _ = &mut stop => return,
                     next = shared.probe() => next,
+                };
+                let next = tokio::select! {
+                    _ = &mut stop => return,
+                    due = shared.announce_when_due(&mut announced) => next.min(due),
                 };
                 tokio::select! {
                     _ = &mut stop => return,

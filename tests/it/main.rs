@@ -13,6 +13,7 @@ mod hardening;
 mod observability;
 mod rate_limit;
 mod redis_faults;
+mod redis_fleet;
 mod redis_limits;
 mod redis_server;
 mod soak;
