@@ -45,6 +45,38 @@ pub struct Rider {
     pub tx: oneshot::Sender<Option<Answer>>,
 }
 
+/// One caller that waits until its `max_wait` runs out.
+pub(super) trait Waiter {
+    fn deadline(&self) -> Instant;
+    fn hung_up(&self) -> bool;
+    /// Answers it with `error` (it was never sent).
+    fn refuse(self, error: GatewayError);
+}
+
+impl Waiter for Member {
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+    fn hung_up(&self) -> bool {
+        self.tx.is_closed()
+    }
+    fn refuse(self, error: GatewayError) {
+        let _ = self.tx.send(Err(error));
+    }
+}
+
+impl Waiter for Reader {
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+    fn hung_up(&self) -> bool {
+        self.tx.is_closed()
+    }
+    fn refuse(self, error: GatewayError) {
+        let _ = self.tx.send(Err(error));
+    }
+}
+
 /// A batch still open to joiners.
 #[derive(Debug)]
 struct OpenBatch {

@@ -17,8 +17,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use super::group::{Answer, Joined, Member, Registry};
-use super::line::Waiter;
+use super::group::{Answer, Joined, Member, Registry, Waiter};
 use super::merge;
 use crate::api::Api;
 use crate::config::CoalesceConfig;

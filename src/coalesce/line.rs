@@ -7,10 +7,9 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::group::{Member, Reader, Registry};
+use super::group::{Registry, Waiter};
 use super::layer::DriverCtx;
 use crate::api::Api;
-use crate::error::GatewayError;
 use crate::rate_limit::{RateLimiter, Refusal, Scope};
 
 /// The callers waiting behind one place in the line.
@@ -127,38 +126,6 @@ impl<'a> Place<'a> {
 impl Drop for Place<'_> {
     fn drop(&mut self) {
         self.registry.leave_line(self.group, self.ticket);
-    }
-}
-
-/// One caller that waits until its `max_wait` runs out.
-pub(super) trait Waiter {
-    fn deadline(&self) -> Instant;
-    fn hung_up(&self) -> bool;
-    /// Answers it with `error` (it was never sent).
-    fn refuse(self, error: GatewayError);
-}
-
-impl Waiter for Member {
-    fn deadline(&self) -> Instant {
-        self.deadline
-    }
-    fn hung_up(&self) -> bool {
-        self.tx.is_closed()
-    }
-    fn refuse(self, error: GatewayError) {
-        let _ = self.tx.send(Err(error));
-    }
-}
-
-impl Waiter for Reader {
-    fn deadline(&self) -> Instant {
-        self.deadline
-    }
-    fn hung_up(&self) -> bool {
-        self.tx.is_closed()
-    }
-    fn refuse(self, error: GatewayError) {
-        let _ = self.tx.send(Err(error));
     }
 }
 

@@ -12,9 +12,9 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use super::answer::SharedAnswer;
-use super::group::{Answer, ReadJoin, Reader, Rider};
+use super::group::{Answer, ReadJoin, Reader, Rider, Waiter};
 use super::layer::{Coalesce, Driver, DriverCtx, Inner, BUSY};
-use super::line::{take_tokens, Held, OnApp, Tokens, Waiter, Waiters};
+use super::line::{take_tokens, Held, OnApp, Tokens, Waiters};
 use super::merge::ReadKey;
 use crate::api::Api;
 use crate::error::GatewayError;
