@@ -151,6 +151,13 @@ impl ApiMetrics {
     }
 
     /// One call sent for `callers` coalescing callers.
+    /// One call sent for `callers` callers whose answers are counted later, once they are
+    /// answered from it ([`Self::answered_from_shared`]): a merged call Tencent refuses whole
+    /// answers no one, its callers are answered from the parts sent again.
+    pub fn batch_sent(&self, callers: usize) {
+        self.coalesce_series().0.observe(callers as f64);
+    }
+
     pub fn coalesce_call(&self, callers: usize) {
         let (size, coalesced) = self.coalesce_series();
         size.observe(callers as f64);

@@ -82,7 +82,7 @@ where
                 members,
                 sent: true,
             };
-            ctx.api.metrics(&ctx.shared.metrics).coalesce_call(n);
+            ctx.api.metrics(&ctx.shared.metrics).batch_sent(n);
             if n > 1 {
                 tracing::debug!(
                     api = &*ctx.api.name,
@@ -120,9 +120,16 @@ where
             }
             return;
         }
+        let shared = |n: usize| {
+            if n > 1 {
+                let api = self.ctx.api.metrics(&self.ctx.shared.metrics);
+                api.answered_from_shared(n as u64);
+            }
+        };
         let response = match result {
             Ok(response) => response,
             Err(e) => {
+                shared(members.len());
                 for m in members {
                     let _ = m.tx.send(Err(e.clone()));
                 }
@@ -146,6 +153,7 @@ where
             .then(|| merge::answer_values(&answer.body))
             .flatten();
         let callers = members.len() + riders.len();
+        shared(members.len());
         answer_members(&answer, values.as_deref(), members, callers);
         for r in riders {
             let body = values

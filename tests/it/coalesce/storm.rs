@@ -127,6 +127,16 @@ async fn a_caller_whose_increment_would_overflow_fails_alone() {
     let store = emulator.emulator.store();
     assert_eq!(store.value("edge", "big"), Some(MAX - 2));
     assert_eq!(store.value("edge", "likes"), Some(2));
+    // Each caller was answered from its own call in the end: none counted as coalesced, and
+    // none counted twice.
+    let m = scrape(gw.admin).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"chat_gateway_coalesced_requests_total{api="group_open_http_svc/update_group_counter"}"#
+        ),
+        0.0
+    );
 }
 
 /// An upstream that answers every update OK with its keys (Value 1), gzip-compressed although
