@@ -16,7 +16,7 @@ use redis::aio::ConnectionManager;
 use redis::RedisError;
 
 use super::LocalLimiter;
-use crate::config::RateLimitConfig;
+use crate::config::{ApiLimits, GroupLimits, RateLimitConfig};
 use crate::metrics::Metrics;
 
 /// How often a gateway announces itself while Redis answers.
@@ -51,6 +51,24 @@ pub fn share_of(config: &RateLimitConfig, fleet: u32) -> RateLimitConfig {
         group_burst: share(config.group_burst, fleet),
         app_per_second: share(config.app_per_second, fleet),
         app_burst: share(config.app_burst, fleet),
+        groups: config
+            .groups
+            .iter()
+            .map(|table| GroupLimits {
+                per_second: share(table.per_second, fleet),
+                burst: share(table.burst, fleet),
+                ..table.clone()
+            })
+            .collect(),
+        apis: config
+            .apis
+            .iter()
+            .map(|api| ApiLimits {
+                per_second: share(api.per_second, fleet),
+                burst: share(api.burst, fleet),
+                ..api.clone()
+            })
+            .collect(),
         ..config.clone()
     }
 }
