@@ -279,4 +279,30 @@ mod tests {
         fixed.learn(9);
         assert_eq!(fixed.size(), 4, "a fixed size is not learned");
     }
+
+    #[test]
+    fn overrides_are_shared_too() {
+        use crate::config::GroupMatch;
+        let config = RateLimitConfig {
+            groups: vec![GroupLimits {
+                matches: GroupMatch::Prefix("vip-".into()),
+                per_second: 100,
+                burst: 7,
+            }],
+            apis: vec![ApiLimits {
+                api: "openim/sendmsg".into(),
+                per_second: 40,
+                burst: 2,
+            }],
+            ..RateLimitConfig::default()
+        };
+        let shared = share_of(&config, 4);
+        assert_eq!(
+            (shared.groups[0].per_second, shared.groups[0].burst),
+            (25, 1)
+        );
+        assert_eq!(shared.groups[0].matches, config.groups[0].matches);
+        assert_eq!((shared.apis[0].per_second, shared.apis[0].burst), (10, 1));
+        assert_eq!(shared.apis[0].api, "openim/sendmsg");
+    }
 }
