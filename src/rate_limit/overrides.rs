@@ -10,6 +10,30 @@ use std::collections::HashMap;
 
 use crate::config::{GroupMatch, RateLimitConfig};
 
+/// The longest prefix that can match: GroupIds are at most 48 bytes.
+const MAX_PREFIX: usize = 48;
+
+/// A set of bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct ByteSet([u64; 4]);
+
+impl ByteSet {
+    fn insert(&mut self, b: u8) {
+        self.0[usize::from(b >> 6)] |= 1 << (b & 63);
+    }
+
+    fn contains(&self, b: u8) -> bool {
+        self.0[usize::from(b >> 6)] & (1 << (b & 63)) != 0
+    }
+}
+
+/// The first and the last bytes of the prefixes of one length.
+#[derive(Debug, Clone, Copy, Default)]
+struct ByteSet2 {
+    first: ByteSet,
+    last: ByteSet,
+}
+
 /// One budget: requests per second and burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Limits {
@@ -50,6 +74,9 @@ pub struct Overrides {
     prefixes: HashMap<Box<str>, usize>,
     /// The distinct prefix lengths, longest first.
     lengths: Vec<usize>,
+    /// Per prefix length, the first and last bytes of the prefixes of that length: a length
+    /// whose bytes no prefix has is skipped without hashing.
+    ends: Box<[ByteSet2; MAX_PREFIX + 1]>,
     apps: Quotas,
     apis: HashMap<Box<str>, usize>,
 }
@@ -60,7 +87,8 @@ impl Overrides {
             per_second: config.group_per_second,
             burst: config.group_burst,
         });
-        let (mut ids, mut prefixes) = (HashMap::new(), HashMap::new());
+        let mut ids: HashMap<Box<str>, usize> = HashMap::new();
+        let mut prefixes: HashMap<Box<str>, usize> = HashMap::new();
         for table in &config.groups {
             let quota = groups.add(Limits {
                 per_second: table.per_second,
@@ -75,7 +103,18 @@ impl Overrides {
                 }
             }
         }
-        let mut lengths: Vec<usize> = prefixes.keys().map(|p: &Box<str>| p.len()).collect();
+        let mut ends = Box::new([ByteSet2::default(); MAX_PREFIX + 1]);
+        let mut lengths = Vec::new();
+        for prefix in prefixes.keys().map(|p| p.as_bytes()) {
+            let Some(end) = ends.get_mut(prefix.len()) else {
+                continue; // longer than any GroupId: never matches
+            };
+            if let (Some(&first), Some(&last)) = (prefix.first(), prefix.last()) {
+                end.first.insert(first);
+                end.last.insert(last);
+                lengths.push(prefix.len());
+            }
+        }
         lengths.sort_unstable_by(|a, b| b.cmp(a));
         lengths.dedup();
         let mut apps = Quotas::new(Limits {
@@ -98,6 +137,7 @@ impl Overrides {
             ids,
             prefixes,
             lengths,
+            ends,
             apps,
             apis,
         }
@@ -108,7 +148,16 @@ impl Overrides {
         if let Some(&quota) = self.ids.get(id) {
             return quota;
         }
+        let bytes = id.as_bytes();
         for &len in &self.lengths {
+            let (Some(&first), Some(&last)) = (bytes.first(), bytes.get(len.wrapping_sub(1)))
+            else {
+                continue;
+            };
+            let end = &self.ends[len];
+            if !end.first.contains(first) || !end.last.contains(last) {
+                continue;
+            }
             if let Some(&quota) = id.get(..len).and_then(|head| self.prefixes.get(head)) {
                 return quota;
             }
