@@ -1,12 +1,16 @@
 //! One limit check (group then app) with 1, 10 000 and 1 000 000 tracked groups (target: under
-//! 200 ns at any size), and memory per tracked group (printed from the process's RSS).
+//! 200 ns at any size), and memory per tracked group (printed from the process's RSS). The
+//! budget lookup of a GroupId with 1, 1 000 and 100 000 exact ids beside 1 000 prefixes of 44
+//! distinct lengths: an exact id, a prefix, the defaults, and a GroupId that has to be hashed
+//! at every length.
 
 use std::fmt::Write;
 use std::hint::black_box;
 use std::time::Duration;
 
 use chat_gateway::api::ApiTable;
-use chat_gateway::config::{ApiAllowList, RateLimitConfig};
+use chat_gateway::config::{ApiAllowList, GroupLimits, GroupMatch, RateLimitConfig};
+use chat_gateway::rate_limit::overrides::Overrides;
 use chat_gateway::rate_limit::{LocalLimiter, RateLimiter};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 
@@ -85,5 +89,46 @@ fn limit_check(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, limit_check);
+/// `ids` exact GroupIds and 1 000 prefixes, each table its own budget.
+fn overrides(ids: usize) -> RateLimitConfig {
+    let table = |matches, i: usize| GroupLimits {
+        matches,
+        per_second: 1 + (i % 500) as u32,
+        burst: 1 + (i % 7) as u32,
+    };
+    let mut groups: Vec<GroupLimits> = (0..ids)
+        .map(|i| table(GroupMatch::Ids(vec![format!("@TGS#vip-{i:08}")]), i))
+        .collect();
+    // Lengths 2 to 45: every length a miss has to try.
+    groups.extend(
+        (0..1_000).map(|i| table(GroupMatch::Prefix(format!("{i:0w$}-", w = 1 + i % 44)), i)),
+    );
+    RateLimitConfig { groups, ..config() }
+}
+
+fn override_lookup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rate_limit/override_lookup");
+    for ids in [1usize, 1_000, 100_000] {
+        let lookup = Overrides::new(&overrides(ids));
+        let exact = format!("@TGS#vip-{:08}", ids / 2);
+        group.bench_with_input(BenchmarkId::new("exact", ids), &ids, |b, _| {
+            b.iter(|| black_box(lookup.group(black_box(&exact))))
+        });
+        group.bench_with_input(BenchmarkId::new("prefix", ids), &ids, |b, _| {
+            b.iter(|| black_box(lookup.group(black_box("0000000999-live-1"))))
+        });
+        group.bench_with_input(BenchmarkId::new("default", ids), &ids, |b, _| {
+            b.iter(|| black_box(lookup.group(black_box("@TGS#live-00001234"))))
+        });
+        // Its first and last bytes fit prefixes of every length, and only the shortest ("0-")
+        // matches: each length is hashed, the worst case.
+        let worst = format!("0{}", "-".repeat(47));
+        group.bench_with_input(BenchmarkId::new("worst", ids), &ids, |b, _| {
+            b.iter(|| black_box(lookup.group(black_box(&worst))))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, limit_check, override_lookup);
 criterion_main!(benches);

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use toml::Table;
 
+use super::limit_overrides::{read_apis, read_groups};
+pub use super::limit_overrides::{ApiLimits, GroupLimits, GroupMatch};
 use super::reader::{section, Reader};
 use super::redis::{check_url, redact, RedisBackend, RedisUrl};
 
@@ -86,6 +88,10 @@ section! {
         /// With `backend = "redis"`: while Redis is unreachable each gateway keeps 1/n of every
         /// budget; 0 learns n from Redis (the gateways announce themselves there).
         fallback_fleet_size: u32 = 0, |r, s, k| r.int_in(s, k, 0..=MAX_FLEET_SIZE, "must be an integer from 0 (learned from Redis) to 10000");
+        /// `[[rate_limit.groups]]`: budgets of some GroupIds (exact ids or a prefix).
+        groups: Vec<GroupLimits> = Vec::new(), read_groups;
+        /// `[rate_limit.apis."service/command"]`: app-wide budgets of some APIs.
+        apis: Vec<ApiLimits> = Vec::new(), read_apis;
     }
 }
 

@@ -16,7 +16,7 @@ use redis::aio::ConnectionManager;
 use redis::RedisError;
 
 use super::LocalLimiter;
-use crate::config::RateLimitConfig;
+use crate::config::{ApiLimits, GroupLimits, RateLimitConfig};
 use crate::metrics::Metrics;
 
 /// How often a gateway announces itself while Redis answers.
@@ -51,6 +51,24 @@ pub fn share_of(config: &RateLimitConfig, fleet: u32) -> RateLimitConfig {
         group_burst: share(config.group_burst, fleet),
         app_per_second: share(config.app_per_second, fleet),
         app_burst: share(config.app_burst, fleet),
+        groups: config
+            .groups
+            .iter()
+            .map(|table| GroupLimits {
+                per_second: share(table.per_second, fleet),
+                burst: share(table.burst, fleet),
+                ..table.clone()
+            })
+            .collect(),
+        apis: config
+            .apis
+            .iter()
+            .map(|api| ApiLimits {
+                per_second: share(api.per_second, fleet),
+                burst: share(api.burst, fleet),
+                ..api.clone()
+            })
+            .collect(),
         ..config.clone()
     }
 }
@@ -260,5 +278,31 @@ mod tests {
         assert_eq!(fixed.size(), 4);
         fixed.learn(9);
         assert_eq!(fixed.size(), 4, "a fixed size is not learned");
+    }
+
+    #[test]
+    fn overrides_are_shared_too() {
+        use crate::config::GroupMatch;
+        let config = RateLimitConfig {
+            groups: vec![GroupLimits {
+                matches: GroupMatch::Prefix("vip-".into()),
+                per_second: 100,
+                burst: 7,
+            }],
+            apis: vec![ApiLimits {
+                api: "openim/sendmsg".into(),
+                per_second: 40,
+                burst: 2,
+            }],
+            ..RateLimitConfig::default()
+        };
+        let shared = share_of(&config, 4);
+        assert_eq!(
+            (shared.groups[0].per_second, shared.groups[0].burst),
+            (25, 1)
+        );
+        assert_eq!(shared.groups[0].matches, config.groups[0].matches);
+        assert_eq!((shared.apis[0].per_second, shared.apis[0].burst), (10, 1));
+        assert_eq!(shared.apis[0].api, "openim/sendmsg");
     }
 }

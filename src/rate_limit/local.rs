@@ -1,8 +1,13 @@
 //! The in-process limiter: GCRA buckets from `governor`, one per GroupId (capped, cleaned on a
 //! timer) and one per API for the app. Decides at once, without I/O.
+//!
+//! A governor keyed limiter has one quota for all its keys, so there is one per distinct
+//! budget (the default and each override's), chosen by the [`Overrides`] lookup.
 
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
@@ -11,6 +16,7 @@ use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::StateStore;
 use governor::Quota;
 
+use super::overrides::{Limits, Overrides};
 use super::{Decision, RateLimiter, Refusal, Scope};
 use crate::api::Api;
 use crate::config::RateLimitConfig;
@@ -43,13 +49,16 @@ impl std::hash::Hasher for PassThrough {
 
 type KeyStore = DashMapStateStore<u64, std::hash::BuildHasherDefault<PassThrough>>;
 
-/// The group state store: governor's DashMap store with a cap on its size. Past the cap, new
-/// groups share one overflow bucket (at the per-group rate) until a cleanup makes room; groups
-/// already tracked keep their own.
+/// The group state store: governor's DashMap store with a cap on the groups tracked by all the
+/// stores of one limiter (one per budget). Past the cap, new groups share one overflow bucket
+/// per budget until a cleanup makes room; groups already tracked keep their own.
 #[derive(Debug)]
 pub struct CappedStore {
     map: KeyStore,
     cap: usize,
+    /// Groups tracked over all the limiter's stores; counted on insertion (so at most a few
+    /// over the cap under a race), and recounted at each cleanup.
+    tracked: Arc<AtomicUsize>,
 }
 
 impl StateStore for CappedStore {
@@ -59,7 +68,10 @@ impl StateStore for CappedStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let key = if self.map.len() < self.cap || self.map.contains_key(key) {
+        let key = if self.map.contains_key(key) {
+            key
+        } else if self.tracked.load(Ordering::Relaxed) < self.cap {
+            self.tracked.fetch_add(1, Ordering::Relaxed);
             key
         } else {
             &OVERFLOW
@@ -89,9 +101,13 @@ type AppLimiter<C> = governor::RateLimiter<u64, KeyStore, C, NoOpMiddleware<<C a
 
 /// The in-process limiter.
 pub struct LocalLimiter<C: Clock = DefaultClock> {
-    groups: GroupLimiter<C>,
+    /// One keyed limiter per distinct group budget, in the order of the lookup's quotas.
+    groups: Vec<GroupLimiter<C>>,
+    tracked: Arc<AtomicUsize>,
     /// One bucket per API (by its name's key); the names are bounded by the allow-list's labels.
-    apps: AppLimiter<C>,
+    /// One keyed limiter per distinct app budget.
+    apps: Vec<AppLimiter<C>>,
+    overrides: Overrides,
     hasher: std::hash::RandomState,
     clock: C,
 }
@@ -99,15 +115,18 @@ pub struct LocalLimiter<C: Clock = DefaultClock> {
 impl<C: Clock> std::fmt::Debug for LocalLimiter<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalLimiter")
-            .field("tracked_groups", &self.groups.len())
+            .field(
+                "tracked_groups",
+                &self.groups.iter().map(|l| l.len()).sum::<usize>(),
+            )
             .finish_non_exhaustive()
     }
 }
 
-fn quota(per_second: u32, burst: u32) -> Quota {
+fn quota(limits: &Limits) -> Quota {
     // The config guarantees positive values; 1 stands in should that ever change.
-    let rate = NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    let rate = NonZeroU32::new(limits.per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(limits.burst).unwrap_or(NonZeroU32::MIN);
     Quota::per_second(rate).allow_burst(burst)
 }
 
@@ -119,21 +138,32 @@ impl LocalLimiter<DefaultClock> {
 
 impl<C: Clock + Clone> LocalLimiter<C> {
     pub fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
-        let store = CappedStore {
-            map: KeyStore::default(),
-            cap: config.max_tracked_groups,
-        };
+        let overrides = Overrides::new(config);
+        let tracked = Arc::new(AtomicUsize::new(0));
+        let groups = overrides
+            .group_quotas()
+            .iter()
+            .map(|limits| {
+                let store = CappedStore {
+                    map: KeyStore::default(),
+                    cap: config.max_tracked_groups,
+                    tracked: tracked.clone(),
+                };
+                governor::RateLimiter::new(quota(limits), store, clock.clone())
+            })
+            .collect();
+        let apps = overrides
+            .app_quotas()
+            .iter()
+            .map(|limits| {
+                governor::RateLimiter::new(quota(limits), KeyStore::default(), clock.clone())
+            })
+            .collect();
         LocalLimiter {
-            groups: governor::RateLimiter::new(
-                quota(config.group_per_second, config.group_burst),
-                store,
-                clock.clone(),
-            ),
-            apps: governor::RateLimiter::new(
-                quota(config.app_per_second, config.app_burst),
-                KeyStore::default(),
-                clock.clone(),
-            ),
+            groups,
+            tracked,
+            apps,
+            overrides,
             hasher: std::hash::RandomState::new(),
             clock,
         }
@@ -159,7 +189,8 @@ where
     /// a call refused for its group spends nothing of the app's budget.
     pub fn check_now(&self, api: &Api, group: Option<&str>) -> Result<(), Refusal> {
         if let Some(group) = group {
-            if let Err(not_until) = self.groups.check_key(&self.group_key(group)) {
+            let limiter = &self.groups[self.overrides.group(group)];
+            if let Err(not_until) = limiter.check_key(&self.group_key(group)) {
                 return Err(Refusal {
                     scope: Scope::Group,
                     retry_after: not_until.wait_time_from(self.clock.now()),
@@ -167,7 +198,8 @@ where
                 });
             }
         }
-        self.apps.check_key(&api.key).map_err(|not_until| Refusal {
+        let limiter = &self.apps[self.overrides.app(&api.name)];
+        limiter.check_key(&api.key).map_err(|not_until| Refusal {
             scope: Scope::App,
             retry_after: not_until.wait_time_from(self.clock.now()),
             // The group's token was taken just above, and governor gives none back.
@@ -190,14 +222,20 @@ where
     }
 
     fn cleanup(&self) -> usize {
-        self.groups.retain_recent();
-        self.groups.shrink_to_fit();
-        self.apps.retain_recent();
-        self.groups.len()
+        for limiter in &self.groups {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        for limiter in &self.apps {
+            limiter.retain_recent();
+        }
+        let tracked = self.tracked_groups();
+        self.tracked.store(tracked, Ordering::Relaxed);
+        tracked
     }
 
     fn tracked_groups(&self) -> usize {
-        self.groups.len()
+        self.groups.iter().map(|limiter| limiter.len()).sum()
     }
 }
 
@@ -393,5 +431,41 @@ mod tests {
             limiter.check_now(&api(), Some("f")).is_ok(),
             "room again after cleanup"
         );
+    }
+
+    #[test]
+    fn each_group_and_api_takes_its_own_budget() {
+        use crate::config::{ApiLimits, GroupLimits, GroupMatch};
+        let clock = FakeRelativeClock::default();
+        let limiter = LocalLimiter::with_clock(
+            &RateLimitConfig {
+                groups: vec![GroupLimits {
+                    matches: GroupMatch::Prefix("slow-".into()),
+                    per_second: 1,
+                    burst: 1,
+                }],
+                apis: vec![ApiLimits {
+                    api: "group_open_http_svc/get_group_counter".into(),
+                    per_second: 1,
+                    burst: 1,
+                }],
+                ..config(1, 3, 1000, 1000)
+            },
+            clock,
+        );
+        let passed = |group: &str| {
+            (0..5)
+                .filter(|_| limiter.check_now(&api(), Some(group)).is_ok())
+                .count()
+        };
+        assert_eq!(passed("slow-1"), 1);
+        assert_eq!(passed("fast"), 3);
+        let get = ApiTable::new(&ApiAllowList::counters())
+            .route("/v4/group_open_http_svc/get_group_counter")
+            .expect("allowed");
+        assert!(limiter.check_now(&get, None).is_ok());
+        let refusal = limiter.check_now(&get, None).expect_err("its own budget");
+        assert_eq!(refusal.scope, Scope::App);
+        assert_eq!(limiter.tracked_groups(), 2);
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod fleet;
 pub mod local;
+pub mod overrides;
 pub mod redis;
 mod refused;
 mod shadow;

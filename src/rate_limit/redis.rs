@@ -21,6 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, ScriptInvocation};
 
 use super::fleet::{Fleet, ANNOUNCE_INTERVAL};
+use super::overrides::{Limits, Overrides};
 use super::refused::{Learned, Refused};
 use super::{BoxFuture, Decision, RateLimiter, Refusal, Scope};
 use crate::api::Api;
@@ -95,8 +96,12 @@ struct Shared {
     /// `{chat-gateway:<sdkappid>}`: a hash tag, so that all of an app's keys sit in one slot
     /// of a Redis Cluster (the script touches two keys at once), and apps never share a key.
     prefix: String,
-    /// App t, app tau, group t, group tau (ns).
-    numbers: [u64; 4],
+    /// Each GroupId's and API's budget.
+    overrides: Overrides,
+    /// GCRA t and tau (ns) of each group quota of `overrides`.
+    group_numbers: Vec<(u64, u64)>,
+    /// GCRA t and tau (ns) of each app quota of `overrides`.
+    app_numbers: Vec<(u64, u64)>,
     refused: Refused,
     gauge: IntGauge,
     /// The fleet's size, and the local limiter that decides while Redis is not in use.
@@ -119,8 +124,18 @@ impl RedisLimiter {
         };
         let client = redis::Client::open(url.as_str())
             .map_err(|_| RedisSetupError::Url(UrlError::Syntax))?;
-        let (app_t, app_tau) = gcra_ns(config.app_per_second, config.app_burst);
-        let (group_t, group_tau) = gcra_ns(config.group_per_second, config.group_burst);
+        let overrides = Overrides::new(config);
+        let numbers = |quotas: &[Limits]| -> Vec<(u64, u64)> {
+            quotas
+                .iter()
+                .map(|l| gcra_ns(l.per_second, l.burst))
+                .collect()
+        };
+        let group_numbers = numbers(overrides.group_quotas());
+        let app_numbers = numbers(overrides.app_quotas());
+        // The longest interval of any budget bounds the waits kept (see `Refused::learn`).
+        let longest = |n: &[(u64, u64)]| n.iter().map(|&(t, _)| t).max().unwrap_or(1);
+        let (app_t, group_t) = (longest(&app_numbers), longest(&group_numbers));
         let gauge = metrics.register_gauge(
             "chat_gateway_rate_limit_backend_up",
             "1 while the shared rate-limit store (Redis) answers, 0 while the gateway limits locally.",
@@ -143,7 +158,9 @@ impl RedisLimiter {
                 script: redis::Script::new(include_str!("gcra.lua")),
                 fleet: Fleet::new(config, &prefix, metrics),
                 prefix,
-                numbers: [app_t, app_tau, group_t, group_tau],
+                overrides,
+                group_numbers,
+                app_numbers,
                 refused: Refused::new(
                     Duration::from_nanos(app_t),
                     Duration::from_nanos(group_t),
@@ -216,6 +233,16 @@ fn decode(answer: &[i64]) -> Option<Learned> {
 }
 
 impl Shared {
+    /// The script's numbers for this call: app t, app tau, group t, group tau (ns), each of
+    /// the budget the lookup gives.
+    fn numbers(&self, api: &str, group: Option<&str>) -> [u64; 4] {
+        let quota = |n: &[(u64, u64)], i: usize| n.get(i).or(n.first()).copied();
+        let (app_t, app_tau) = quota(&self.app_numbers, self.overrides.app(api)).unwrap_or((1, 0));
+        let group = group.map_or(0, |g| self.overrides.group(g));
+        let (group_t, group_tau) = quota(&self.group_numbers, group).unwrap_or((1, 0));
+        [app_t, app_tau, group_t, group_tau]
+    }
+
     fn key(&self, kind: &str, name: &str) -> String {
         format!("{}:{kind}:{name}", self.prefix)
     }
@@ -231,7 +258,7 @@ impl Shared {
         if let Some(group) = group {
             call.key(self.key("group", group));
         }
-        call.arg(&self.numbers[..]);
+        call.arg(&self.numbers(api, group)[..]);
         match self.run(conn, &call).await {
             Ok(learned) => {
                 self.answered();

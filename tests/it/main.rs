@@ -10,6 +10,7 @@ mod failover;
 mod faults;
 mod forwarding;
 mod hardening;
+mod limit_overrides;
 mod observability;
 mod rate_limit;
 mod redis_faults;
