@@ -116,11 +116,38 @@ fn check_config_lists_every_problem_and_exits_2() {
 }
 
 /// Settings `check-config` used to accept: each is now one problem (key, value, why).
+/// Runs `check-config` on `sections` plus a `[chat]` whose key file is in `dir`: exit 2, exactly
+/// one problem, and `expected` among what it says.
+pub(crate) fn check_config_finds_one_problem(
+    dir: &std::path::Path,
+    sections: &str,
+    expected: &str,
+) {
+    let secret = dir.join("secret-key");
+    std::fs::write(&secret, format!("{SECRET}\n")).expect("write");
+    let path = dir.join("gateway.toml");
+    let text = format!(
+        "{sections}\n[chat]\nsdkappid = {SDKAPPID}\nregion = \"singapore\"\nsecret_key_file = \"{}\"\n",
+        secret.display()
+    );
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{sections}: {stderr}");
+    assert!(stderr.contains("1 problem(s)"), "{sections}: {stderr}");
+    assert!(
+        stderr.contains(expected),
+        "{expected} missing from:\n{stderr}"
+    );
+}
+
 #[test]
 fn check_config_refuses_settings_that_do_not_do_what_they_seem() {
     let dir = tempfile::tempdir().expect("dir");
-    let secret = dir.path().join("secret-key");
-    std::fs::write(&secret, format!("{SECRET}\n")).expect("write");
     let key = rcgen::KeyPair::generate().expect("key");
     let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".into()])
         .expect("params")
@@ -154,21 +181,7 @@ fn check_config_refuses_settings_that_do_not_do_what_they_seem() {
             "server.tls_client_ca_file = ",
         ),
     ] {
-        let path = dir.path().join("gateway.toml");
-        let text = format!(
-            "{extra}[chat]\nsdkappid = {SDKAPPID}\nregion = \"singapore\"\nsecret_key_file = \"{}\"\n",
-            secret.display()
-        );
-        std::fs::write(&path, text).expect("write");
-        let out = Command::new(BIN)
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()
-            .expect("run");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{extra}: {stderr}");
-        assert!(stderr.contains("1 problem(s)"), "{extra}: {stderr}");
-        assert!(stderr.contains(expected), "{expected} missing from:\n{stderr}");
+        check_config_finds_one_problem(dir.path(), extra, expected);
     }
 }
 

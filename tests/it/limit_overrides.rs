@@ -3,10 +3,9 @@
 //! through a real redis-server, and what `check-config` refuses. Coalescing is off, so that a
 //! call over budget is refused at once instead of waiting for its token.
 
-use std::process::Command;
 use std::time::Duration;
 
-use crate::binary::BIN;
+use crate::binary::check_config_finds_one_problem;
 use crate::redis_limits::{increase, redis_sections, wait_for_gauge};
 use crate::redis_server::RedisServer;
 use crate::support::*;
@@ -121,8 +120,6 @@ async fn overrides_hold_fleet_wide_through_redis() {
 #[test]
 fn check_config_refuses_duplicates_both_keys_and_a_missing_rate() {
     let dir = tempfile::tempdir().expect("dir");
-    let secret = dir.path().join("secret-key");
-    std::fs::write(&secret, format!("{SECRET}\n")).expect("write");
     let g = "[[rate_limit.groups]]\n";
     for (extra, expected) in [
         (
@@ -146,23 +143,6 @@ fn check_config_refuses_duplicates_both_keys_and_a_missing_rate() {
             "rate_limit.apis.\"openim/sendmsg\".per_second: required",
         ),
     ] {
-        let path = dir.path().join("gateway.toml");
-        let text = format!(
-            "[chat]\nsdkappid = {SDKAPPID}\nregion = \"singapore\"\nsecret_key_file = \"{}\"\n{extra}",
-            secret.display()
-        );
-        std::fs::write(&path, text).expect("write");
-        let out = Command::new(BIN)
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()
-            .expect("run");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{extra}: {stderr}");
-        assert!(stderr.contains("1 problem(s)"), "{extra}: {stderr}");
-        assert!(
-            stderr.contains(expected),
-            "{expected} missing from:\n{stderr}"
-        );
+        check_config_finds_one_problem(dir.path(), &extra, expected);
     }
 }
