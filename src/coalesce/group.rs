@@ -31,6 +31,10 @@ pub struct Member {
     /// When its `max_wait` runs out.
     pub deadline: Instant,
     pub tx: oneshot::Sender<Answer>,
+    /// Its own check found the app's budget spent after taking the group's token (the local
+    /// limiter takes the group's first): the batch it joins uses that token instead of
+    /// taking another, so a call never costs its group two.
+    pub brought_group_token: bool,
 }
 
 /// A read of keys that a waiting batch sets, answered from that batch's answer. It gets
@@ -262,6 +266,24 @@ impl Registry {
             id,
             turn: state.turn.get_or_insert_with(Default::default).clone(),
         }
+    }
+
+    /// Whether a caller of batch `id` brought its group's token (see
+    /// [`Member::brought_group_token`]); taken once: one call needs one token.
+    pub fn take_brought_group_token(&self, group: &str, id: u64) -> bool {
+        let mut shard = self.shard(group);
+        let Some(batch) = shard
+            .get_mut(group)
+            .and_then(|state| state.open.iter_mut().find(|b| b.id == id))
+        else {
+            return false;
+        };
+        let mut brought = false;
+        for m in batch.members.iter_mut().filter(|m| m.brought_group_token) {
+            m.brought_group_token = false;
+            brought = true;
+        }
+        brought
     }
 
     /// The earliest `max_wait` end among batch `id`'s callers; `None` once it is gone.
@@ -567,6 +589,7 @@ mod tests {
             body: Bytes::new(),
             deadline: Instant::now() + wait,
             tx,
+            brought_group_token: false,
         };
         (m, rx)
     }
@@ -646,6 +669,22 @@ mod tests {
         let sealed = sealed.expect("the other caller is sent");
         assert_eq!(sealed.members.len(), 1);
         assert_eq!(sealed.merge.sums().collect::<Vec<_>>(), [("likes", 2)]);
+    }
+
+    #[test]
+    fn a_group_token_brought_by_a_joiner_is_taken_once() {
+        let r = Registry::new();
+        let (m, _rx) = member(1, Duration::from_secs(5));
+        let id = new_id(r.join("t", m, parts(), 10));
+        assert!(!r.take_brought_group_token("t", id), "nobody brought one");
+        let (mut late, _rx2) = member(2, Duration::from_secs(5));
+        late.brought_group_token = true;
+        assert!(matches!(r.join("t", late, parts(), 10), Joined::Existing));
+        assert!(r.take_brought_group_token("t", id), "the joiner's token");
+        assert!(
+            !r.take_brought_group_token("t", id),
+            "one call needs one token"
+        );
     }
 
     #[test]

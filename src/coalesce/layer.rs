@@ -245,6 +245,7 @@ where
             body,
             deadline: Instant::now() + self.shared.config.max_wait,
             tx,
+            brought_group_token: group_token,
         };
         let joined =
             self.shared
@@ -252,7 +253,7 @@ where
                 .join(&group, member, parts, self.shared.config.max_callers);
         if let Joined::New { id, turn } = joined {
             let driver = self.driver(api, &group);
-            tokio::spawn(driver.drive_writes(id, turn, group_token));
+            tokio::spawn(driver.drive_writes(id, turn));
         }
         async move {
             match rx.await {

@@ -19,6 +19,11 @@ pub(super) trait Waiters {
     /// Answers those whose `max_wait` ends at or before `before` (refused for `refusal`, or
     /// as busy without one); whether any are left.
     fn expire(&mut self, before: Instant, refusal: Option<Refusal>) -> bool;
+    /// Whether one of them joined with its group's token already taken (its own check was
+    /// refused by the app's budget after the local limiter took the group's).
+    fn brought_group_token(&mut self) -> bool {
+        false
+    }
 }
 
 /// How a wait for tokens ended.
@@ -63,6 +68,7 @@ pub(super) async fn take_tokens(
             }
             continue;
         }
+        group_token |= waiters.brought_group_token();
         match limiter.check(api, (!group_token).then_some(group)).await {
             Ok(()) => return Tokens::Taken,
             Err(refusal) => {
@@ -152,5 +158,79 @@ impl<W: Waiter> Waiters for Held<'_, W> {
         self.list = stay;
         self.ctx.refuse(gone, refusal);
         !self.list.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::api::ApiTable;
+    use crate::config::ApiAllowList;
+    use crate::rate_limit::Decision;
+
+    /// Passes every check and records whether each asked for the group's token.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<bool>>);
+
+    impl RateLimiter for Recording {
+        fn check(&self, _api: &Api, group: Option<&str>) -> Decision {
+            if let Ok(mut asked) = self.0.lock() {
+                asked.push(group.is_some());
+            }
+            Decision::now(Ok(()))
+        }
+        fn cleanup(&self) -> usize {
+            0
+        }
+        fn tracked_groups(&self) -> usize {
+            0
+        }
+    }
+
+    /// One caller that may have brought its group's token.
+    struct One {
+        deadline: Instant,
+        brought: bool,
+    }
+
+    impl Waiters for One {
+        fn earliest(&self) -> Option<Instant> {
+            Some(self.deadline)
+        }
+        fn expire(&mut self, before: Instant, _refusal: Option<Refusal>) -> bool {
+            self.deadline > before
+        }
+        fn brought_group_token(&mut self) -> bool {
+            std::mem::take(&mut self.brought)
+        }
+    }
+
+    async fn group_tokens_asked(brought: bool) -> Vec<bool> {
+        let registry = Registry::new();
+        let limiter = Recording::default();
+        let api = ApiTable::new(&ApiAllowList::counters())
+            .route("/v4/group_open_http_svc/update_group_counter")
+            .expect("allowed");
+        let mut one = One {
+            deadline: Instant::now() + Duration::from_secs(5),
+            brought,
+        };
+        let tokens = take_tokens(&registry, &limiter, &api, "g", false, OnApp::Wait, &mut one);
+        assert!(matches!(tokens.await, Tokens::Taken));
+        let asked = limiter.0.lock().map(|a| a.clone()).unwrap_or_default();
+        asked
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_caller_brought_the_group_token_asks_for_the_app_token_alone() {
+        assert_eq!(group_tokens_asked(false).await, vec![true]);
+        assert_eq!(
+            group_tokens_asked(true).await,
+            vec![false],
+            "the group's token was spent by the caller's own check: one call, one group token"
+        );
     }
 }

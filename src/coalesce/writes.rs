@@ -29,9 +29,7 @@ impl<S> Driver<S>
 where
     S: Inner,
 {
-    /// `group_token`: the group's token was already taken for this batch (its first caller
-    /// found the app's budget spent).
-    pub async fn drive_writes(self, id: u64, turn: Arc<Notify>, group_token: bool) {
+    pub async fn drive_writes(self, id: u64, turn: Arc<Notify>) {
         let ctx = &self.ctx;
         if !ctx.gather(id, &turn).await {
             return;
@@ -43,7 +41,7 @@ where
             &*ctx.shared.limiter,
             &ctx.api,
             &ctx.group,
-            group_token,
+            false,
             OnApp::Wait,
             &mut waiting,
         )
@@ -315,5 +313,12 @@ impl Waiters for OpenBatch<'_> {
         let (gone, left) = ctx.shared.registry.expire(&ctx.group, self.id, before);
         ctx.refuse(gone, refusal);
         left > 0
+    }
+
+    fn brought_group_token(&mut self) -> bool {
+        let ctx = self.ctx;
+        ctx.shared
+            .registry
+            .take_brought_group_token(&ctx.group, self.id)
     }
 }
