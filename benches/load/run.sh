@@ -38,6 +38,11 @@
 #                       [WRK_CPU] (off the proxy's CPU, as a Redis on another host would be);
 #                       reports the latency it adds, req/s against backend = "local", and Redis
 #                       commands per second (INFO commandstats) against upstream calls per second
+#   REDIS_MODE [standalone] "cluster": that Redis is a 3-master Redis Cluster on REDIS_PORT,
+#                       REDIS_PORT+1 and REDIS_PORT+2 (all pinned to REDIS_CPU), the gateway's
+#                       redis_mode = "cluster" with the three as seeds; the round trip alone is
+#                       measured against the master that holds the measuring key's slot, and
+#                       the commands are added up over the three masters
 #   REDIS_TIMEOUT [50ms] the gateway's rate_limit.redis_timeout for that target
 #   REDIS_RTT_N [20000] checks of the round trip to Redis alone, after each single round: the
 #                       gateway's script run by redis-benchmark over 1 connection from
@@ -78,6 +83,10 @@ GATEWAY_WORKERS=${GATEWAY_WORKERS:-}
 REDIS=${REDIS:-0}
 REDIS_PORT=${REDIS_PORT:-18379}
 REDIS_TIMEOUT=${REDIS_TIMEOUT:-50ms}
+REDIS_MODE=${REDIS_MODE:-standalone}
+case $REDIS_MODE in standalone|cluster) ;; *) echo "run.sh: REDIS_MODE must be standalone or cluster" >&2; exit 2 ;; esac
+REDIS_PORTS=("$REDIS_PORT")
+if [ "$REDIS_MODE" = cluster ]; then REDIS_PORTS=("$REDIS_PORT" $((REDIS_PORT + 1)) $((REDIS_PORT + 2))); fi
 REDIS_CPU=${REDIS_CPU:-$WRK_CPU}
 REDIS_RTT_N=${REDIS_RTT_N:-20000}
 
@@ -191,7 +200,11 @@ port_taken() {
   return 1
 }
 ports=("$UPSTREAM_PORT" "$NGINX_PORT" "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT")
-if [ "$REDIS" = 1 ]; then ports+=("$REDIS_PORT"); fi
+if [ "$REDIS" = 1 ]; then ports+=("${REDIS_PORTS[@]}"); fi
+# A cluster node also listens on its port + 10000 (the cluster bus).
+if [ "$REDIS" = 1 ] && [ "$REDIS_MODE" = cluster ]; then
+  for p in "${REDIS_PORTS[@]}"; do ports+=($((p + 10000))); done
+fi
 [ "$(printf '%s\n' "${ports[@]}" | sort -u | wc -l)" -eq ${#ports[@]} ] || die "the ports must differ"
 for p in "${ports[@]}"; do
   if port_taken "$p"; then
@@ -371,8 +384,14 @@ EOF
 if [ "$REDIS" = 1 ]; then
   # The same gateway, its limits in Redis ([rate_limit] is the last section).
   cp "$WORK/gateway.toml" "$WORK/gateway-redis.toml"
-  printf 'backend = "redis"\nredis_url = "redis://127.0.0.1:%s/0"\nredis_timeout = "%s"\n' \
-    "$REDIS_PORT" "$REDIS_TIMEOUT" >>"$WORK/gateway-redis.toml"
+  if [ "$REDIS_MODE" = cluster ]; then
+    nodes=$(printf '"redis://127.0.0.1:%s", ' "${REDIS_PORTS[@]}")
+    printf 'backend = "redis"\nredis_mode = "cluster"\nredis_nodes = [%s]\nredis_timeout = "%s"\n' \
+      "${nodes%, }" "$REDIS_TIMEOUT" >>"$WORK/gateway-redis.toml"
+  else
+    printf 'backend = "redis"\nredis_url = "redis://127.0.0.1:%s/0"\nredis_timeout = "%s"\n' \
+      "$REDIS_PORT" "$REDIS_TIMEOUT" >>"$WORK/gateway-redis.toml"
+  fi
   "$GATEWAY_BIN" check-config --config "$WORK/gateway-redis.toml" >&2 || die "gateway-redis config refused"
 fi
 
@@ -393,31 +412,60 @@ start_upstream() {
 
 REDIS_PID=""
 start_redis() {
-  mkdir -p "$WORK/redis"
-  taskset -c "$REDIS_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' \
-    --appendonly no --dir "$WORK/redis" </dev/null >"$WORK/redis/stdout.log" 2>&1 &
-  REDIS_PID=$!
-  STARTED[$REDIS_PID]=redis-server
-  wait_port "$REDIS_PORT" "$REDIS_PID" || die "redis-server did not start (see $WORK/redis/stdout.log)"
-  register "$REDIS_PID"
+  local port cluster=()
+  for port in "${REDIS_PORTS[@]}"; do
+    mkdir -p "$WORK/redis/$port"
+    if [ "$REDIS_MODE" = cluster ]; then
+      cluster=(--cluster-enabled yes --cluster-config-file "$WORK/redis/$port/nodes.conf")
+    fi
+    taskset -c "$REDIS_CPU" redis-server --port "$port" --bind 127.0.0.1 --save '' \
+      --appendonly no --dir "$WORK/redis/$port" "${cluster[@]}" </dev/null \
+      >"$WORK/redis/$port/stdout.log" 2>&1 &
+    REDIS_PID=$!
+    STARTED[$REDIS_PID]=redis-server
+    wait_port "$port" "$REDIS_PID" || die "redis-server did not start (see $WORK/redis/$port/stdout.log)"
+    register "$REDIS_PID"
+  done
+  if [ "$REDIS_MODE" = cluster ]; then
+    redis-cli --cluster create $(printf '127.0.0.1:%s ' "${REDIS_PORTS[@]}") --cluster-yes \
+      >"$WORK/redis/cluster-create.log" 2>&1 || die "redis-cli --cluster create failed (see $WORK/redis/cluster-create.log)"
+    local i
+    for i in $(seq 100); do
+      redis-cli -p "$REDIS_PORT" cluster info | grep -q '^cluster_state:ok' && return 0
+      sleep 0.1
+    done
+    die "the Redis Cluster did not reach cluster_state:ok"
+  fi
+}
+redis_port_of() {  # redis_port_of KEY: the port of the master that holds KEY's slot
+  [ "$REDIS_MODE" = cluster ] || { echo "$REDIS_PORT"; return; }
+  local slot
+  slot=$(redis-cli -p "$REDIS_PORT" cluster keyslot "$1") || return 1
+  redis-cli -p "$REDIS_PORT" cluster nodes | awk -v s="$slot" '
+    $3 ~ /master/ { for (i = 9; i <= NF; i++) { split($i, r, "-"); if (r[2] == "") r[2] = r[1]
+                      if (s >= r[1] + 0 && s <= r[2] + 0) { split($2, a, "[:@]"); print a[2]; exit } } }'
 }
 redis_round_trip() {  # redis_round_trip ROUND: the round trip to Redis alone, for the floor
   # The gateway's script (EVALSHA, the same numbers, one of 1 024 groups at random), from the
   # proxy's CPU over 1 connection, by redis-benchmark: no gateway in the path. Its own key
   # prefix, so that no gateway's budget is touched. Appends "ROUND p50_us p99_us" to
   # redis_rtt.tsv.
-  local sha line
-  sha=$(redis-cli -p "$REDIS_PORT" script load "$(cat "$REPO/src/rate_limit/gcra.lua")") || return 0
-  line=$(timeout 60 taskset -c "$PROXY_CPU" redis-benchmark -p "$REDIS_PORT" -c 1 -n "$REDIS_RTT_N" \
+  local sha line port
+  port=$(redis_port_of '{bench-round-trip}') && [ -n "$port" ] || return 0
+  sha=$(redis-cli -p "$port" script load "$(cat "$REPO/src/rate_limit/gcra.lua")") || return 0
+  line=$(timeout 60 taskset -c "$PROXY_CPU" redis-benchmark -p "$port" -c 1 -n "$REDIS_RTT_N" \
            -r 1024 --csv evalsha "$sha" 2 '{bench-round-trip}:app:x' '{bench-round-trip}:group:__rand_int__' \
            1000 999999000 1000 999999000 2>/dev/null | tail -n 1) || return 0
   # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
   awk -F'","' -v r="$1" 'NF == 8 { printf "%s\t%.0f\t%.0f\n", r, $5 * 1000, $7 * 1000 }' <<<"$line" \
     >>"$WORK/redis_rtt.tsv"
 }
-redis_commands() {  # "CLIENT INSIDE": commands the clients sent (INFO and CONFIG of this script
-  # left out) and commands the script ran inside Redis (TIME, GET, SET), from INFO commandstats
-  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:=,]' '
+redis_commands() {  # "CLIENT INSIDE": commands the clients sent (INFO and CONFIG of
+  # this script left out) and commands the script ran inside Redis
+  # (TIME, GET, SET), from INFO commandstats, added up over every node
+  local port
+  for port in "${REDIS_PORTS[@]}"; do redis-cli -p "$port" info commandstats; done | tr -d '\r' |
+    awk -F'[:=,]' '
     /^cmdstat_/ { name = substr($1, 9); n = $3
                   if (name ~ /^(time|get|set)$/) inside += n
                   else if (name !~ /^(info|config)/) client += n }
@@ -822,7 +870,7 @@ report() {
     echo
   fi
   if [ "$REDIS" = 1 ]; then
-    echo "### rate_limit backend = \"redis\" (local redis-server) against \"local\""
+    echo "### rate_limit backend = \"redis\" (local redis-server, redis_mode = \"$REDIS_MODE\") against \"local\""
     echo
     echo "| measure | local | redis | redis - local |"
     echo "| --- | ---: | ---: | ---: |"
