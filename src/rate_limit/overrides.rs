@@ -2,11 +2,14 @@
 //! longest matching prefix, else the defaults; an API's own table, else the app defaults.
 //!
 //! A lookup costs the same whatever the number of entries: one hash lookup for the exact ids,
-//! and one per distinct prefix length (at most 48, GroupIds being at most 48 bytes), longest
-//! first. Each distinct budget is one quota, by index, so a limiter keeps one bucket set per
-//! quota rather than one per table.
+//! and for the prefixes one pass over the GroupId that hashes all its heads at once (FNV-1a is
+//! computed byte by byte, so the hash of each head is a step of the next), then one probe per
+//! distinct prefix length (at most 48, GroupIds being at most 48 bytes), longest first. Each
+//! distinct budget is one quota, by index, so a limiter keeps one bucket set per quota rather
+//! than one per table.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::config::{GroupMatch, RateLimitConfig};
 
@@ -33,6 +36,36 @@ struct ByteSet2 {
     first: ByteSet,
     last: ByteSet,
 }
+
+const FNV_START: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv_step(hash: u64, byte: u8) -> u64 {
+    (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(FNV_START, |h, &b| fnv_step(h, b))
+}
+
+/// The map of prefixes is keyed by their FNV-1a hash already: this only spreads its bits
+/// (FNV's low bits, which pick the bucket, mix poorly).
+#[derive(Default)]
+struct Spread(u64);
+
+impl Hasher for Spread {
+    fn finish(&self) -> u64 {
+        (self.0 ^ (self.0 >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = bytes.iter().fold(self.0, |h, &b| fnv_step(h, b));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Prefixes by the hash of their bytes; those sharing a hash are told apart by their bytes.
+type ByHash = HashMap<u64, Vec<(Box<[u8]>, usize)>, BuildHasherDefault<Spread>>;
 
 /// One budget: requests per second and burst.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,7 +104,7 @@ impl Quotas {
 pub struct Overrides {
     groups: Quotas,
     ids: HashMap<Box<str>, usize>,
-    prefixes: HashMap<Box<str>, usize>,
+    prefixes: ByHash,
     /// The distinct prefix lengths, longest first.
     lengths: Vec<usize>,
     /// Per prefix length, the first and last bytes of the prefixes of that length: a length
@@ -117,6 +150,13 @@ impl Overrides {
         }
         lengths.sort_unstable_by(|a, b| b.cmp(a));
         lengths.dedup();
+        let mut by_hash = ByHash::default();
+        for (prefix, quota) in prefixes {
+            let bytes: Box<[u8]> = prefix.into_boxed_bytes();
+            if bytes.len() <= MAX_PREFIX {
+                by_hash.entry(fnv(&bytes)).or_default().push((bytes, quota));
+            }
+        }
         let mut apps = Quotas::new(Limits {
             per_second: config.app_per_second,
             burst: config.app_burst,
@@ -135,7 +175,7 @@ impl Overrides {
         Overrides {
             groups,
             ids,
-            prefixes,
+            prefixes: by_hash,
             lengths,
             ends,
             apps,
@@ -148,17 +188,30 @@ impl Overrides {
         if let Some(&quota) = self.ids.get(id) {
             return quota;
         }
+        let Some(&longest) = self.lengths.first() else {
+            return 0;
+        };
         let bytes = id.as_bytes();
+        let head = &bytes[..bytes.len().min(longest)];
+        // hashes[n]: the hash of the first n bytes.
+        let mut hashes = [FNV_START; MAX_PREFIX + 1];
+        for (i, &b) in head.iter().enumerate() {
+            hashes[i + 1] = fnv_step(hashes[i], b);
+        }
         for &len in &self.lengths {
-            let (Some(&first), Some(&last)) = (bytes.first(), bytes.get(len.wrapping_sub(1)))
-            else {
+            let (Some(&first), Some(&last)) = (head.first(), head.get(len.wrapping_sub(1))) else {
                 continue;
             };
             let end = &self.ends[len];
             if !end.first.contains(first) || !end.last.contains(last) {
                 continue;
             }
-            if let Some(&quota) = id.get(..len).and_then(|head| self.prefixes.get(head)) {
+            let found = self.prefixes.get(&hashes[len]).and_then(|same| {
+                same.iter()
+                    .find(|(prefix, _)| prefix[..] == head[..len])
+                    .map(|&(_, quota)| quota)
+            });
+            if let Some(quota) = found {
                 return quota;
             }
         }
@@ -271,5 +324,34 @@ mod tests {
         let o = Overrides::new(&RateLimitConfig::default());
         assert_eq!(o.group_limits("anything"), limits(20, 40));
         assert_eq!(o.group_quotas(), &[limits(20, 40)]);
+    }
+
+    proptest::proptest! {
+        /// The one-pass hashed lookup agrees with the plain rule: the longest prefix the
+        /// GroupId starts with, else the default.
+        #[test]
+        fn prefix_lookup_is_the_longest_matching_prefix(
+            prefixes in proptest::collection::btree_set("[ab]{1,6}", 0..12),
+            id in "[ab]{0,8}",
+        ) {
+            let groups = prefixes
+                .iter()
+                .enumerate()
+                .map(|(i, p)| table(GroupMatch::Prefix(p.clone()), 1 + i as u32, 1))
+                .collect();
+            let o = Overrides::new(&RateLimitConfig {
+                group_per_second: 1000,
+                group_burst: 1000,
+                groups,
+                ..RateLimitConfig::default()
+            });
+            let expected = prefixes
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| id.starts_with(p.as_str()))
+                .max_by_key(|(_, p)| p.len())
+                .map_or(1000, |(i, _)| 1 + i as u32);
+            proptest::prop_assert_eq!(o.group_limits(&id).per_second, expected);
+        }
     }
 }
