@@ -632,4 +632,5 @@ async fn a_batch_waiting_for_the_app_budget_spends_one_group_token() {
     assert_eq!(emulator.emulator.store().value("a2", "n"), Some(1));
 }
 
+mod counted;
 mod storm;
