@@ -17,6 +17,8 @@ use redis::{
     ClientTlsConfig, ConnectionInfo, ErrorKind, IntoConnectionInfo, RedisError, TlsCertificates,
 };
 
+use rustls::AlertDescription;
+
 use crate::config::redis::{is_tls, PasswordSource, RedisAuth};
 
 /// A setting that cannot be used; `key()` names the config key. Never holds the password.
@@ -90,7 +92,21 @@ pub fn refusal(error: &RedisError, addr: &str) -> Option<RedisRefused> {
             addr,
             why: tls.to_string(),
         }),
-        rustls::Error::AlertReceived(_) => Some(RedisRefused::ClientCertificate {
+        // What a server says when it refuses (or misses) a client certificate; TLS 1.2
+        // servers say handshake_failure for a missing one, and decrypt_error is its failed
+        // check of the certificate's (or the handshake's) signature by the client's key.
+        rustls::Error::AlertReceived(
+            AlertDescription::CertificateRequired
+            | AlertDescription::BadCertificate
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnknownCA
+            | AlertDescription::AccessDenied
+            | AlertDescription::HandshakeFailure
+            | AlertDescription::DecryptError,
+        ) => Some(RedisRefused::ClientCertificate {
             addr,
             why: tls.to_string(),
         }),

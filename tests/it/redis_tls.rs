@@ -231,7 +231,7 @@ async fn an_untrusted_redis_certificate_at_start_stops_the_gateway_naming_the_ce
 }
 
 #[tokio::test]
-async fn a_missing_client_certificate_at_start_stops_the_gateway_saying_so() {
+async fn a_missing_or_untrusted_client_certificate_at_start_stops_the_gateway_saying_so() {
     let ca = TestCa::new();
     let redis = tls_redis(&ca, true, GATEWAY_PW);
     let dir = tempfile::tempdir().expect("dir");
@@ -251,6 +251,18 @@ async fn a_missing_client_certificate_at_start_stops_the_gateway_saying_so() {
     assert!(
         text.contains("redis_client_cert_file"),
         "says what to set: {text}"
+    );
+    // A client certificate from a CA Redis does not trust: refused the same way.
+    let other = TestCa::new();
+    let section = tls_section(&redis, &password, Some(&ca), &client_cert_lines(&other));
+    let (code, text) = serve_until_exit(&section);
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "exits non-zero: {code:?} {text}"
+    );
+    assert!(
+        text.contains("refused the gateway's TLS client certificate"),
+        "{text}"
     );
 }
 
