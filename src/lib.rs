@@ -93,6 +93,12 @@ pub async fn run_with_hurry(
     hurry: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let (parts, service) = stack::gateway(&config, key)?;
+    // Redis refusing the gateway's credentials or certificate is a setup error, not an outage.
+    parts
+        .limiter
+        .start()
+        .await
+        .map_err(stack::BuildError::from)?;
     let caller_tls = caller_tls(&config)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = Stop(stop_rx);

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
+use crate::config::redis::PasswordSource;
 use crate::config::{Config, Problem, RedisBackend, RedisUrl, SecretSource};
+use crate::rate_limit::redis_auth::{RedisAuthError, RedisSettings};
 
 /// Checks what the file points at: the secret key can be read and is not empty, the CA
 /// file holds certificates, the tokens file can be read. Never prints a secret.
@@ -55,18 +57,8 @@ pub fn check_environment(config: &Config) -> Vec<Problem> {
             }
         }
     }
-    if let Some(RedisBackend {
-        url: RedisUrl::Env(var),
-        ..
-    }) = config.rate_limit.redis()
-    {
-        if let Err(e) = crate::config::redis::url_from_env(&var) {
-            problems.push(Problem {
-                key: "rate_limit.redis_url_env".into(),
-                value: Some(format!("{var:?}")),
-                why: e.to_string(),
-            });
-        }
+    if let Some(redis) = config.rate_limit.redis() {
+        problems.extend(check_redis(&redis));
     }
     if let Some(path) = &config.auth.tokens_file {
         if let Err(e) = crate::auth::Tokens::load(path) {
@@ -80,11 +72,79 @@ pub fn check_environment(config: &Config) -> Vec<Problem> {
     problems
 }
 
+/// The Redis URL from the environment, the password's variable or file, the TLS files, and
+/// whether the URL takes them (rediss://).
+fn check_redis(redis: &RedisBackend) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let url = match &redis.url {
+        RedisUrl::Url(url) => Some(url.clone()),
+        RedisUrl::Env(var) => match crate::config::redis::url_from_env(var) {
+            Ok(url) => Some(url),
+            Err(e) => {
+                problems.push(Problem {
+                    key: "rate_limit.redis_url_env".into(),
+                    value: Some(format!("{var:?}")),
+                    why: e.to_string(),
+                });
+                None
+            }
+        },
+    };
+    let auth = &redis.auth;
+    let shown = |key: &str| -> Option<String> {
+        let path = match key {
+            "rate_limit.redis_password_env" => match &auth.password {
+                Some(PasswordSource::Env(var)) => return Some(format!("{var:?}")),
+                _ => return None,
+            },
+            "rate_limit.redis_password_file" => match &auth.password {
+                Some(PasswordSource::File(path)) => path,
+                _ => return None,
+            },
+            "rate_limit.redis_ca_file" => auth.ca_file.as_ref()?,
+            "rate_limit.redis_client_cert_file" => &auth.client_cert.as_ref()?.0,
+            "rate_limit.redis_client_key_file" => &auth.client_cert.as_ref()?.1,
+            _ => return None,
+        };
+        Some(format!("{:?}", path.display().to_string()))
+    };
+    let mut problem = |e: RedisAuthError| {
+        problems.push(Problem {
+            key: e.key().into(),
+            value: shown(e.key()),
+            why: e.to_string(),
+        })
+    };
+    match RedisSettings::load(auth) {
+        Err(e) => problem(e),
+        Ok(settings) => {
+            if let Some(Err(e)) = url.as_deref().map(|url| settings.node(url)) {
+                problem(e);
+            }
+        }
+    }
+    if let Some(path) = &auth.ca_file {
+        if let Err(why) = check_ca(path, "the CA that issued Redis's certificate") {
+            problems.push(Problem {
+                key: "rate_limit.redis_ca_file".into(),
+                value: shown("rate_limit.redis_ca_file"),
+                why,
+            });
+        }
+    }
+    problems
+}
+
 /// Every certificate of a client CA file must be a CA (basicConstraints with cA true): the
 /// verifier takes whatever the file holds as a root, so a leaf there would be trusted to
 /// vouch for callers without being meant to. Unreadable files are left to the TLS loader,
 /// which says why.
 pub fn check_client_ca(path: &Path) -> Result<(), String> {
+    check_ca(path, "the CA that issues the callers' certificates")
+}
+
+/// Every certificate of the file is a CA; `what` says which CA belongs there.
+fn check_ca(path: &Path, what: &str) -> Result<(), String> {
     let Ok(pem) = std::fs::read(path) else {
         return Ok(());
     };
@@ -94,7 +154,7 @@ pub fn check_client_ca(path: &Path) -> Result<(), String> {
             Some(true) => {}
             Some(false) => {
                 return Err(format!(
-                    "certificate {} of the file is not a CA (its basicConstraints do not say CA:TRUE): name the CA that issues the callers' certificates, not a certificate it issued",
+                    "certificate {} of the file is not a CA (its basicConstraints do not say CA:TRUE): name {what}, not a certificate it issued",
                     n + 1
                 ))
             }

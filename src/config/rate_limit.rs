@@ -1,6 +1,7 @@
 //! `[rate_limit]`: the per-group and per-app budgets, how many groups are tracked, and where
 //! the budgets live (this process, or a Redis the fleet shares).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Table;
@@ -8,7 +9,7 @@ use toml::Table;
 use super::limit_overrides::{read_apis, read_groups};
 pub use super::limit_overrides::{ApiLimits, GroupLimits, GroupMatch};
 use super::reader::{section, Reader};
-use super::redis::{check_url, redact, RedisBackend, RedisUrl};
+use super::redis::{check_url, is_tls, redact, PasswordSource, RedisAuth, RedisBackend, RedisUrl};
 
 /// Where the budgets live: this process, or a Redis the whole fleet shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -83,6 +84,18 @@ section! {
         redis_url: Option<String> = None, Reader::optional_string;
         /// With `backend = "redis"`: the environment variable holding its URL.
         redis_url_env: Option<String> = None, Reader::optional_string;
+        /// With `backend = "redis"`: the ACL user the gateway authenticates as.
+        redis_username: Option<String> = None, Reader::optional_string;
+        /// With `backend = "redis"`: the environment variable holding the password.
+        redis_password_env: Option<String> = None, Reader::optional_string;
+        /// With `backend = "redis"`: the file holding the password (re-read when it changes).
+        redis_password_file: Option<PathBuf> = None, Reader::path;
+        /// With `rediss://`: PEM roots trusted for Redis's certificate.
+        redis_ca_file: Option<PathBuf> = None, Reader::path;
+        /// With `rediss://`: the client certificate (PEM) shown to Redis.
+        redis_client_cert_file: Option<PathBuf> = None, Reader::path;
+        /// With `rediss://`: the client certificate's key (PEM).
+        redis_client_key_file: Option<PathBuf> = None, Reader::path;
         /// Longest a request waits for Redis before the local limiter answers.
         redis_timeout: Duration = Duration::from_millis(50), |r, s, k| r.duration(s, k, false);
         /// With `backend = "redis"`: while Redis is unreachable each gateway keeps 1/n of every
@@ -115,7 +128,49 @@ impl RateLimitConfig {
         Some(RedisBackend {
             url,
             timeout: self.redis_timeout,
+            auth: self.redis_auth(),
         })
+    }
+
+    fn redis_auth(&self) -> RedisAuth {
+        let password = match (&self.redis_password_env, &self.redis_password_file) {
+            (Some(var), _) => Some(PasswordSource::Env(var.clone())),
+            (None, Some(path)) => Some(PasswordSource::File(path.clone())),
+            (None, None) => None,
+        };
+        let client_cert = self
+            .redis_client_cert_file
+            .clone()
+            .zip(self.redis_client_key_file.clone());
+        RedisAuth {
+            username: self.redis_username.clone(),
+            password,
+            ca_file: self.redis_ca_file.clone(),
+            client_cert,
+        }
+    }
+
+    /// The Redis keys that are set, each with its value as `check-config` may show it.
+    fn redis_auth_keys(&self) -> Vec<(&'static str, String)> {
+        let path =
+            |p: &Option<PathBuf>| p.as_ref().map(|p| format!("{:?}", p.display().to_string()));
+        [
+            (
+                "redis_username",
+                self.redis_username.as_ref().map(|u| format!("{u:?}")),
+            ),
+            (
+                "redis_password_env",
+                self.redis_password_env.as_ref().map(|v| format!("{v:?}")),
+            ),
+            ("redis_password_file", path(&self.redis_password_file)),
+            ("redis_ca_file", path(&self.redis_ca_file)),
+            ("redis_client_cert_file", path(&self.redis_client_cert_file)),
+            ("redis_client_key_file", path(&self.redis_client_key_file)),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)))
+        .collect()
     }
 }
 
@@ -148,7 +203,11 @@ fn check_backend(r: &mut Reader, config: &RateLimitConfig) {
             let shown = Some(config.fallback_fleet_size.to_string());
             r.problem("rate_limit.fallback_fleet_size", shown, why);
         }
+        for (key, value) in config.redis_auth_keys() {
+            r.problem(&format!("rate_limit.{key}"), Some(value), why);
+        }
     } else {
+        check_auth(r, config);
         match (url, env) {
             (Some(url), None) => {
                 if let Err(e) = check_url(url, false) {
@@ -171,6 +230,69 @@ fn check_backend(r: &mut Reader, config: &RateLimitConfig) {
             Some(format!("{shown:?}")),
             "must be at most 10s: requests wait this long when Redis is slow",
         );
+    }
+}
+
+/// The user, password source and TLS files with `backend = "redis"` (offline: which keys go
+/// together; `check-config` reads the files too).
+fn check_auth(r: &mut Reader, config: &RateLimitConfig) {
+    let shown = |key: &str| {
+        config
+            .redis_auth_keys()
+            .into_iter()
+            .find_map(|(k, v)| (k == key).then_some(v))
+    };
+    if config.redis_username.as_deref() == Some("") {
+        r.problem(
+            "rate_limit.redis_username",
+            shown("redis_username"),
+            "must not be empty",
+        );
+    }
+    match (&config.redis_password_env, &config.redis_password_file) {
+        (Some(_), Some(_)) => r.problem(
+            "rate_limit.redis_password_file",
+            shown("redis_password_file"),
+            "set one of redis_password_env and redis_password_file, not both",
+        ),
+        (Some(var), None) if var.is_empty() => r.problem(
+            "rate_limit.redis_password_env",
+            None,
+            "must name a variable",
+        ),
+        _ => {}
+    }
+    match (
+        &config.redis_client_cert_file,
+        &config.redis_client_key_file,
+    ) {
+        (Some(_), None) => r.problem(
+            "rate_limit.redis_client_cert_file",
+            shown("redis_client_cert_file"),
+            "needs redis_client_key_file too (the certificate's private key)",
+        ),
+        (None, Some(_)) => r.problem(
+            "rate_limit.redis_client_key_file",
+            shown("redis_client_key_file"),
+            "needs redis_client_cert_file too (the certificate the key belongs to)",
+        ),
+        _ => {}
+    }
+    // A URL from the environment is checked at start-up and by check-config.
+    if let Some(url) = config.redis_url.as_deref().filter(|url| !is_tls(url)) {
+        for key in [
+            "redis_ca_file",
+            "redis_client_cert_file",
+            "redis_client_key_file",
+        ] {
+            if let Some(value) = shown(key) {
+                let why = format!(
+                    "used only over TLS, but rate_limit.redis_url {:?} is not rediss://",
+                    redact(url)
+                );
+                r.problem(&format!("rate_limit.{key}"), Some(value), &why);
+            }
+        }
     }
 }
 
@@ -237,5 +359,56 @@ mod tests {
         assert!(
             Config::parse(&format!("{MINIMAL}[rate_limit]\nfallback_fleet_size = 0\n")).is_ok()
         );
+    }
+
+    #[test]
+    fn redis_credentials_and_tls_keys_go_together() {
+        let tls = "backend = \"redis\"\nredis_url = \"rediss://r:6380/0\"\n";
+        for (lines, key) in [
+            (
+                "redis_password_env = \"V\"\nredis_password_file = \"/p\"",
+                "rate_limit.redis_password_file",
+            ),
+            ("redis_password_env = \"\"", "rate_limit.redis_password_env"),
+            ("redis_username = \"\"", "rate_limit.redis_username"),
+            (
+                "redis_client_cert_file = \"/c\"",
+                "rate_limit.redis_client_cert_file",
+            ),
+            (
+                "redis_client_key_file = \"/k\"",
+                "rate_limit.redis_client_key_file",
+            ),
+        ] {
+            let text = format!("{MINIMAL}[rate_limit]\n{tls}{lines}\n");
+            let problems = Config::parse(&text).expect_err("refused").0;
+            assert_eq!(problems.len(), 1, "{lines}: {problems:?}");
+            assert_eq!(problems[0].key, key, "{lines}");
+        }
+        let plain = "backend = \"redis\"\nredis_url = \"redis://r:6379/0\"\n";
+        let text = format!("{MINIMAL}[rate_limit]\n{plain}redis_client_cert_file = \"/c\"\nredis_client_key_file = \"/k\"\n");
+        let problems = Config::parse(&text).expect_err("refused").0;
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "rate_limit.redis_client_cert_file",
+                "rate_limit.redis_client_key_file"
+            ]
+        );
+        assert!(problems[0].why.contains("not rediss://"), "{}", problems[0]);
+        let text = format!("{MINIMAL}[rate_limit]\n{tls}redis_username = \"gw\"\nredis_password_file = \"/p\"\nredis_ca_file = \"/ca\"\nredis_client_cert_file = \"/c\"\nredis_client_key_file = \"/k\"\n");
+        let auth = Config::parse(&text)
+            .expect("valid")
+            .rate_limit
+            .redis()
+            .expect("redis")
+            .auth;
+        assert_eq!(auth.username.as_deref(), Some("gw"));
+        assert_eq!(
+            auth.password,
+            Some(crate::config::redis::PasswordSource::File("/p".into()))
+        );
+        assert_eq!(auth.client_cert, Some(("/c".into(), "/k".into())));
     }
 }

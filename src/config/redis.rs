@@ -1,7 +1,10 @@
 //! The Redis of `backend = "redis"`: where its URL comes from, and the offline checks of a URL
 //! (scheme, syntax, no password in the file, certificate checks on, a database that exists);
-//! a URL is never shown with its password.
+//! a URL is never shown with its password. Also who the gateway is to Redis (ACL user, where
+//! the password comes from, TLS roots and client certificate): names of files and variables
+//! only, never the password itself.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -9,6 +12,41 @@ pub struct RedisBackend {
     pub url: RedisUrl,
     /// Longest a request waits for Redis before the local limiter answers.
     pub timeout: Duration,
+    /// The ACL user, password source and TLS files, for every node.
+    pub auth: RedisAuth,
+}
+
+/// Where the Redis password comes from; the config never holds the password itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// An environment variable, read at start-up.
+    Env(String),
+    /// A file, re-read when it changes.
+    File(PathBuf),
+}
+
+/// Who the gateway is to Redis, as the config names it (see `rate_limit::redis_auth`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RedisAuth {
+    pub username: Option<String>,
+    pub password: Option<PasswordSource>,
+    /// PEM roots trusted for the certificate of a rediss:// Redis.
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate and its key, for a rediss:// Redis that asks for one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl RedisAuth {
+    /// Whether any setting needs TLS (rediss://).
+    pub fn needs_tls(&self) -> bool {
+        self.ca_file.is_some() || self.client_cert.is_some()
+    }
+}
+
+/// Whether a URL asks for TLS.
+pub fn is_tls(url: &str) -> bool {
+    url.get(..9)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"))
 }
 
 /// Where the Redis URL comes from: the file (no password allowed there) or an environment
@@ -238,6 +276,7 @@ mod tests {
             Ok(Some(RedisBackend {
                 url: RedisUrl::Url("redis://r:6379".into()),
                 timeout: Duration::from_millis(50),
+                auth: RedisAuth::default(),
             }))
         );
         let keys = |r: Result<Option<RedisBackend>, Vec<String>>| r.err().unwrap_or_default();
@@ -262,6 +301,7 @@ mod tests {
             Some(RedisBackend {
                 url: RedisUrl::Env("CHAT_GATEWAY_REDIS_URL".into()),
                 timeout: Duration::from_millis(50),
+                auth: RedisAuth::default(),
             })
         );
     }

@@ -9,6 +9,7 @@ pub mod fleet;
 pub mod local;
 pub mod overrides;
 pub mod redis;
+pub mod redis_auth;
 mod refused;
 mod shadow;
 
@@ -28,6 +29,8 @@ pub use redis::{RedisLimiter, RedisSetupError};
 
 /// A boxed task: a backend's background work, and the signal that stops it.
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+/// A backend's first contact with its store, before the gateway serves.
+pub type StartFuture<'a> = Pin<Box<dyn Future<Output = Result<(), SetupError>> + Send + 'a>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -144,6 +147,12 @@ pub trait RateLimiter: Send + Sync + 'static {
     /// new ones; returns how many groups are still tracked.
     fn cleanup(&self) -> usize;
     fn tracked_groups(&self) -> usize;
+    /// Reaches the shared store once before the gateway serves; an error (the store refuses
+    /// the gateway's credentials or certificate) stops the start. An unreachable store is no
+    /// error.
+    fn start(&self) -> StartFuture<'_> {
+        Box::pin(async { Ok(()) })
+    }
     /// Work the backend does by itself until `stop` (connecting to and probing a shared
     /// store); `None` for a backend without any.
     fn background(&self, _stop: BoxFuture) -> Option<BoxFuture> {

@@ -11,7 +11,7 @@
 //! gateway while Redis answers, which is how the fleet's size is learned.
 //! A connection that stays silent without closing is replaced ([`SILENT_CONNECTION_LIMIT`]).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,9 @@ use redis::{ErrorKind, RedisError, ScriptInvocation};
 
 use super::fleet::{Fleet, ANNOUNCE_INTERVAL};
 use super::overrides::{Limits, Overrides};
+use super::redis_auth::{refusal, RedisAuthError, RedisRefused, RedisSettings};
 use super::refused::{Learned, Refused};
-use super::{BoxFuture, Decision, RateLimiter, Refusal, Scope};
+use super::{BoxFuture, Decision, RateLimiter, Refusal, Scope, StartFuture};
 use crate::api::Api;
 use crate::config::redis::{check_url, password, redact, url_from_env, UrlError};
 use crate::config::{RateLimitConfig, RedisBackend, RedisUrl};
@@ -51,6 +52,10 @@ pub enum RedisSetupError {
     Env(UrlError),
     #[error("rate_limit.redis_url: {0}")]
     Url(UrlError),
+    #[error("{key}: {0}", key = .0.key())]
+    Auth(RedisAuthError),
+    #[error(transparent)]
+    Refused(RedisRefused),
 }
 
 /// GCRA numbers for the script: t = 1/rate and tau = t * (burst - 1), in nanoseconds, as
@@ -75,14 +80,19 @@ impl std::fmt::Debug for RedisLimiter {
 }
 
 struct Shared {
-    client: redis::Client,
+    url: String,
+    /// The user, password and TLS files each new connection is made with.
+    settings: Arc<RedisSettings>,
+    /// host:port, as refusals at start-up name it.
+    addr: String,
     shown_url: String,
     /// The password, to scrub from error texts before they are logged.
     password: Option<String>,
     conn: ArcSwapOption<ConnectionManager>,
     up: AtomicBool,
-    /// This outage has been logged.
-    said_down: AtomicBool,
+    /// The kinds of this outage logged so far (bits of [`OutageKind`]): each is said once, so
+    /// that refused credentials found after a lost connection are named too.
+    said_down: AtomicU8,
     /// Wakes the background task: Redis just went out of use, or its connection was dropped.
     probe_now: tokio::sync::Notify,
     /// Milliseconds since `epoch` of the last answer from Redis.
@@ -122,7 +132,10 @@ impl RedisLimiter {
             }
             RedisUrl::Env(var) => url_from_env(var).map_err(RedisSetupError::Env)?,
         };
-        let client = redis::Client::open(url.as_str())
+        let settings = RedisSettings::load(&backend.auth).map_err(RedisSetupError::Auth)?;
+        let node = settings.node(&url).map_err(RedisSetupError::Auth)?;
+        let addr = node.info.addr.to_string();
+        node.client()
             .map_err(|_| RedisSetupError::Url(UrlError::Syntax))?;
         let overrides = Overrides::new(config);
         let numbers = |quotas: &[Limits]| -> Vec<(u64, u64)> {
@@ -144,12 +157,14 @@ impl RedisLimiter {
         let prefix = format!("{{chat-gateway:{sdkappid}}}");
         Ok(RedisLimiter {
             shared: Arc::new(Shared {
-                client,
                 shown_url: redact(&url),
                 password: password(&url).map(str::to_string),
+                url,
+                settings: Arc::new(settings),
+                addr,
                 conn: ArcSwapOption::empty(),
                 up: AtomicBool::new(false),
-                said_down: AtomicBool::new(false),
+                said_down: AtomicU8::new(0),
                 probe_now: tokio::sync::Notify::new(),
                 last_answer_ms: AtomicU64::new(0),
                 silent_since_ms: AtomicU64::new(0),
@@ -185,6 +200,25 @@ impl RedisLimiter {
     /// True while checks go to Redis.
     pub fn is_up(&self) -> bool {
         self.shared.up.load(Ordering::Relaxed)
+    }
+
+    /// The first contact, before the gateway serves: an error when Redis refuses the
+    /// gateway's credentials or certificate. A Redis merely unreachable is no error: the
+    /// gateway limits locally and the background task keeps trying.
+    pub async fn reach(&self) -> Result<(), RedisRefused> {
+        let shared = &self.shared;
+        match shared.try_probe().await {
+            Ok(()) => shared.answered(),
+            Err(why) => {
+                if let Outage::Error(e) = &why {
+                    if let Some(refused) = refusal(e, &shared.addr) {
+                        return Err(refused);
+                    }
+                }
+                shared.down(&why);
+            }
+        }
+        Ok(())
     }
 
     /// One round of what the background task does (connect, probe with the check script);
@@ -333,7 +367,7 @@ impl Shared {
         if !self.up.swap(true, Ordering::Relaxed) {
             self.gauge.set(1);
             self.fleet.reached();
-            if self.said_down.swap(false, Ordering::Relaxed) {
+            if self.said_down.swap(0, Ordering::Relaxed) != 0 {
                 tracing::info!(url = %self.shown_url, "Redis answers again: rate limits are shared by the fleet again");
             } else {
                 tracing::info!(url = %self.shown_url, "rate limits shared by the fleet through Redis");
@@ -347,16 +381,20 @@ impl Shared {
             self.probe_now.notify_one();
         }
         self.gauge.set(0);
-        if self.said_down.swap(true, Ordering::Relaxed) {
+        let kind = why.kind();
+        let said = self.said_down.fetch_or(kind as u8, Ordering::Relaxed);
+        if said & kind as u8 != 0 {
             return;
         }
-        self.fleet.never_reached();
+        if said == 0 {
+            self.fleet.never_reached();
+        }
         let error = self.scrub(why.to_string());
         let url = &self.shown_url;
         let fleet_size = self.fleet.size();
-        match why.kind() {
+        match kind {
             OutageKind::Auth => {
-                tracing::error!(%url, %error, fleet_size, "Redis refused the gateway's credentials (WRONGPASS/NOAUTH): check the user and password of the rate_limit Redis URL; limiting locally (each gateway alone, at 1/fleet_size of each budget) until Redis accepts them")
+                tracing::error!(%url, %error, fleet_size, "Redis refused the gateway's credentials (WRONGPASS/NOAUTH): check rate_limit.redis_username and redis_password_env / redis_password_file (or the user and password of the Redis URL); limiting locally (each gateway alone, at 1/fleet_size of each budget) until Redis accepts them")
             }
             OutageKind::Refused => {
                 tracing::error!(%url, %error, fleet_size, "Redis answers but refuses the rate-limit check (EVALSHA of the GCRA script): NOPERM means the URL's user may not run EVALSHA / SCRIPT or touch the {{chat-gateway:<sdkappid>}} keys (see its ACL); MOVED/ASK/CROSSSLOT mean the URL names a Redis Cluster node that does not serve those keys (point it at a standalone Redis or at the node that serves the slot); limiting locally (each gateway alone, at 1/fleet_size of each budget) until the check runs")
@@ -367,11 +405,18 @@ impl Shared {
         }
     }
 
-    fn scrub(&self, text: String) -> String {
-        match &self.password {
-            Some(pw) if text.contains(pw.as_str()) => text.replace(pw.as_str(), "***"),
-            _ => text,
+    fn scrub(&self, mut text: String) -> String {
+        let current = self.settings.password();
+        for pw in [
+            self.password.as_deref(),
+            current.as_deref().map(String::as_str),
+        ] {
+            match pw {
+                Some(pw) if !pw.is_empty() && text.contains(pw) => text = text.replace(pw, "***"),
+                _ => {}
+            }
         }
+        text
     }
 
     /// One round of the background task: connect if need be, then run the check script as a
@@ -388,16 +433,8 @@ impl Shared {
                 return IDLE_PROBE_INTERVAL - quiet;
             }
         }
-        let conn = match self.connection().await {
-            Ok(conn) => conn,
-            Err(why) => {
-                self.down(&why);
-                return DOWN_PROBE_INTERVAL;
-            }
-        };
-        let probe = self.script.key(format!("{}:probe", self.prefix));
-        match self.run(&conn, &probe).await {
-            Ok(_) => {
+        match self.try_probe().await {
+            Ok(()) => {
                 self.answered();
                 IDLE_PROBE_INTERVAL
             }
@@ -406,6 +443,23 @@ impl Shared {
                 DOWN_PROBE_INTERVAL
             }
         }
+    }
+
+    /// Connects if need be and runs the probe. A connection whose credentials Redis refuses
+    /// is dropped: its client would only try them again when reconnecting, and the next one
+    /// takes the password as it is now (the password file may have changed).
+    async fn try_probe(&self) -> Result<(), Outage> {
+        let conn = self.connection().await?;
+        let probe = self.script.key(format!("{}:probe", self.prefix));
+        let why = match self.run(&conn, &probe).await {
+            Ok(_) => return Ok(()),
+            Err(why) => why,
+        };
+        if why.kind() == OutageKind::Auth {
+            self.conn
+                .compare_and_swap(&conn, None::<Arc<ConnectionManager>>);
+        }
+        Err(why)
     }
 
     /// Announces this gateway once [`ANNOUNCE_INTERVAL`] has passed since Redis last took an
@@ -453,7 +507,14 @@ impl Shared {
             .set_connection_timeout(CONNECT_TIMEOUT)
             .set_response_timeout(CONNECT_TIMEOUT)
             .set_number_of_retries(0);
-        let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
+        // A new client each time: it takes the password as it is now.
+        let client = self
+            .settings
+            .node(&self.url)
+            .map_err(|e| Outage::Setup(e.to_string()))?
+            .client()
+            .map_err(Outage::Error)?;
+        let connecting = ConnectionManager::new_with_config(client, config);
         match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(conn)) => {
                 let conn = Arc::new(conn);
@@ -476,16 +537,19 @@ enum Outage {
     Timeout(Duration),
     #[error("unexpected answer {0}")]
     Answer(String),
+    #[error("{0}")]
+    Setup(String),
 }
 
-/// What an outage's log line says.
+/// What an outage's log line says; each a bit of `said_down`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum OutageKind {
     /// The credentials are wrong.
-    Auth,
+    Auth = 1,
     /// Redis answers, but will not run the check for this user or on this node.
-    Refused,
-    Other,
+    Refused = 2,
+    Other = 4,
 }
 
 impl Outage {
@@ -541,9 +605,19 @@ impl RateLimiter for RedisLimiter {
         self.shared.fleet.local().tracked_groups()
     }
 
+    fn start(&self) -> StartFuture<'_> {
+        Box::pin(async move {
+            self.reach()
+                .await
+                .map_err(|e| RedisSetupError::Refused(e).into())
+        })
+    }
+
     fn background(&self, stop: BoxFuture) -> Option<BoxFuture> {
         let shared = self.shared.clone();
-        Some(Box::pin(async move {
+        let stop = futures_util::FutureExt::shared(stop);
+        let watch = shared.settings.watch_password(stop.clone());
+        let probes = async move {
             tokio::pin!(stop);
             let mut announced = None;
             loop {
@@ -561,7 +635,13 @@ impl RateLimiter for RedisLimiter {
                     _ = shared.probe_now.notified() => {}
                 }
             }
-        }))
+        };
+        Some(match watch {
+            Some(watch) => Box::pin(async move {
+                futures_util::future::join(probes, watch).await;
+            }),
+            None => Box::pin(probes),
+        })
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{BoxFuture, Decision, RateLimiter, Refusal};
+use super::{BoxFuture, Decision, RateLimiter, Refusal, StartFuture};
 use crate::api::Api;
 use crate::metrics::Metrics;
 
@@ -52,6 +52,10 @@ impl RateLimiter for Shadow {
 
     fn tracked_groups(&self) -> usize {
         self.inner.tracked_groups()
+    }
+
+    fn start(&self) -> StartFuture<'_> {
+        self.inner.start()
     }
 
     fn background(&self, stop: BoxFuture) -> Option<BoxFuture> {

@@ -212,6 +212,7 @@ async fn limiter(redis: &RedisServer) -> RedisLimiter {
     let backend = RedisBackend {
         url: RedisUrl::Url(redis.url()),
         timeout: Duration::from_millis(500),
+        auth: Default::default(),
     };
     let config = RateLimitConfig::default();
     let limiter = RedisLimiter::new(&config, &backend, SDKAPPID, &Metrics::new()).expect("limiter");

@@ -39,6 +39,7 @@ async fn limiter(redis: &RedisServer, config: &RateLimitConfig) -> RedisLimiter 
     let backend = RedisBackend {
         url: RedisUrl::Url(redis.url()),
         timeout: Duration::from_millis(500),
+        auth: Default::default(),
     };
     let limiter = RedisLimiter::new(config, &backend, SDKAPPID, &Metrics::new()).expect("limiter");
     assert!(limiter.probe().await, "connected to {}", redis.url());
@@ -532,8 +533,10 @@ fn check_config_says_what_is_wrong_with_the_url_and_never_prints_a_password() {
     assert!(text.contains("rate_limit.backend"), "{text}");
 }
 
+/// A password changed on Redis's side only, after start-up: an outage like any other (the
+/// gateway limits locally), said once and clearly, never with a password.
 #[tokio::test]
-async fn a_wrong_password_is_said_clearly_and_the_gateway_limits_locally() {
+async fn a_password_changed_on_redis_only_is_said_clearly_and_the_gateway_limits_locally() {
     let redis = RedisServer::start_with(&["--requirepass", "right-pw-7"]);
     let emulator = spawn_emulator(None).await;
     let dir = tempfile::tempdir().expect("dir");
@@ -557,7 +560,7 @@ async fn a_wrong_password_is_said_clearly_and_the_gateway_limits_locally() {
         .arg(&path)
         .env(
             "GW_REDIS_URL",
-            format!("redis://:wrong-pw-3@127.0.0.1:{}/0", redis.port),
+            format!("redis://:right-pw-7@127.0.0.1:{}/0", redis.port),
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -570,8 +573,20 @@ async fn a_wrong_password_is_said_clearly_and_the_gateway_limits_locally() {
         assert!(Instant::now() < deadline, "gateway did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // It started, answers, and limits locally.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_for_gauge(admin, 1.0, Duration::from_secs(10)).await;
+    let auth = ["-a", "right-pw-7", "--no-auth-warning"];
+    let set = redis.cli(&[&auth[..], &["config", "set", "requirepass", "wrong-pw-3"]].concat());
+    assert_eq!(set.trim(), "OK", "{set}");
+    let auth = ["-a", "wrong-pw-3", "--no-auth-warning"];
+    redis.cli(
+        &[
+            &auth[..],
+            &["client", "kill", "type", "normal", "skipme", "yes"],
+        ]
+        .concat(),
+    );
+    // It notices, answers, and limits locally.
+    wait_for_gauge(admin, 0.0, Duration::from_secs(10)).await;
     assert_eq!(post(addr, UPDATE, increase("x")).await.error_code(), 0);
     let scraped = scrape(admin).await;
     assert!(scraped.contains(UP), "the gauge exists");
@@ -594,7 +609,7 @@ async fn a_wrong_password_is_said_clearly_and_the_gateway_limits_locally() {
     );
     assert!(log.contains("WRONGPASS/NOAUTH"), "{log}");
     assert!(
-        !log.contains("wrong-pw-3"),
+        !log.contains("wrong-pw-3") && !log.contains("right-pw-7"),
         "the password is never logged: {log}"
     );
     assert_eq!(log.matches("Redis refused").count(), 1, "said once: {log}");

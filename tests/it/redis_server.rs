@@ -12,6 +12,8 @@ use crate::support::require_tool;
 
 pub struct RedisServer {
     pub port: u16,
+    /// The TLS port, for a server started with [`RedisServer::start_tls`].
+    pub tls_port: Option<u16>,
     extra: Vec<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -53,12 +55,45 @@ impl RedisServer {
     pub fn start_with(extra: &[&str]) -> Self {
         let mut server = RedisServer {
             port: free_port(),
+            tls_port: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
         };
         server.spawn();
         server
+    }
+
+    /// Also on a TLS port with the CA's server certificate; with `verify_clients`, a client
+    /// must show a certificate the CA signed. The plain port stays, for `cli`.
+    pub fn start_tls(ca: &crate::support::TestCa, verify_clients: bool, extra: &[&str]) -> Self {
+        let tls_port = free_port();
+        let (cert, key) = ca.server_files();
+        let mut args: Vec<String> = vec![
+            "--tls-port".into(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            cert.display().to_string(),
+            "--tls-key-file".into(),
+            key.display().to_string(),
+            "--tls-ca-cert-file".into(),
+            ca.ca_file().display().to_string(),
+            "--tls-auth-clients".into(),
+            if verify_clients { "yes" } else { "no" }.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut server = Self::start_with(&args);
+        server.tls_port = Some(tls_port);
+        server
+    }
+
+    /// The rediss:// URL of the TLS port.
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://127.0.0.1:{}/0",
+            self.tls_port.expect("started with TLS")
+        )
     }
 
     fn spawn(&mut self) {

@@ -1,4 +1,5 @@
-//! Test certificates: a CA made for one test and the server certificate it signs.
+//! Test certificates: a CA made for one test, the server certificate it signs, and a client
+//! certificate it signs (for servers that ask for one).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,6 +58,19 @@ impl TestCa {
         std::fs::write(dir.path().join("server.pem"), server.pem()).expect("write cert");
         std::fs::write(dir.path().join("server.key"), server_key.serialize_pem())
             .expect("write key");
+        let client_key = rcgen::KeyPair::generate().expect("client key");
+        let mut client_params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        client_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "chat-gateway test client");
+        client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client_params
+            .signed_by(&client_key, &ca, &ca_key)
+            .expect("client cert");
+        std::fs::write(dir.path().join("client.pem"), client.pem()).expect("write cert");
+        std::fs::write(dir.path().join("client.key"), client_key.serialize_pem())
+            .expect("write key");
         TestCa {
             dir,
             ca_pem: ca.pem(),
@@ -66,6 +80,14 @@ impl TestCa {
 
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// A client certificate the CA signed and its key, as PEM files.
+    pub fn client_files(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("client.pem"),
+            self.dir.path().join("client.key"),
+        )
     }
 
     /// The server certificate and its key, as PEM files (for a server run as a process).
