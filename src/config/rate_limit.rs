@@ -9,6 +9,7 @@ use super::limit_overrides::{read_apis, read_groups};
 pub use super::limit_overrides::{ApiLimits, GroupLimits, GroupMatch};
 use super::reader::{section, Reader};
 use super::redis::{check_url, redact, RedisBackend, RedisUrl};
+use super::redis_mode::{self, read_nodes, RedisMode};
 
 /// Where the budgets live: this process, or a Redis the whole fleet shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,6 +80,13 @@ section! {
         mode: LimitMode = LimitMode::Enforce, |r, s, k| r.parsed(s, k, str::parse);
         /// Where the budgets live: `local` or `redis`.
         backend: Backend = Backend::Local, |r, s, k| r.parsed(s, k, str::parse);
+        /// With `backend = "redis"`: `standalone` (one Redis at redis_url), `cluster` or
+        /// `sentinel` (found through redis_nodes).
+        redis_mode: RedisMode = RedisMode::Standalone, |r, s, k| r.parsed(s, k, str::parse);
+        /// With `redis_mode = "cluster"`: seed nodes; `"sentinel"`: the sentinels.
+        redis_nodes: Vec<String> = Vec::new(), read_nodes;
+        /// With `redis_mode = "sentinel"`: the name the sentinels know the master by.
+        redis_sentinel_master: Option<String> = None, Reader::optional_string;
         /// With `backend = "redis"`: its URL (no password in the file).
         redis_url: Option<String> = None, Reader::optional_string;
         /// With `backend = "redis"`: the environment variable holding its URL.
@@ -125,6 +133,7 @@ pub fn read(r: &mut Reader, t: &Table) -> RateLimitConfig {
         config.app_burst = RateLimitConfig::default_app_burst(config.app_per_second);
     }
     check_backend(r, &config);
+    redis_mode::check(r, &config);
     config
 }
 
@@ -147,6 +156,14 @@ fn check_backend(r: &mut Reader, config: &RateLimitConfig) {
         if config.fallback_fleet_size > 0 {
             let shown = Some(config.fallback_fleet_size.to_string());
             r.problem("rate_limit.fallback_fleet_size", shown, why);
+        }
+    } else if config.redis_mode != RedisMode::Standalone {
+        let why = redis_mode::url_refused(config.redis_mode);
+        if url.is_some() {
+            r.problem("rate_limit.redis_url", shown_url, &why);
+        }
+        if env.is_some() {
+            r.problem("rate_limit.redis_url_env", shown_env, &why);
         }
     } else {
         match (url, env) {
