@@ -9,6 +9,8 @@ pub mod fleet;
 pub mod local;
 pub mod overrides;
 pub mod redis;
+mod redis_conn;
+mod redis_watch;
 mod refused;
 mod shadow;
 

@@ -17,16 +17,16 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use prometheus::IntGauge;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, ScriptInvocation};
+use redis::{ErrorKind, RedisError};
 
 use super::fleet::{Fleet, ANNOUNCE_INTERVAL};
 use super::overrides::{Limits, Overrides};
+pub use super::redis_conn::RedisSetupError;
+use super::redis_conn::{Connector, RedisConn, CONNECT_TIMEOUT};
 use super::refused::{Learned, Refused};
 use super::{BoxFuture, Decision, RateLimiter, Refusal, Scope};
 use crate::api::Api;
-use crate::config::redis::{check_url, password, redact, url_from_env, UrlError};
-use crate::config::{RateLimitConfig, RedisBackend, RedisUrl};
+use crate::config::{RateLimitConfig, RedisBackend};
 use crate::metrics::Metrics;
 
 /// How often a down Redis is probed.
@@ -34,8 +34,6 @@ pub const DOWN_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// A Redis that answered no check for this long is probed, so that an idle gateway's
 /// `backend_up` still tells the truth.
 pub const IDLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
-/// Longest a (re)connection may take; only the background task waits for it.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection on which every check and probe has timed out for this long, with no answer
 /// between, is dropped and the next probe opens a new one: it may be silent for good (a
 /// half-open TCP connection, a stalled proxy) while Redis answers new connections at once, and
@@ -44,14 +42,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// most about one new connection per this interval from each gateway.
 pub const SILENT_CONNECTION_LIMIT: Duration = Duration::from_secs(1);
 
-/// Why the Redis backend could not be set up at start-up.
-#[derive(Debug, thiserror::Error)]
-pub enum RedisSetupError {
-    #[error("rate_limit.redis_url_env: {0}")]
-    Env(UrlError),
-    #[error("rate_limit.redis_url: {0}")]
-    Url(UrlError),
-}
+/// The check: see the script.
+const GCRA: &str = include_str!("gcra.lua");
 
 /// GCRA numbers for the script: t = 1/rate and tau = t * (burst - 1), in nanoseconds, as
 /// governor computes them.
@@ -68,18 +60,17 @@ pub struct RedisLimiter {
 impl std::fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisLimiter")
-            .field("url", &self.shared.shown_url)
+            .field("url", &self.shared.connector.shown)
             .field("up", &self.shared.up.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
 struct Shared {
-    client: redis::Client,
-    shown_url: String,
-    /// The password, to scrub from error texts before they are logged.
-    password: Option<String>,
-    conn: ArcSwapOption<ConnectionManager>,
+    /// Makes the connections, by `redis_mode`; says how the Redis is shown in logs, and the
+    /// password to scrub from error texts before they are logged.
+    connector: Connector,
+    conn: ArcSwapOption<RedisConn>,
     up: AtomicBool,
     /// This outage has been logged.
     said_down: AtomicBool,
@@ -115,15 +106,7 @@ impl RedisLimiter {
         sdkappid: u64,
         metrics: &Metrics,
     ) -> Result<Self, RedisSetupError> {
-        let url = match &backend.url {
-            RedisUrl::Url(url) => {
-                check_url(url, false).map_err(RedisSetupError::Url)?;
-                url.clone()
-            }
-            RedisUrl::Env(var) => url_from_env(var).map_err(RedisSetupError::Env)?,
-        };
-        let client = redis::Client::open(url.as_str())
-            .map_err(|_| RedisSetupError::Url(UrlError::Syntax))?;
+        let connector = Connector::new(config, backend)?;
         let overrides = Overrides::new(config);
         let numbers = |quotas: &[Limits]| -> Vec<(u64, u64)> {
             quotas
@@ -144,9 +127,7 @@ impl RedisLimiter {
         let prefix = format!("{{chat-gateway:{sdkappid}}}");
         Ok(RedisLimiter {
             shared: Arc::new(Shared {
-                client,
-                shown_url: redact(&url),
-                password: password(&url).map(str::to_string),
+                connector,
                 conn: ArcSwapOption::empty(),
                 up: AtomicBool::new(false),
                 said_down: AtomicBool::new(false),
@@ -155,7 +136,7 @@ impl RedisLimiter {
                 silent_since_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
                 timeout: backend.timeout,
-                script: redis::Script::new(include_str!("gcra.lua")),
+                script: redis::Script::new(GCRA),
                 fleet: Fleet::new(config, &prefix, metrics),
                 prefix,
                 overrides,
@@ -248,18 +229,12 @@ impl Shared {
     }
 
     /// One check in Redis; `None` when Redis did not answer in time (or answered nonsense).
-    async fn ask(
-        &self,
-        conn: &Arc<ConnectionManager>,
-        api: &str,
-        group: Option<&str>,
-    ) -> Option<Learned> {
-        let mut call = self.script.key(self.key("app", api));
+    async fn ask(&self, conn: &Arc<RedisConn>, api: &str, group: Option<&str>) -> Option<Learned> {
+        let mut keys = vec![self.key("app", api)];
         if let Some(group) = group {
-            call.key(self.key("group", group));
+            keys.push(self.key("group", group));
         }
-        call.arg(&self.numbers(api, group)[..]);
-        match self.run(conn, &call).await {
+        match self.run(conn, &keys, &self.numbers(api, group)).await {
             Ok(learned) => {
                 self.answered();
                 Some(learned)
@@ -274,11 +249,12 @@ impl Shared {
     /// Runs the script on `conn` within the timeout, keeping track of a silent connection.
     async fn run(
         &self,
-        conn: &Arc<ConnectionManager>,
-        call: &ScriptInvocation<'_>,
+        conn: &Arc<RedisConn>,
+        keys: &[String],
+        args: &[u64],
     ) -> Result<Learned, Outage> {
-        let mut client = (**conn).clone();
-        match tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut client)).await {
+        let call = conn.run_script::<Vec<i64>>(&self.script, GCRA, keys, args);
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(answer)) => {
                 self.silent_since_ms.store(0, Ordering::Relaxed);
                 decode(&answer).ok_or_else(|| Outage::Answer(format!("{answer:?}")))
@@ -299,7 +275,7 @@ impl Shared {
 
     /// A call on `conn` timed out: past [`SILENT_CONNECTION_LIMIT`] of timeouts without an
     /// answer, the connection is dropped so that the next probe opens a new one.
-    fn timed_out(&self, conn: &Arc<ConnectionManager>) {
+    fn timed_out(&self, conn: &Arc<RedisConn>) {
         let now = self.now_ms() + 1;
         let since = match self.silent_since_ms.compare_exchange(
             0,
@@ -313,14 +289,17 @@ impl Shared {
         if Duration::from_millis(now.saturating_sub(since)) < SILENT_CONNECTION_LIMIT {
             return;
         }
-        // Only this connection: a late timeout of an old one leaves its replacement alone.
-        let previous = self
-            .conn
-            .compare_and_swap(conn, None::<Arc<ConnectionManager>>);
+        self.renew(conn);
+    }
+
+    /// Drops `conn` so that the next probe opens a new one; only this connection: a late
+    /// timeout of an old one leaves its replacement alone.
+    fn renew(&self, conn: &Arc<RedisConn>) {
+        let previous = self.conn.compare_and_swap(conn, None::<Arc<RedisConn>>);
         if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, conn)) {
             self.silent_since_ms.store(0, Ordering::Relaxed);
             self.probe_now.notify_one();
-            tracing::debug!(url = %self.shown_url, "Redis connection silent: opening a new one");
+            tracing::debug!(url = %self.connector.shown, "Redis connection silent: opening a new one");
         }
     }
 
@@ -334,9 +313,9 @@ impl Shared {
             self.gauge.set(1);
             self.fleet.reached();
             if self.said_down.swap(false, Ordering::Relaxed) {
-                tracing::info!(url = %self.shown_url, "Redis answers again: rate limits are shared by the fleet again");
+                tracing::info!(url = %self.connector.shown, "Redis answers again: rate limits are shared by the fleet again");
             } else {
-                tracing::info!(url = %self.shown_url, "rate limits shared by the fleet through Redis");
+                tracing::info!(url = %self.connector.shown, "rate limits shared by the fleet through Redis");
             }
         }
     }
@@ -352,14 +331,14 @@ impl Shared {
         }
         self.fleet.never_reached();
         let error = self.scrub(why.to_string());
-        let url = &self.shown_url;
+        let url = &self.connector.shown;
         let fleet_size = self.fleet.size();
         match why.kind() {
             OutageKind::Auth => {
                 tracing::error!(%url, %error, fleet_size, "Redis refused the gateway's credentials (WRONGPASS/NOAUTH): check the user and password of the rate_limit Redis URL; limiting locally (each gateway alone, at 1/fleet_size of each budget) until Redis accepts them")
             }
             OutageKind::Refused => {
-                tracing::error!(%url, %error, fleet_size, "Redis answers but refuses the rate-limit check (EVALSHA of the GCRA script): NOPERM means the URL's user may not run EVALSHA / SCRIPT or touch the {{chat-gateway:<sdkappid>}} keys (see its ACL); MOVED/ASK/CROSSSLOT mean the URL names a Redis Cluster node that does not serve those keys (point it at a standalone Redis or at the node that serves the slot); limiting locally (each gateway alone, at 1/fleet_size of each budget) until the check runs")
+                tracing::error!(%url, %error, fleet_size, "Redis answers but refuses the rate-limit check (EVALSHA of the GCRA script): NOPERM means the URL's user may not run EVALSHA / SCRIPT or touch the {{chat-gateway:<sdkappid>}} keys (see its ACL); MOVED/ASK/CROSSSLOT mean the URL names a Redis Cluster node (set redis_mode = \"cluster\" and list the cluster's nodes in redis_nodes); limiting locally (each gateway alone, at 1/fleet_size of each budget) until the check runs")
             }
             OutageKind::Other => {
                 tracing::warn!(%url, %error, fleet_size, "Redis is not answering: limiting locally (each gateway alone, at 1/fleet_size of each budget) until it does")
@@ -368,7 +347,7 @@ impl Shared {
     }
 
     fn scrub(&self, text: String) -> String {
-        match &self.password {
+        match &self.connector.password {
             Some(pw) if text.contains(pw.as_str()) => text.replace(pw.as_str(), "***"),
             _ => text,
         }
@@ -395,13 +374,19 @@ impl Shared {
                 return DOWN_PROBE_INTERVAL;
             }
         };
-        let probe = self.script.key(format!("{}:probe", self.prefix));
-        match self.run(&conn, &probe).await {
+        let probe = [format!("{}:probe", self.prefix)];
+        match self.run(&conn, &probe, &[]).await {
             Ok(_) => {
                 self.answered();
                 IDLE_PROBE_INTERVAL
             }
             Err(why) => {
+                // A cluster master that hangs gives the cluster client no error to learn the
+                // new layout from: the next probe's new connection finds the replica that
+                // takes over, without waiting for the silence limit.
+                if matches!(*conn, RedisConn::Cluster(_)) && !why.is_answer() {
+                    self.renew(&conn);
+                }
                 self.down(&why);
                 DOWN_PROBE_INTERVAL
             }
@@ -444,17 +429,63 @@ impl Shared {
         }
     }
 
+    /// Probes and announces, for ever: what the background task does in every mode.
+    async fn keep_in_use(&self) {
+        let mut announced = None;
+        loop {
+            let next = self.probe().await;
+            let next = next.min(self.announce_when_due(&mut announced).await);
+            tokio::select! {
+                _ = tokio::time::sleep(next) => {}
+                _ = self.probe_now.notified() => {}
+            }
+        }
+    }
+
+    /// Sentinel mode: asks the sentinels which node is the master every
+    /// [`MASTER_POLL_INTERVAL`](super::redis_conn::MASTER_POLL_INTERVAL) and whenever one
+    /// announces a switch, and moves the checks to a new master as soon as they name one (the
+    /// old one may stay writable for a while: its answers would split the budget).
+    async fn follow_master(&self) {
+        tokio::select! {
+            _ = self.connector.listen() => {}
+            _ = self.ask_for_the_master() => {}
+        }
+    }
+
+    async fn ask_for_the_master(&self) {
+        loop {
+            self.connector.next_question().await;
+            // No connection yet: the probe asks the sentinels when it makes one.
+            let Some(current) = self.conn.load_full() else {
+                continue;
+            };
+            let found = tokio::time::timeout(CONNECT_TIMEOUT, self.connector.follow(&current));
+            match found.await {
+                Ok(Some(Ok(new))) => {
+                    let master = new.master().unwrap_or_default();
+                    let previous = self.conn.compare_and_swap(&current, Some(Arc::new(new)));
+                    if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, &current)) {
+                        self.silent_since_ms.store(0, Ordering::Relaxed);
+                        self.probe_now.notify_one();
+                        tracing::info!(url = %self.connector.shown, %master, "the sentinels name a new master: rate-limit checks go to it");
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    let error = self.scrub(e.to_string());
+                    tracing::warn!(url = %self.connector.shown, %error, "the sentinels name a new master that does not take a connection yet");
+                }
+                Ok(None) | Err(_) => {}
+            }
+        }
+    }
+
     /// The connection in use, or a new one.
-    async fn connection(&self) -> Result<Arc<ConnectionManager>, Outage> {
+    async fn connection(&self) -> Result<Arc<RedisConn>, Outage> {
         if let Some(conn) = self.conn.load_full() {
             return Ok(conn);
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(CONNECT_TIMEOUT)
-            .set_number_of_retries(0);
-        let connecting = ConnectionManager::new_with_config(self.client.clone(), config);
-        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.connector.connect()).await {
             Ok(Ok(conn)) => {
                 let conn = Arc::new(conn);
                 self.silent_since_ms.store(0, Ordering::Relaxed);
@@ -489,6 +520,16 @@ enum OutageKind {
 }
 
 impl Outage {
+    /// Redis itself answered (an error of its own, or nonsense), as opposed to silence or a
+    /// broken connection.
+    fn is_answer(&self) -> bool {
+        match self {
+            Outage::Error(e) => e.code().is_some(),
+            Outage::Answer(_) => true,
+            Outage::Timeout(_) => false,
+        }
+    }
+
     fn kind(&self) -> OutageKind {
         let Outage::Error(e) = self else {
             return OutageKind::Other;
@@ -544,22 +585,17 @@ impl RateLimiter for RedisLimiter {
     fn background(&self, stop: BoxFuture) -> Option<BoxFuture> {
         let shared = self.shared.clone();
         Some(Box::pin(async move {
-            tokio::pin!(stop);
-            let mut announced = None;
-            loop {
-                let next = tokio::select! {
-                    _ = &mut stop => return,
-                    next = shared.probe() => next,
-                };
-                let next = tokio::select! {
-                    _ = &mut stop => return,
-                    due = shared.announce_when_due(&mut announced) => next.min(due),
-                };
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = tokio::time::sleep(next) => {}
-                    _ = shared.probe_now.notified() => {}
+            let follow = async {
+                if shared.connector.follows_a_master() {
+                    shared.follow_master().await;
+                } else {
+                    std::future::pending::<()>().await;
                 }
+            };
+            tokio::select! {
+                _ = stop => {}
+                _ = shared.keep_in_use() => {}
+                _ = follow => {}
             }
         }))
     }
