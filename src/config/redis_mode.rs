@@ -252,6 +252,25 @@ mod tests {
     }
 
     #[test]
+    fn the_example_switched_to_cluster_and_to_sentinel_parses() {
+        let example = include_str!("../../config/gateway.example.toml")
+            .replace("backend = \"local\"", "backend = \"redis\"")
+            .replace("# redis_nodes =", "redis_nodes =");
+        let cluster = example.replace("# redis_mode = \"standalone\"", "redis_mode = \"cluster\"");
+        let config = Config::parse(&cluster).expect("valid");
+        assert!(
+            matches!(config.rate_limit.redis_topology(), Topology::Cluster { nodes } if nodes.len() == 3)
+        );
+        let sentinel = example
+            .replace("# redis_mode = \"standalone\"", "redis_mode = \"sentinel\"")
+            .replace("# redis_sentinel_master =", "redis_sentinel_master =");
+        let config = Config::parse(&sentinel).expect("valid");
+        assert!(
+            matches!(config.rate_limit.redis_topology(), Topology::Sentinel { master, .. } if master == "mymaster")
+        );
+    }
+
+    #[test]
     fn the_url_keys_are_refused_with_cluster_and_sentinel() {
         for mode in ["cluster", "sentinel"] {
             let problems = parse(&format!(
