@@ -182,8 +182,13 @@ async fn three_gateways_share_one_budget_while_the_apps_slot_moves() {
         "state kept on the new master"
     );
     for gw in &gateways {
-        assert_eq!(metric(&scrape(gw.admin).await, UP), 1.0);
+        let scraped = scrape(gw.admin).await;
+        assert_eq!(metric(&scraped, UP), 1.0);
+        // The fleet announcement reaches the slot's master too, before and after the move.
+        assert_eq!(metric(&scraped, "chat_gateway_rate_limit_fleet_size"), 3.0);
     }
+    let fleet_key = format!("{}:fleet", app_tag());
+    assert_eq!(cluster.nodes[to].cli(&["zcard", &fleet_key]).trim(), "3");
     let total = emulator.emulator.requests() as f64;
     let budget = RATE as f64 * elapsed + BURST as f64;
     eprintln!("{total} calls upstream in {elapsed:.2}s (budget {budget:.0})");
