@@ -100,26 +100,26 @@ fn watch_up(admins: Vec<SocketAddr>, stop: Arc<AtomicBool>) -> tokio::task::Join
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_gateways_share_one_budget_while_the_apps_slot_moves() {
-    const RATE: u64 = 100;
-    const BURST: u64 = 10;
-    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
-        .await
-        .expect("cluster");
-    let emulator = spawn_emulator(None).await;
-    let rates = format!("group_per_second = 100000\ngroup_burst = 100000\napp_per_second = {RATE}\napp_burst = {BURST}\n");
-    // A timeout the loaded test machine always meets: a check that fell back would show.
-    let extra = format!("redis_timeout = \"1s\"\n{rates}");
+/// `n` gateways on `cluster`, each using it.
+async fn cluster_gateways(
+    cluster: &RedisCluster,
+    n: usize,
+    endpoint: &str,
+    extra: &str,
+) -> Vec<GatewayHandle> {
     let mut gateways = Vec::new();
-    for _ in 0..3 {
-        let text = mode_sections("cluster", &cluster.nodes_toml(), &extra);
-        let gw = spawn_gateway(&config_text(&emulator.endpoint(), "", &text)).await;
+    for _ in 0..n {
+        let text = mode_sections("cluster", &cluster.nodes_toml(), extra);
+        let gw = spawn_gateway(&config_text(endpoint, "", &text)).await;
         wait_for_gauge(gw.admin, 1.0, Duration::from_secs(10)).await;
         gateways.push(gw);
     }
-    // A limiter of the same app beside them, checking another API (its own budget, in the
-    // same slot): each of its checks must be answered by the cluster, none by the fallback.
+    gateways
+}
+
+/// A limiter of the same app beside the gateways, to check another API (its own budget, in
+/// the same slot) and see whether the cluster answered each check.
+async fn side_limiter(cluster: &RedisCluster) -> RedisLimiter {
     let config = RateLimitConfig {
         backend: Backend::Redis,
         redis_mode: RedisMode::Cluster,
@@ -132,9 +132,39 @@ async fn three_gateways_share_one_budget_while_the_apps_slot_moves() {
     };
     let side = RedisLimiter::new(&config, &backend, SDKAPPID, &Metrics::new()).expect("limiter");
     assert!(side.probe().await, "the cluster answers");
+    side
+}
+
+/// Checks on `side` until `task` is done (at least 20, bounded by the task): how many the
+/// cluster did not answer, of how many.
+async fn check_until_done<T>(side: &RedisLimiter, task: &tokio::task::JoinHandle<T>) -> (u32, u32) {
     let get = ApiTable::new(&ApiAllowList::counters())
         .route(GET)
         .expect("allowed");
+    let (mut unanswered, mut asked) = (0, 0);
+    while (!task.is_finished() || asked < 20) && asked < 10_000 {
+        asked += 1;
+        if side.check_shared(&get, Some("side")).await.is_none() {
+            unanswered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    (unanswered, asked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_gateways_share_one_budget_while_the_apps_slot_moves() {
+    const RATE: u64 = 100;
+    const BURST: u64 = 10;
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3, 0))
+        .await
+        .expect("cluster");
+    let emulator = spawn_emulator(None).await;
+    let rates = format!("group_per_second = 100000\ngroup_burst = 100000\napp_per_second = {RATE}\napp_burst = {BURST}\n");
+    // A timeout the loaded test machine always meets: a check that fell back would show.
+    let extra = format!("redis_timeout = \"1s\"\n{rates}");
+    let gateways = cluster_gateways(&cluster, 3, &emulator.endpoint(), &extra).await;
+    let side = side_limiter(&cluster).await;
 
     let slot = cluster.app_slot();
     let from = cluster.master_of(slot).expect("the slot's master");
@@ -153,15 +183,7 @@ async fn three_gateways_share_one_budget_while_the_apps_slot_moves() {
         let cluster = cluster.clone();
         tokio::task::spawn_blocking(move || cluster.move_slot(slot, from, to))
     };
-    let mut unanswered = 0;
-    let mut asked = 0;
-    while !moving.is_finished() || asked < 20 {
-        asked += 1;
-        if side.check_shared(&get, Some("side")).await.is_none() {
-            unanswered += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (unanswered, asked) = check_until_done(&side, &moving).await;
     moving.await.expect("slot moved");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     load.finish().await;
@@ -233,13 +255,7 @@ async fn takeover(gone: Gone) {
         "redis_timeout = \"{}ms\"\ngroup_per_second = 100000\ngroup_burst = 100000\napp_per_second = 100000\napp_burst = 100000\n",
         TIMEOUT.as_millis()
     );
-    let mut gateways = Vec::new();
-    for _ in 0..2 {
-        let text = mode_sections("cluster", &cluster.nodes_toml(), &extra);
-        let gw = spawn_gateway(&config_text(&emulator.endpoint(), "", &text)).await;
-        wait_for_gauge(gw.admin, 1.0, Duration::from_secs(10)).await;
-        gateways.push(gw);
-    }
+    let gateways = cluster_gateways(&cluster, 2, &emulator.endpoint(), &extra).await;
     let slot = cluster.app_slot();
     let master = cluster.master_of(slot).expect("the slot's master");
     let replica = cluster.replica_of(master).expect("its replica");
