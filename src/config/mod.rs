@@ -14,6 +14,7 @@ mod limit_overrides;
 pub mod rate_limit;
 mod reader;
 pub mod redis;
+pub mod redis_mode;
 pub mod server;
 pub mod upstream;
 
@@ -29,6 +30,7 @@ pub use coalesce::CoalesceConfig;
 pub use rate_limit::{ApiLimits, Backend, GroupLimits, GroupMatch, LimitMode, RateLimitConfig};
 pub use reader::MAX_DURATION;
 pub use redis::{RedisBackend, RedisUrl};
+pub use redis_mode::{RedisMode, Topology};
 pub use server::{ServerConfig, TlsFiles};
 pub use upstream::UpstreamConfig;
 

@@ -10,6 +10,7 @@ use super::limit_overrides::{read_apis, read_groups};
 pub use super::limit_overrides::{ApiLimits, GroupLimits, GroupMatch};
 use super::reader::{section, Reader};
 use super::redis::{check_url, is_tls, redact, PasswordSource, RedisAuth, RedisBackend, RedisUrl};
+use super::redis_mode::{self, read_nodes, RedisMode};
 
 /// Where the budgets live: this process, or a Redis the whole fleet shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,6 +81,13 @@ section! {
         mode: LimitMode = LimitMode::Enforce, |r, s, k| r.parsed(s, k, str::parse);
         /// Where the budgets live: `local` or `redis`.
         backend: Backend = Backend::Local, |r, s, k| r.parsed(s, k, str::parse);
+        /// With `backend = "redis"`: `standalone` (one Redis at redis_url), `cluster` or
+        /// `sentinel` (found through redis_nodes).
+        redis_mode: RedisMode = RedisMode::Standalone, |r, s, k| r.parsed(s, k, str::parse);
+        /// With `redis_mode = "cluster"`: seed nodes; `"sentinel"`: the sentinels.
+        redis_nodes: Vec<String> = Vec::new(), read_nodes;
+        /// With `redis_mode = "sentinel"`: the name the sentinels know the master by.
+        redis_sentinel_master: Option<String> = None, Reader::optional_string;
         /// With `backend = "redis"`: its URL (no password in the file).
         redis_url: Option<String> = None, Reader::optional_string;
         /// With `backend = "redis"`: the environment variable holding its URL.
@@ -180,6 +188,7 @@ pub fn read(r: &mut Reader, t: &Table) -> RateLimitConfig {
         config.app_burst = RateLimitConfig::default_app_burst(config.app_per_second);
     }
     check_backend(r, &config);
+    redis_mode::check(r, &config);
     config
 }
 
@@ -205,6 +214,15 @@ fn check_backend(r: &mut Reader, config: &RateLimitConfig) {
         }
         for (key, value) in config.redis_auth_keys() {
             r.problem(&format!("rate_limit.{key}"), Some(value), why);
+        }
+    } else if config.redis_mode != RedisMode::Standalone {
+        check_auth(r, config);
+        let why = redis_mode::url_refused(config.redis_mode);
+        if url.is_some() {
+            r.problem("rate_limit.redis_url", shown_url, &why);
+        }
+        if env.is_some() {
+            r.problem("rate_limit.redis_url_env", shown_env, &why);
         }
     } else {
         check_auth(r, config);
@@ -278,8 +296,16 @@ fn check_auth(r: &mut Reader, config: &RateLimitConfig) {
         ),
         _ => {}
     }
-    // A URL from the environment is checked at start-up and by check-config.
-    if let Some(url) = config.redis_url.as_deref().filter(|url| !is_tls(url)) {
+    // A URL from the environment is checked at start-up and by check-config. The nodes of a
+    // cluster or the sentinels share one scheme (checked with redis_nodes).
+    let (url_key, url) = match config.redis_mode {
+        RedisMode::Standalone => ("redis_url", config.redis_url.as_deref()),
+        _ => (
+            "redis_nodes",
+            config.redis_nodes.first().map(String::as_str),
+        ),
+    };
+    if let Some(url) = url.filter(|url| !is_tls(url)) {
         for key in [
             "redis_ca_file",
             "redis_client_cert_file",
@@ -287,7 +313,7 @@ fn check_auth(r: &mut Reader, config: &RateLimitConfig) {
         ] {
             if let Some(value) = shown(key) {
                 let why = format!(
-                    "used only over TLS, but rate_limit.redis_url {:?} is not rediss://",
+                    "used only over TLS, but rate_limit.{url_key} {:?} is not rediss://",
                     redact(url)
                 );
                 r.problem(&format!("rate_limit.{key}"), Some(value), &why);

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus::IntGauge;
-use redis::aio::ConnectionManager;
 use redis::RedisError;
 
+use super::redis_conn::RedisConn;
 use super::LocalLimiter;
 use crate::config::{ApiLimits, GroupLimits, RateLimitConfig};
 use crate::metrics::Metrics;
@@ -148,8 +148,7 @@ impl Fleet {
     /// Announces this gateway and learns the fleet's size; call only while Redis answers.
     /// A Redis error (an ACL without the sorted-set commands) is logged once and the last size
     /// stays; a failed connection is returned, as a failed check is.
-    pub async fn announce(&self, conn: &ConnectionManager) -> Result<(), RedisError> {
-        let mut conn = conn.clone();
+    pub async fn announce(&self, conn: &RedisConn) -> Result<(), RedisError> {
         let mut cmd = redis::cmd("EVAL");
         cmd.arg(ANNOUNCE)
             .arg(1)
@@ -157,7 +156,7 @@ impl Fleet {
             .arg(&self.id)
             .arg(u64::try_from(FLEET_STALE.as_millis()).unwrap_or(u64::MAX))
             .arg(MAX_FLEET);
-        match cmd.query_async::<i64>(&mut conn).await {
+        match conn.query::<i64>(&cmd).await {
             Ok(count) => {
                 self.learn(u32::try_from(count).unwrap_or(1));
                 Ok(())

@@ -10,6 +10,8 @@ pub mod local;
 pub mod overrides;
 pub mod redis;
 pub mod redis_auth;
+mod redis_conn;
+mod redis_watch;
 mod refused;
 mod shadow;
 

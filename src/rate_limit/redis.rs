@@ -17,17 +17,17 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use prometheus::IntGauge;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, ScriptInvocation};
+use redis::{ErrorKind, RedisError};
 
 use super::fleet::{Fleet, ANNOUNCE_INTERVAL};
 use super::overrides::{Limits, Overrides};
-use super::redis_auth::{refusal, RedisAuthError, RedisRefused, RedisSettings};
+use super::redis_auth::{refusal, RedisRefused};
+pub use super::redis_conn::RedisSetupError;
+use super::redis_conn::{Connector, RedisConn, CONNECT_TIMEOUT};
 use super::refused::{Learned, Refused};
 use super::{BoxFuture, Decision, RateLimiter, Refusal, Scope, StartFuture};
 use crate::api::Api;
-use crate::config::redis::{check_url, password, redact, url_from_env, UrlError};
-use crate::config::{RateLimitConfig, RedisBackend, RedisUrl};
+use crate::config::{RateLimitConfig, RedisBackend};
 use crate::metrics::Metrics;
 
 /// How often a down Redis is probed.
@@ -35,8 +35,6 @@ pub const DOWN_PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// A Redis that answered no check for this long is probed, so that an idle gateway's
 /// `backend_up` still tells the truth.
 pub const IDLE_PROBE_INTERVAL: Duration = Duration::from_secs(5);
-/// Longest a (re)connection may take; only the background task waits for it.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection on which every check and probe has timed out for this long, with no answer
 /// between, is dropped and the next probe opens a new one: it may be silent for good (a
 /// half-open TCP connection, a stalled proxy) while Redis answers new connections at once, and
@@ -45,18 +43,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// most about one new connection per this interval from each gateway.
 pub const SILENT_CONNECTION_LIMIT: Duration = Duration::from_secs(1);
 
-/// Why the Redis backend could not be set up at start-up.
-#[derive(Debug, thiserror::Error)]
-pub enum RedisSetupError {
-    #[error("rate_limit.redis_url_env: {0}")]
-    Env(UrlError),
-    #[error("rate_limit.redis_url: {0}")]
-    Url(UrlError),
-    #[error("{key}: {0}", key = .0.key())]
-    Auth(RedisAuthError),
-    #[error(transparent)]
-    Refused(RedisRefused),
-}
+/// The check: see the script.
+const GCRA: &str = include_str!("gcra.lua");
 
 /// GCRA numbers for the script: t = 1/rate and tau = t * (burst - 1), in nanoseconds, as
 /// governor computes them.
@@ -73,22 +61,17 @@ pub struct RedisLimiter {
 impl std::fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisLimiter")
-            .field("url", &self.shared.shown_url)
+            .field("url", &self.shared.connector.shown)
             .field("up", &self.shared.up.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
 struct Shared {
-    url: String,
-    /// The user, password and TLS files each new connection is made with.
-    settings: Arc<RedisSettings>,
-    /// host:port, as refusals at start-up name it.
-    addr: String,
-    shown_url: String,
-    /// The password, to scrub from error texts before they are logged.
-    password: Option<String>,
-    conn: ArcSwapOption<ConnectionManager>,
+    /// Makes the connections, by `redis_mode`; says how the Redis is shown in logs, and the
+    /// password to scrub from error texts before they are logged.
+    connector: Connector,
+    conn: ArcSwapOption<RedisConn>,
     up: AtomicBool,
     /// The kinds of this outage logged so far (bits of [`OutageKind`]): each is said once, so
     /// that refused credentials found after a lost connection are named too.
@@ -125,18 +108,7 @@ impl RedisLimiter {
         sdkappid: u64,
         metrics: &Metrics,
     ) -> Result<Self, RedisSetupError> {
-        let url = match &backend.url {
-            RedisUrl::Url(url) => {
-                check_url(url, false).map_err(RedisSetupError::Url)?;
-                url.clone()
-            }
-            RedisUrl::Env(var) => url_from_env(var).map_err(RedisSetupError::Env)?,
-        };
-        let settings = RedisSettings::load(&backend.auth).map_err(RedisSetupError::Auth)?;
-        let node = settings.node(&url).map_err(RedisSetupError::Auth)?;
-        let addr = node.info.addr.to_string();
-        node.client()
-            .map_err(|_| RedisSetupError::Url(UrlError::Syntax))?;
+        let connector = Connector::new(config, backend)?;
         let overrides = Overrides::new(config);
         let numbers = |quotas: &[Limits]| -> Vec<(u64, u64)> {
             quotas
@@ -157,11 +129,7 @@ impl RedisLimiter {
         let prefix = format!("{{chat-gateway:{sdkappid}}}");
         Ok(RedisLimiter {
             shared: Arc::new(Shared {
-                shown_url: redact(&url),
-                password: password(&url).map(str::to_string),
-                url,
-                settings: Arc::new(settings),
-                addr,
+                connector,
                 conn: ArcSwapOption::empty(),
                 up: AtomicBool::new(false),
                 said_down: AtomicU8::new(0),
@@ -170,7 +138,7 @@ impl RedisLimiter {
                 silent_since_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
                 timeout: backend.timeout,
-                script: redis::Script::new(include_str!("gcra.lua")),
+                script: redis::Script::new(GCRA),
                 fleet: Fleet::new(config, &prefix, metrics),
                 prefix,
                 overrides,
@@ -202,25 +170,6 @@ impl RedisLimiter {
         self.shared.up.load(Ordering::Relaxed)
     }
 
-    /// The first contact, before the gateway serves: an error when Redis refuses the
-    /// gateway's credentials or certificate. A Redis merely unreachable is no error: the
-    /// gateway limits locally and the background task keeps trying.
-    pub async fn reach(&self) -> Result<(), RedisRefused> {
-        let shared = &self.shared;
-        match shared.try_probe().await {
-            Ok(()) => shared.answered(),
-            Err(why) => {
-                if let Outage::Error(e) = &why {
-                    if let Some(refused) = refusal(e, &shared.addr) {
-                        return Err(refused);
-                    }
-                }
-                shared.down(&why);
-            }
-        }
-        Ok(())
-    }
-
     /// One round of what the background task does (connect, probe with the check script);
     /// true when Redis is in use after it.
     pub async fn probe(&self) -> bool {
@@ -230,6 +179,25 @@ impl RedisLimiter {
 
     /// One check in Redis alone, without the memory of its waits; `None` when Redis is not in
     /// use or did not answer in time.
+    /// The first contact, before the gateway serves: an error when Redis refuses the
+    /// gateway's credentials or certificate. A Redis merely unreachable is no error: the
+    /// gateway limits locally and the background task keeps trying.
+    pub async fn reach(&self) -> Result<(), RedisRefused> {
+        let shared = &self.shared;
+        match shared.try_probe().await {
+            Ok(()) => shared.answered(),
+            Err(why) => {
+                if let Outage::Error(e) = &why {
+                    if let Some(refused) = refusal(e, &shared.connector.addr) {
+                        return Err(refused);
+                    }
+                }
+                shared.down(&why);
+            }
+        }
+        Ok(())
+    }
+
     pub async fn check_shared(
         &self,
         api: &Api,
@@ -282,18 +250,12 @@ impl Shared {
     }
 
     /// One check in Redis; `None` when Redis did not answer in time (or answered nonsense).
-    async fn ask(
-        &self,
-        conn: &Arc<ConnectionManager>,
-        api: &str,
-        group: Option<&str>,
-    ) -> Option<Learned> {
-        let mut call = self.script.key(self.key("app", api));
+    async fn ask(&self, conn: &Arc<RedisConn>, api: &str, group: Option<&str>) -> Option<Learned> {
+        let mut keys = vec![self.key("app", api)];
         if let Some(group) = group {
-            call.key(self.key("group", group));
+            keys.push(self.key("group", group));
         }
-        call.arg(&self.numbers(api, group)[..]);
-        match self.run(conn, &call).await {
+        match self.run(conn, &keys, &self.numbers(api, group)).await {
             Ok(learned) => {
                 self.answered();
                 Some(learned)
@@ -308,11 +270,12 @@ impl Shared {
     /// Runs the script on `conn` within the timeout, keeping track of a silent connection.
     async fn run(
         &self,
-        conn: &Arc<ConnectionManager>,
-        call: &ScriptInvocation<'_>,
+        conn: &Arc<RedisConn>,
+        keys: &[String],
+        args: &[u64],
     ) -> Result<Learned, Outage> {
-        let mut client = (**conn).clone();
-        match tokio::time::timeout(self.timeout, call.invoke_async::<Vec<i64>>(&mut client)).await {
+        let call = conn.run_script::<Vec<i64>>(&self.script, GCRA, keys, args);
+        match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(answer)) => {
                 self.silent_since_ms.store(0, Ordering::Relaxed);
                 decode(&answer).ok_or_else(|| Outage::Answer(format!("{answer:?}")))
@@ -333,7 +296,7 @@ impl Shared {
 
     /// A call on `conn` timed out: past [`SILENT_CONNECTION_LIMIT`] of timeouts without an
     /// answer, the connection is dropped so that the next probe opens a new one.
-    fn timed_out(&self, conn: &Arc<ConnectionManager>) {
+    fn timed_out(&self, conn: &Arc<RedisConn>) {
         let now = self.now_ms() + 1;
         let since = match self.silent_since_ms.compare_exchange(
             0,
@@ -347,14 +310,17 @@ impl Shared {
         if Duration::from_millis(now.saturating_sub(since)) < SILENT_CONNECTION_LIMIT {
             return;
         }
-        // Only this connection: a late timeout of an old one leaves its replacement alone.
-        let previous = self
-            .conn
-            .compare_and_swap(conn, None::<Arc<ConnectionManager>>);
+        self.renew(conn);
+    }
+
+    /// Drops `conn` so that the next probe opens a new one; only this connection: a late
+    /// timeout of an old one leaves its replacement alone.
+    fn renew(&self, conn: &Arc<RedisConn>) {
+        let previous = self.conn.compare_and_swap(conn, None::<Arc<RedisConn>>);
         if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, conn)) {
             self.silent_since_ms.store(0, Ordering::Relaxed);
             self.probe_now.notify_one();
-            tracing::debug!(url = %self.shown_url, "Redis connection silent: opening a new one");
+            tracing::debug!(url = %self.connector.shown, "Redis connection silent: opening a new one");
         }
     }
 
@@ -368,9 +334,9 @@ impl Shared {
             self.gauge.set(1);
             self.fleet.reached();
             if self.said_down.swap(0, Ordering::Relaxed) != 0 {
-                tracing::info!(url = %self.shown_url, "Redis answers again: rate limits are shared by the fleet again");
+                tracing::info!(url = %self.connector.shown, "Redis answers again: rate limits are shared by the fleet again");
             } else {
-                tracing::info!(url = %self.shown_url, "rate limits shared by the fleet through Redis");
+                tracing::info!(url = %self.connector.shown, "rate limits shared by the fleet through Redis");
             }
         }
     }
@@ -390,14 +356,14 @@ impl Shared {
             self.fleet.never_reached();
         }
         let error = self.scrub(why.to_string());
-        let url = &self.shown_url;
+        let url = &self.connector.shown;
         let fleet_size = self.fleet.size();
         match kind {
             OutageKind::Auth => {
                 tracing::error!(%url, %error, fleet_size, "Redis refused the gateway's credentials (WRONGPASS/NOAUTH): check rate_limit.redis_username and redis_password_env / redis_password_file (or the user and password of the Redis URL); limiting locally (each gateway alone, at 1/fleet_size of each budget) until Redis accepts them")
             }
             OutageKind::Refused => {
-                tracing::error!(%url, %error, fleet_size, "Redis answers but refuses the rate-limit check (EVALSHA of the GCRA script): NOPERM means the URL's user may not run EVALSHA / SCRIPT or touch the {{chat-gateway:<sdkappid>}} keys (see its ACL); MOVED/ASK/CROSSSLOT mean the URL names a Redis Cluster node that does not serve those keys (point it at a standalone Redis or at the node that serves the slot); limiting locally (each gateway alone, at 1/fleet_size of each budget) until the check runs")
+                tracing::error!(%url, %error, fleet_size, "Redis answers but refuses the rate-limit check (EVALSHA of the GCRA script): NOPERM means the URL's user may not run EVALSHA / SCRIPT or touch the {{chat-gateway:<sdkappid>}} keys (see its ACL); MOVED/ASK/CROSSSLOT mean the URL names a Redis Cluster node (set redis_mode = \"cluster\" and list the cluster's nodes in redis_nodes); limiting locally (each gateway alone, at 1/fleet_size of each budget) until the check runs")
             }
             OutageKind::Other => {
                 tracing::warn!(%url, %error, fleet_size, "Redis is not answering: limiting locally (each gateway alone, at 1/fleet_size of each budget) until it does")
@@ -406,9 +372,9 @@ impl Shared {
     }
 
     fn scrub(&self, mut text: String) -> String {
-        let current = self.settings.password();
+        let current = self.connector.settings.password();
         for pw in [
-            self.password.as_deref(),
+            self.connector.password.as_deref(),
             current.as_deref().map(String::as_str),
         ] {
             match pw {
@@ -450,14 +416,19 @@ impl Shared {
     /// takes the password as it is now (the password file may have changed).
     async fn try_probe(&self) -> Result<(), Outage> {
         let conn = self.connection().await?;
-        let probe = self.script.key(format!("{}:probe", self.prefix));
-        let why = match self.run(&conn, &probe).await {
+        let probe = [format!("{}:probe", self.prefix)];
+        let why = match self.run(&conn, &probe, &[]).await {
             Ok(_) => return Ok(()),
             Err(why) => why,
         };
-        if why.kind() == OutageKind::Auth {
-            self.conn
-                .compare_and_swap(&conn, None::<Arc<ConnectionManager>>);
+        // A cluster master that hangs gives the cluster client no error to learn the new
+        // layout from: the next probe's new connection finds the replica that takes over,
+        // without waiting for the silence limit.
+        if matches!(*conn, RedisConn::Cluster(_)) && !why.is_answer() {
+            self.renew(&conn);
+        } else if why.kind() == OutageKind::Auth {
+            // Not at once: the next probe, a probe interval later.
+            self.conn.compare_and_swap(&conn, None::<Arc<RedisConn>>);
         }
         Err(why)
     }
@@ -498,24 +469,63 @@ impl Shared {
         }
     }
 
+    /// Probes and announces, for ever: what the background task does in every mode.
+    async fn keep_in_use(&self) {
+        let mut announced = None;
+        loop {
+            let next = self.probe().await;
+            let next = next.min(self.announce_when_due(&mut announced).await);
+            tokio::select! {
+                _ = tokio::time::sleep(next) => {}
+                _ = self.probe_now.notified() => {}
+            }
+        }
+    }
+
+    /// Sentinel mode: asks the sentinels which node is the master every
+    /// [`MASTER_POLL_INTERVAL`](super::redis_conn::MASTER_POLL_INTERVAL) and whenever one
+    /// announces a switch, and moves the checks to a new master as soon as they name one (the
+    /// old one may stay writable for a while: its answers would split the budget).
+    async fn follow_master(&self) {
+        tokio::select! {
+            _ = self.connector.listen() => {}
+            _ = self.ask_for_the_master() => {}
+        }
+    }
+
+    async fn ask_for_the_master(&self) {
+        loop {
+            self.connector.next_question().await;
+            // No connection yet: the probe asks the sentinels when it makes one.
+            let Some(current) = self.conn.load_full() else {
+                continue;
+            };
+            let found = tokio::time::timeout(CONNECT_TIMEOUT, self.connector.follow(&current));
+            match found.await {
+                Ok(Some(Ok(new))) => {
+                    let master = new.master().unwrap_or_default();
+                    let previous = self.conn.compare_and_swap(&current, Some(Arc::new(new)));
+                    if previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, &current)) {
+                        self.silent_since_ms.store(0, Ordering::Relaxed);
+                        self.probe_now.notify_one();
+                        tracing::info!(url = %self.connector.shown, %master, "the sentinels name a new master: rate-limit checks go to it");
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    let error = self.scrub(e.to_string());
+                    tracing::warn!(url = %self.connector.shown, %error, "the sentinels name a new master that does not take a connection yet");
+                }
+                Ok(None) | Err(_) => {}
+            }
+        }
+    }
+
     /// The connection in use, or a new one.
-    async fn connection(&self) -> Result<Arc<ConnectionManager>, Outage> {
+    async fn connection(&self) -> Result<Arc<RedisConn>, Outage> {
         if let Some(conn) = self.conn.load_full() {
             return Ok(conn);
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(CONNECT_TIMEOUT)
-            .set_number_of_retries(0);
-        // A new client each time: it takes the password as it is now.
-        let client = self
-            .settings
-            .node(&self.url)
-            .map_err(|e| Outage::Setup(e.to_string()))?
-            .client()
-            .map_err(Outage::Error)?;
-        let connecting = ConnectionManager::new_with_config(client, config);
-        match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.connector.connect()).await {
             Ok(Ok(conn)) => {
                 let conn = Arc::new(conn);
                 self.silent_since_ms.store(0, Ordering::Relaxed);
@@ -537,8 +547,6 @@ enum Outage {
     Timeout(Duration),
     #[error("unexpected answer {0}")]
     Answer(String),
-    #[error("{0}")]
-    Setup(String),
 }
 
 /// What an outage's log line says; each a bit of `said_down`.
@@ -553,6 +561,16 @@ enum OutageKind {
 }
 
 impl Outage {
+    /// Redis itself answered (an error of its own, or nonsense), as opposed to silence or a
+    /// broken connection.
+    fn is_answer(&self) -> bool {
+        match self {
+            Outage::Error(e) => e.code().is_some(),
+            Outage::Answer(_) => true,
+            Outage::Timeout(_) => false,
+        }
+    }
+
     fn kind(&self) -> OutageKind {
         let Outage::Error(e) = self else {
             return OutageKind::Other;
@@ -616,32 +634,28 @@ impl RateLimiter for RedisLimiter {
     fn background(&self, stop: BoxFuture) -> Option<BoxFuture> {
         let shared = self.shared.clone();
         let stop = futures_util::FutureExt::shared(stop);
-        let watch = shared.settings.watch_password(stop.clone());
-        let probes = async move {
-            tokio::pin!(stop);
-            let mut announced = None;
-            loop {
-                let next = tokio::select! {
-                    _ = &mut stop => return,
-                    next = shared.probe() => next,
-                };
-                let next = tokio::select! {
-                    _ = &mut stop => return,
-                    due = shared.announce_when_due(&mut announced) => next.min(due),
-                };
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = tokio::time::sleep(next) => {}
-                    _ = shared.probe_now.notified() => {}
-                }
+        let watch = shared.connector.settings.watch_password(stop.clone());
+        let watch = async move {
+            match watch {
+                Some(watch) => watch.await,
+                None => std::future::pending().await,
             }
         };
-        Some(match watch {
-            Some(watch) => Box::pin(async move {
-                futures_util::future::join(probes, watch).await;
-            }),
-            None => Box::pin(probes),
-        })
+        Some(Box::pin(async move {
+            let follow = async {
+                if shared.connector.follows_a_master() {
+                    shared.follow_master().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = stop => {}
+                _ = shared.keep_in_use() => {}
+                _ = follow => {}
+                _ = watch => {}
+            }
+        }))
     }
 }
 

@@ -149,6 +149,7 @@ impl std::fmt::Debug for RedisSettings {
 }
 
 /// What redis-rs takes for one node.
+#[derive(Clone)]
 pub struct NodeSettings {
     pub info: ConnectionInfo,
     pub tls: Option<TlsCertificates>,
@@ -169,6 +170,13 @@ impl std::fmt::Debug for NodeSettings {
 }
 
 impl NodeSettings {
+    /// The same node without a user or password (a sentinel, asked with TLS alone).
+    pub fn anonymous(mut self) -> Self {
+        self.info.redis.username = None;
+        self.info.redis.password = None;
+        self
+    }
+
     /// The client for this node.
     pub fn client(self) -> redis::RedisResult<redis::Client> {
         match self.tls {
@@ -212,7 +220,7 @@ impl RedisSettings {
     /// the configured user and current password (in place of any in the URL), and the TLS
     /// roots and client certificate.
     pub fn node(&self, url: &str) -> Result<NodeSettings, RedisAuthError> {
-        let mut info = url
+        let info = url
             .into_connection_info()
             .map_err(|_| RedisAuthError::Url)?;
         if self.tls.is_some() && !is_tls(url) {
@@ -225,16 +233,22 @@ impl RedisSettings {
             };
             return Err(RedisAuthError::NotTls(key));
         }
+        Ok(self.with_credentials(info, self.tls.clone()))
+    }
+
+    /// `info` with the configured user and current password (in place of any it has).
+    pub fn with_credentials(
+        &self,
+        mut info: ConnectionInfo,
+        tls: Option<TlsCertificates>,
+    ) -> NodeSettings {
         if let Some(username) = &self.username {
             info.redis.username = Some(username.clone());
         }
         if let Some(password) = self.password.load_full() {
             info.redis.password = Some(password.to_string());
         }
-        Ok(NodeSettings {
-            info,
-            tls: self.tls.clone(),
-        })
+        NodeSettings { info, tls }
     }
 
     /// The current password, to scrub from texts before they are logged.

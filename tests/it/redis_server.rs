@@ -142,6 +142,22 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` (e.g. `-STOP`: silent without closing a connection) by PID.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(status.success(), "kill {signal}");
+        }
+    }
+
+    /// Not killed.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
