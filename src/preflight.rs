@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use crate::config::redis::PasswordSource;
-use crate::config::{Config, Problem, RedisBackend, RedisUrl, SecretSource};
+use crate::config::{
+    Config, Problem, RateLimitConfig, RedisBackend, RedisMode, RedisUrl, SecretSource,
+};
 use crate::rate_limit::redis_auth::{RedisAuthError, RedisSettings};
 
 /// Checks what the file points at: the secret key can be read and is not empty, the CA
@@ -58,7 +60,7 @@ pub fn check_environment(config: &Config) -> Vec<Problem> {
         }
     }
     if let Some(redis) = config.rate_limit.redis() {
-        problems.extend(check_redis(&redis));
+        problems.extend(check_redis(&redis, &config.rate_limit));
     }
     if let Some(path) = &config.auth.tokens_file {
         if let Err(e) = crate::auth::Tokens::load(path) {
@@ -74,9 +76,11 @@ pub fn check_environment(config: &Config) -> Vec<Problem> {
 
 /// The Redis URL from the environment, the password's variable or file, the TLS files, and
 /// whether the URL takes them (rediss://).
-fn check_redis(redis: &RedisBackend) -> Vec<Problem> {
+fn check_redis(redis: &RedisBackend, config: &RateLimitConfig) -> Vec<Problem> {
     let mut problems = Vec::new();
     let url = match &redis.url {
+        // A cluster's or the sentinels' nodes instead (checked below).
+        _ if config.redis_mode != RedisMode::Standalone => None,
         RedisUrl::Url(url) => Some(url.clone()),
         RedisUrl::Env(var) => match crate::config::redis::url_from_env(var) {
             Ok(url) => Some(url),
@@ -118,7 +122,16 @@ fn check_redis(redis: &RedisBackend) -> Vec<Problem> {
     match RedisSettings::load(auth) {
         Err(e) => problem(e),
         Ok(settings) => {
-            if let Some(Err(e)) = url.as_deref().map(|url| settings.node(url)) {
+            let nodes = match config.redis_mode {
+                RedisMode::Standalone => url.into_iter().collect(),
+                _ => config.redis_nodes.clone(),
+            };
+            // One problem is enough: the nodes share one scheme.
+            if let Some(Err(e)) = nodes
+                .iter()
+                .map(|url| settings.node(url))
+                .find(Result::is_err)
+            {
                 problem(e);
             }
         }

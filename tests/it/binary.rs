@@ -116,13 +116,8 @@ fn check_config_lists_every_problem_and_exits_2() {
 }
 
 /// Settings `check-config` used to accept: each is now one problem (key, value, why).
-/// Runs `check-config` on `sections` plus a `[chat]` whose key file is in `dir`: exit 2, exactly
-/// one problem, and `expected` among what it says.
-pub(crate) fn check_config_finds_one_problem(
-    dir: &std::path::Path,
-    sections: &str,
-    expected: &str,
-) {
+/// Runs `check-config` on `sections` plus a `[chat]` whose key file is in `dir`.
+fn run_check_config(dir: &std::path::Path, sections: &str) -> std::process::Output {
     let secret = dir.join("secret-key");
     std::fs::write(&secret, format!("{SECRET}\n")).expect("write");
     let path = dir.join("gateway.toml");
@@ -131,11 +126,21 @@ pub(crate) fn check_config_finds_one_problem(
         secret.display()
     );
     std::fs::write(&path, text).expect("write");
-    let out = Command::new(BIN)
+    Command::new(BIN)
         .args(["check-config", "--config"])
         .arg(&path)
         .output()
-        .expect("run");
+        .expect("run")
+}
+
+/// `check-config` on `sections` (see [`run_check_config`]): exit 2, exactly one problem, and
+/// `expected` among what it says.
+pub(crate) fn check_config_finds_one_problem(
+    dir: &std::path::Path,
+    sections: &str,
+    expected: &str,
+) {
+    let out = run_check_config(dir, sections);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{sections}: {stderr}");
     assert!(stderr.contains("1 problem(s)"), "{sections}: {stderr}");
@@ -143,6 +148,13 @@ pub(crate) fn check_config_finds_one_problem(
         stderr.contains(expected),
         "{expected} missing from:\n{stderr}"
     );
+}
+
+/// `check-config` on `sections` (see [`run_check_config`]) finds nothing wrong.
+pub(crate) fn check_config_passes(dir: &std::path::Path, sections: &str) {
+    let out = run_check_config(dir, sections);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{sections}: {said}");
 }
 
 #[test]

@@ -371,4 +371,26 @@ fn check_config_names_each_problem_of_the_mode_keys() {
         "[rate_limit]\nredis_mode = \"cluster\"\n",
         "rate_limit.redis_mode = \"cluster\": set only with backend = \"redis\"",
     );
+    let password = dir.path().join("redis-password");
+    std::fs::write(&password, "pw\n").expect("write");
+    let user = format!(
+        "redis_username = \"gateway\"\nredis_password_file = \"{}\"\n",
+        password.display()
+    );
+    for lines in [
+        "redis_mode = \"cluster\"\nredis_nodes = [\"redis://a:7000\", \"redis://b:7000\"]\n",
+        "redis_mode = \"sentinel\"\nredis_nodes = [\"rediss://s:26379\"]\nredis_sentinel_master = \"m\"\n",
+    ] {
+        crate::binary::check_config_passes(dir.path(), &format!("{redis}{lines}{user}"));
+    }
+    let test_ca = TestCa::new();
+    let ca = test_ca.ca_file();
+    crate::binary::check_config_finds_one_problem(
+        dir.path(),
+        &format!(
+            "{redis}redis_mode = \"cluster\"\nredis_nodes = [\"redis://a:7000\"]\nredis_ca_file = \"{}\"\n",
+            ca.display()
+        ),
+        "used only over TLS, but rate_limit.redis_nodes \"redis://a:7000\" is not rediss://",
+    );
 }
