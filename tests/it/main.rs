@@ -17,6 +17,7 @@ mod redis_faults;
 mod redis_fleet;
 mod redis_limits;
 mod redis_server;
+mod reload;
 mod soak;
 mod support;
 mod validation;
