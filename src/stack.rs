@@ -134,7 +134,7 @@ impl Assembly {
         };
         let parts = StackParts {
             coalesce: (parts.coalesce).reloaded(config.coalesce.clone(), limiter.clone()),
-            table: Arc::new(ApiTable::new(&config.apis)),
+            table: Arc::new(parts.table.reloaded(&config.apis)),
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout,
             limiter,
