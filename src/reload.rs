@@ -19,8 +19,9 @@ use sha2::{Digest, Sha256};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tower::{Service, ServiceExt};
 
-use crate::config::{Backend, Config};
+use crate::config::{Backend, Config, Problem};
 use crate::credentials::unix_now;
+use crate::metrics::Metrics;
 use crate::stack::Assembly;
 
 /// How often the file's content is looked at: a change is in force within this plus the time
@@ -143,6 +144,31 @@ fn digest(path: &Path) -> Option<[u8; 32]> {
         .map(|bytes| Sha256::digest(bytes).into())
 }
 
+/// A problem between a live key and one kept at its running value, which the file alone
+/// could not show: callers waiting to be merged must be answered within the running grace.
+fn conflict(config: &Config) -> Option<Problem> {
+    let coalesce = &config.coalesce;
+    (coalesce.enabled && coalesce.max_wait > config.server.shutdown_grace).then(|| Problem {
+        key: "coalesce.max_wait".into(),
+        value: Some(humantime::format_duration(coalesce.max_wait).to_string()),
+        why: "must be at most the running server.shutdown_grace (a new one takes effect at a restart)"
+            .into(),
+    })
+}
+
+/// Nothing changes: each problem is logged as check-config names it, and counted.
+fn refuse(metrics: &Metrics, trigger: &str, problems: &[Problem]) {
+    for problem in problems {
+        tracing::error!(
+            key = %problem.key,
+            value = problem.value.as_deref().unwrap_or_default(),
+            why = %problem.why,
+            "config file refused ({trigger}): {problem}; the running config stays"
+        );
+    }
+    metrics.config_reload(false, unix_now());
+}
+
 /// Reloads the config file into a [`Current`] pipeline.
 pub struct Reloader<S> {
     path: PathBuf,
@@ -216,26 +242,21 @@ impl<S> Reloader<S> {
         let metrics = self.running.parts.metrics.clone();
         let file = match crate::preflight::check_file(&self.path) {
             Ok(file) => file,
-            Err(problems) => {
-                for problem in &problems {
-                    tracing::error!(
-                        key = %problem.key,
-                        value = problem.value.as_deref().unwrap_or_default(),
-                        why = %problem.why,
-                        "config file refused ({trigger}): {problem}; the running config stays"
-                    );
-                }
-                metrics.config_reload(false, unix_now());
-                return;
-            }
+            Err(problems) => return refuse(&metrics, trigger, &problems),
         };
         let plan = plan(&self.running.config, file);
+        if let Some(problem) = conflict(&plan.config) {
+            return refuse(&metrics, trigger, &[problem]);
+        }
         let next = match self.running.reloaded(plan.config) {
             Ok(next) => next,
             Err(e) => {
-                tracing::error!(error = %e, "config file refused ({trigger}): {e}; the running config stays");
-                metrics.config_reload(false, unix_now());
-                return;
+                let problem = Problem {
+                    key: String::new(),
+                    value: None,
+                    why: e.to_string(),
+                };
+                return refuse(&metrics, trigger, &[problem]);
             }
         };
         self.current.swap((self.build)(&next));
@@ -280,6 +301,18 @@ secret_key_file = "/run/secret"
         assert_eq!(applied.config.rate_limit.group_burst, 3);
         let same = plan(&running, running.clone());
         assert!(same.restart_pending.is_empty());
+    }
+
+    #[test]
+    fn a_longer_wait_than_the_running_grace_is_a_problem() {
+        let running = Config::parse(FILE).expect("valid");
+        let text =
+            format!("{FILE}[server]\nshutdown_grace = \"60s\"\n[coalesce]\nmax_wait = \"30s\"\n");
+        let applied = plan(&running, Config::parse(&text).expect("valid on its own"));
+        assert_eq!(applied.restart_pending, ["server.shutdown_grace"]);
+        let problem = conflict(&applied.config).expect("30s is past the running 20s");
+        assert_eq!(problem.key, "coalesce.max_wait");
+        assert!(conflict(&running).is_none());
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The whole request pipeline on one screen, outermost layer first.
+//! The whole request pipeline on one screen, outermost layer first, and what it is built
+//! from ([`Assembly`]: made at start, and again, keeping the long-lived state, at each reload).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -77,7 +78,7 @@ pub enum BuildError {
     RateLimit(#[from] rate_limit::SetupError),
 }
 
-/// The service every caller request goes through.
+/// The body of a caller's request.
 pub type Incoming = hyper::body::Incoming;
 
 /// A gateway's parts with the config they were made from and the pooled upstream client:
