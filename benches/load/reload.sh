@@ -103,12 +103,13 @@ for round in $(seq "$ROUNDS"); do
   read -r s50 s99 < <(measure "steady-$round")
   before=$(applied)
   (
+    # Each version differs from every other, so each one the 2 s poll sees is a reload.
     end=$((SECONDS + DURATION))
     burst=999999
     while [ "$SECONDS" -lt "$end" ]; do
       sleep "$RELOAD_EVERY"
       swap "$burst"
-      burst=$((burst == 999999 ? 1000000 : 999999))
+      burst=$((burst - 1))
     done
   ) &
   swapper=$!
