@@ -1,7 +1,8 @@
 //! The whole pipeline in-process (caller request to the upstream future, with a no-op upstream
 //! that answers a fixed OK envelope), with and without the observe layer (metrics and the log
-//! event), and each stage on its own, so that a regression shows where it is. Before timing,
-//! it counts the heap allocations one request makes through the whole pipeline.
+//! event), through the handle a config reload swaps, and each stage on its own, so that a
+//! regression shows where it is. Before timing, it counts the heap allocations one request
+//! makes through the whole pipeline.
 // The one unsafe here is the counting allocator's forwarding to the system allocator.
 #![allow(unsafe_code)]
 
@@ -123,6 +124,15 @@ fn pipeline(c: &mut Criterion) {
     c.bench_function("pipeline/whole (metrics on)", |b| {
         b.to_async(&runtime).iter(|| {
             let svc = observed.clone();
+            async move { black_box(svc.oneshot(request()).await) }
+        })
+    });
+    // What a running gateway serves: the pipeline in force, loaded once per request from the
+    // handle a config reload swaps.
+    let current = chat_gateway::reload::Current::new(observed.clone());
+    c.bench_function("pipeline/whole (metrics on, reloadable)", |b| {
+        b.to_async(&runtime).iter(|| {
+            let svc = current.clone();
             async move { black_box(svc.oneshot(request()).await) }
         })
     });

@@ -116,6 +116,22 @@ impl ApiTable {
         }
     }
 
+    /// The table of a reloaded allow-list. Under `"*"` the APIs already labelled as themselves
+    /// keep their place, so that reloads never take the labels past the cap.
+    pub fn reloaded(&self, allow: &ApiAllowList) -> Self {
+        let mut table = ApiTable::new(allow);
+        if let (true, Ok(old)) = (table.any, self.open.read()) {
+            let kept: Vec<Api> = (old.iter())
+                .filter(|api| !table.listed.iter().any(|l| l.name == api.name))
+                .cloned()
+                .collect();
+            if let Ok(open) = table.open.get_mut() {
+                *open = kept;
+            }
+        }
+        table
+    }
+
     /// The API of an allowed path, or `None` when the path is not allowed.
     pub fn route(&self, path: &str) -> Option<Api> {
         let name = api_of_path(path)?;
@@ -198,6 +214,24 @@ impl Api {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_keeps_the_labels_given_under_any() {
+        let table = ApiTable::new(&ApiAllowList::Any);
+        for i in 0..MAX_OPEN_API_LABELS {
+            assert!(table.route(&format!("/v4/svc/cmd_{i}")).is_some());
+        }
+        let reloaded = table.reloaded(&ApiAllowList::Any);
+        let name = |path: &str| reloaded.route(path).map(|api| api.name.to_string());
+        assert_eq!(name("/v4/svc/cmd_0").as_deref(), Some("svc/cmd_0"));
+        assert_eq!(
+            name("/v4/svc/new").as_deref(),
+            Some(OTHER),
+            "still past the cap"
+        );
+        let only = table.reloaded(&ApiAllowList::counters());
+        assert!(only.route("/v4/svc/cmd_0").is_none(), "no longer allowed");
+    }
 
     #[test]
     fn only_listed_apis_route() {

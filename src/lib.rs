@@ -43,6 +43,7 @@ pub mod middleware;
 pub mod preflight;
 pub mod rate_limit;
 pub mod region;
+pub mod reload;
 pub mod sandbox;
 pub mod server;
 pub mod stack;
@@ -92,17 +93,49 @@ pub async fn run_with_hurry(
     shutdown: impl Future<Output = ()> + Send,
     hurry: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let (parts, service) = stack::gateway(&config, key)?;
+    serve(config, None, key, listeners, shutdown, hurry).await
+}
+
+/// Like [`run_with_hurry`], for a config loaded from `path`: the file is read again on SIGHUP
+/// and when its content changes, and applied while serving ([`reload`]).
+pub async fn run_from_file(
+    config: Config,
+    path: std::path::PathBuf,
+    key: SecretKey,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+    hurry: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    serve(config, Some(path), key, listeners, shutdown, hurry).await
+}
+
+async fn serve(
+    config: Config,
+    path: Option<std::path::PathBuf>,
+    key: SecretKey,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+    hurry: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let assembly = stack::Assembly::new(&config, key)?;
+    let parts = assembly.parts.clone();
     // Redis refusing the gateway's credentials or certificate is a setup error, not an outage.
     parts
         .limiter
         .start()
         .await
         .map_err(stack::BuildError::from)?;
+    let service = reload::Current::new(assembly.pipeline());
+    parts.metrics.config_loaded(credentials::unix_now());
     let caller_tls = caller_tls(&config)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop = Stop(stop_rx);
-    let tasks = spawn_tasks(&config, &parts, listeners.admin, caller_tls.as_ref(), &stop);
+    let mut tasks = spawn_tasks(&config, &parts, listeners.admin, caller_tls.as_ref(), &stop);
+    if let Some(path) = path {
+        let reloader =
+            reload::Reloader::new(path, assembly, service.clone(), stack::Assembly::pipeline);
+        tasks.push(tokio::spawn(reloader.run(stop.stopped())));
+    }
     let options = conn_options(&config, &parts, caller_tls.as_ref());
     let limit = server::accept::ConnectionLimit::counted(
         config.server.max_connections,

@@ -116,7 +116,7 @@ fn main() -> ExitCode {
         Command::Serve { config: Some(path) } => match Config::load(&path) {
             Ok(config) => {
                 let workers = config.server.worker_threads;
-                block_on_workers(serve(config), workers)
+                block_on_workers(serve(config, path), workers)
             }
             Err(problems) => fail(&format!("{}: {problems}", path.display())),
         },
@@ -186,14 +186,14 @@ fn cli_key(file: Option<&std::path::Path>) -> Result<SecretKey, String> {
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
-    let problems = match Config::load(path) {
-        Ok(config) => chat_gateway::preflight::check_environment(&config),
-        Err(problems) => problems.0,
+    // The same check a running gateway makes of a changed file before it reloads.
+    let problems = match chat_gateway::preflight::check_file(path) {
+        Ok(_) => {
+            println!("{}: valid", path.display());
+            return ExitCode::SUCCESS;
+        }
+        Err(problems) => problems,
     };
-    if problems.is_empty() {
-        println!("{}: valid", path.display());
-        return ExitCode::SUCCESS;
-    }
     eprintln!("{}: {} problem(s)", path.display(), problems.len());
     for p in &problems {
         eprintln!("  - {p}");
@@ -250,7 +250,7 @@ async fn sandbox() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> ExitCode {
+async fn serve(config: Config, path: PathBuf) -> ExitCode {
     let key = match &config.chat.secret {
         SecretSource::File(file) => {
             read_secret_file(file).map_err(|e| format!("chat.secret_key_file: {e}"))
@@ -276,7 +276,7 @@ async fn serve(config: Config) -> ExitCode {
         (Err(e), _) | (_, Err(e)) => return fail(&e),
     };
     let (first, second) = signals();
-    match chat_gateway::run_with_hurry(config, key, listeners, first, second).await {
+    match chat_gateway::run_from_file(config, path, key, listeners, first, second).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e.to_string()),
     }

@@ -229,6 +229,46 @@ struct GatewayFamilies {
     log_lines_dropped: std::sync::Mutex<prometheus::IntCounter>,
     /// Registered on first use: it exists only with caller authentication.
     caller_tokens_loaded: std::sync::OnceLock<IntGauge>,
+    config: ConfigFamilies,
+}
+
+/// The config file's reloads.
+struct ConfigFamilies {
+    reloads: IntCounterVec,
+    restart_pending: IntGauge,
+    last_success: IntGauge,
+    last_refused: IntGauge,
+}
+
+impl ConfigFamilies {
+    fn new(r: &Registry) -> Self {
+        let reloads = register(
+            r,
+            counter(
+                "chat_gateway_config_reloads_total",
+                "Config file reloads (SIGHUP or a changed file), by result: applied, or refused (the file has problems; the running config stays).",
+                &["result"],
+            ),
+        );
+        for result in ["applied", "refused"] {
+            reloads.with_label_values(&[result]);
+        }
+        ConfigFamilies {
+            reloads,
+            restart_pending: register(r, IntGauge::new(
+                "chat_gateway_config_restart_pending",
+                "1 while the config file changes a key that takes effect only at a restart (the log names it); 0 once file and running gateway agree.",
+            )),
+            last_success: register(r, IntGauge::new(
+                "chat_gateway_config_last_reload_success_timestamp_seconds",
+                "When the running config was last loaded, at start or by a reload (Unix seconds).",
+            )),
+            last_refused: register(r, IntGauge::new(
+                "chat_gateway_config_last_reload_refused_timestamp_seconds",
+                "When a config file was last refused (Unix seconds; 0: never). Later than the last success: the file in place is not in force.",
+            )),
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -402,6 +442,7 @@ impl GatewayFamilies {
                 "Log lines dropped because stderr did not keep up (requests never wait on the log).",
             ))),
             caller_tokens_loaded: std::sync::OnceLock::new(),
+            config: ConfigFamilies::new(r),
         }
     }
 }
@@ -534,6 +575,35 @@ impl Metrics {
 
     pub fn circuit_open(&self, open: bool) {
         self.0.upstream.circuit_open.set(i64::from(open));
+    }
+
+    /// The running config was loaded (at start, or by a reload that was applied).
+    pub fn config_loaded(&self, unix_secs: u64) {
+        let config = &self.0.gateway.config;
+        config
+            .last_success
+            .set(i64::try_from(unix_secs).unwrap_or(i64::MAX));
+    }
+
+    /// A reload was applied or refused, at `unix_secs`.
+    pub fn config_reload(&self, applied: bool, unix_secs: u64) {
+        let config = &self.0.gateway.config;
+        let result = if applied { "applied" } else { "refused" };
+        config.reloads.with_label_values(&[result]).inc();
+        let at = i64::try_from(unix_secs).unwrap_or(i64::MAX);
+        if applied {
+            config.last_success.set(at);
+        } else {
+            config.last_refused.set(at);
+        }
+    }
+
+    pub fn config_restart_pending(&self, pending: bool) {
+        self.0
+            .gateway
+            .config
+            .restart_pending
+            .set(i64::from(pending));
     }
 
     pub fn secret_key_loaded(&self, loaded: bool) {

@@ -9,6 +9,18 @@ use crate::config::{
 };
 use crate::rate_limit::redis_auth::{RedisAuthError, RedisSettings};
 
+/// Reads and checks a config file as `check-config` does: its content, then what it points
+/// at. Every problem at once.
+pub fn check_file(path: &Path) -> Result<Config, Vec<Problem>> {
+    let config = Config::load(path).map_err(|problems| problems.0)?;
+    let problems = check_environment(&config);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(problems)
+    }
+}
+
 /// Checks what the file points at: the secret key can be read and is not empty, the CA
 /// file holds certificates, the tokens file can be read. Never prints a secret.
 pub fn check_environment(config: &Config) -> Vec<Problem> {

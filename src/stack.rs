@@ -1,4 +1,5 @@
-//! The whole request pipeline on one screen, outermost layer first.
+//! The whole request pipeline on one screen, outermost layer first, and what it is built
+//! from ([`Assembly`]: made at start, and again, keeping the long-lived state, at each reload).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -38,7 +39,8 @@ use crate::upstream::targets::Targets;
 use crate::upstream::{build_client, ClientSetupError, UpstreamService};
 use crate::usersig::SecretKey;
 
-/// What the layers share; made once when the gateway starts.
+/// What the layers share; made when the gateway starts, and again (keeping the long-lived
+/// state) at each reload.
 #[derive(Clone)]
 pub struct StackParts {
     pub metrics: Metrics,
@@ -49,7 +51,10 @@ pub struct StackParts {
     pub body_read_timeout: Duration,
     /// The `server.max_in_flight` permits, shared with the server for answers being written.
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// The rate-limit backend under the config's mode (shadow or enforce).
     pub limiter: Arc<dyn RateLimiter>,
+    /// The backend alone: what a reload builds new budgets over.
+    pub backend: Arc<dyn RateLimiter>,
     /// `None`: callers are not authenticated.
     pub authenticator: Option<Arc<Authenticator>>,
     /// Primary and backup upstream, and the circuit between them.
@@ -73,39 +78,111 @@ pub enum BuildError {
     RateLimit(#[from] rate_limit::SetupError),
 }
 
-/// The whole gateway from a checked config: the shared parts (for the admin listener and the
-/// background tasks) and the pipeline over the pooled rustls client.
-pub fn gateway(
-    config: &Config,
-    key: SecretKey,
-) -> Result<
-    (
-        StackParts,
-        impl Service<
-                Request<hyper::body::Incoming>,
-                Response = GatewayResponse,
-                Error = Infallible,
-                Future: Send,
-            > + Clone
-            + Send
-            + 'static,
-    ),
-    BuildError,
-> {
-    let parts = StackParts::from_config(config, key)?;
+/// The body of a caller's request.
+pub type Incoming = hyper::body::Incoming;
+
+/// A gateway's parts with the config they were made from and the pooled upstream client:
+/// what the pipeline is built from, and what a reload starts from.
+#[derive(Clone)]
+pub struct Assembly {
+    pub config: Config,
+    pub parts: StackParts,
+    pub upstream: UpstreamService,
+}
+
+impl Assembly {
+    /// Everything from a checked config.
+    pub fn new(config: &Config, key: SecretKey) -> Result<Assembly, BuildError> {
+        let parts = StackParts::from_config(config, key)?;
+        let upstream = upstream_service(config, &parts.metrics)?;
+        Ok(Assembly {
+            config: config.clone(),
+            parts,
+            upstream,
+        })
+    }
+
+    /// The same gateway under `config` (checked, with the keys that need a restart at their
+    /// running values). Kept: metrics, credentials, the limiter's state and its backend, the
+    /// coalescing batches, the tokens, the in-flight permits; the upstream pool and circuit
+    /// unless what they depend on changed.
+    pub fn reloaded(&self, config: Config) -> Result<Assembly, BuildError> {
+        let (old, parts) = (&self.config, &self.parts);
+        let backend =
+            (parts.backend.rebudgeted(&config.rate_limit)).unwrap_or_else(|| parts.backend.clone());
+        let limiter =
+            rate_limit::with_mode(backend.clone(), config.rate_limit.mode, &parts.metrics);
+        let targets = if (&config.chat.endpoint, &config.chat.backup_endpoint)
+            == (&old.chat.endpoint, &old.chat.backup_endpoint)
+        {
+            parts.targets.clone()
+        } else {
+            targets(&config, &parts.metrics)
+        };
+        let upstream = if (
+            &config.chat.ca_file,
+            config.upstream.connect_timeout,
+            config.upstream.max_in_flight,
+        ) == (
+            &old.chat.ca_file,
+            old.upstream.connect_timeout,
+            old.upstream.max_in_flight,
+        ) {
+            self.upstream
+                .with_request_timeout(config.upstream.request_timeout)
+        } else {
+            upstream_service(&config, &parts.metrics)?
+        };
+        let parts = StackParts {
+            coalesce: (parts.coalesce).reloaded(config.coalesce.clone(), limiter.clone()),
+            table: Arc::new(parts.table.reloaded(&config.apis)),
+            max_body_bytes: config.server.max_body_bytes,
+            body_read_timeout: config.server.body_read_timeout,
+            limiter,
+            backend,
+            targets,
+            ..parts.clone()
+        };
+        Ok(Assembly {
+            config,
+            parts,
+            upstream,
+        })
+    }
+
+    /// The pipeline over the pooled client. One function, so that every build (at start and
+    /// at each reload) has one type, which the server swaps.
+    pub fn pipeline(
+        &self,
+    ) -> impl Service<Request<Incoming>, Response = GatewayResponse, Error = Infallible, Future: Send>
+           + Clone
+           + Send
+           + Sync
+           + 'static {
+        build(&self.parts, self.upstream.clone())
+    }
+}
+
+fn upstream_service(config: &Config, metrics: &Metrics) -> Result<UpstreamService, BuildError> {
     let client = build_client(
         config.chat.ca_file.as_deref(),
         config.upstream.connect_timeout,
         config.upstream.max_in_flight,
     )?;
-    let upstream = UpstreamService::new(
+    Ok(UpstreamService::new(
         client,
         config.upstream.request_timeout,
         config.upstream.max_in_flight,
-        parts.metrics.clone(),
-    );
-    let service = build(&parts, upstream);
-    Ok((parts, service))
+        metrics.clone(),
+    ))
+}
+
+fn targets(config: &Config, metrics: &Metrics) -> Arc<Targets> {
+    Targets::new(
+        Arc::from(config.chat.endpoint.base()),
+        (config.chat.backup_endpoint.as_ref()).map(|b| Arc::from(b.base())),
+        metrics.clone(),
+    )
 }
 
 impl StackParts {
@@ -124,16 +201,9 @@ impl StackParts {
             Some(path) => Some(Authenticator::new(Tokens::load(path)?)),
             None => None,
         };
-        let targets = Targets::new(
-            Arc::from(config.chat.endpoint.base()),
-            config
-                .chat
-                .backup_endpoint
-                .as_ref()
-                .map(|b| Arc::from(b.base())),
-            metrics.clone(),
-        );
-        let limiter = rate_limit::from_config(&config.rate_limit, config.chat.sdkappid, &metrics)?;
+        let targets = targets(config, &metrics);
+        let backend = rate_limit::backend(&config.rate_limit, config.chat.sdkappid, &metrics)?;
+        let limiter = rate_limit::with_mode(backend.clone(), config.rate_limit.mode, &metrics);
         Ok(StackParts {
             coalesce: CoalesceLayer::new(config.coalesce.clone(), limiter.clone(), metrics.clone()),
             table: Arc::new(ApiTable::new(&config.apis)),
@@ -143,6 +213,7 @@ impl StackParts {
             body_read_timeout: config.server.body_read_timeout,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.server.max_in_flight)),
             limiter,
+            backend,
             authenticator,
             targets,
             metrics,

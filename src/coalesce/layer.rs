@@ -37,7 +37,9 @@ pub struct CoalesceLayer {
 }
 
 pub(super) struct Shared {
-    pub registry: Registry,
+    /// Batches under way and their groups: kept by a reload, so batches in flight finish and
+    /// new callers still join them.
+    pub registry: Arc<Registry>,
     pub config: CoalesceConfig,
     pub limiter: Arc<dyn RateLimiter>,
     pub metrics: Metrics,
@@ -55,10 +57,22 @@ impl CoalesceLayer {
     pub fn new(config: CoalesceConfig, limiter: Arc<dyn RateLimiter>, metrics: Metrics) -> Self {
         CoalesceLayer {
             shared: Arc::new(Shared {
-                registry: Registry::new(),
+                registry: Arc::new(Registry::new()),
                 config,
                 limiter,
                 metrics,
+            }),
+        }
+    }
+
+    /// The same batches and groups under a reloaded config and limiter.
+    pub fn reloaded(&self, config: CoalesceConfig, limiter: Arc<dyn RateLimiter>) -> Self {
+        CoalesceLayer {
+            shared: Arc::new(Shared {
+                registry: self.shared.registry.clone(),
+                config,
+                limiter,
+                metrics: self.shared.metrics.clone(),
             }),
         }
     }

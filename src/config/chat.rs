@@ -69,6 +69,37 @@ pub struct ChatConfig {
 }
 
 impl ChatConfig {
+    /// As [`ChatKeys::same_key`]: the two secret keys are one setting, the secret's source.
+    pub fn same_key(&self, other: &Self, key: &str) -> Option<bool> {
+        Some(match key {
+            "sdkappid" => self.sdkappid == other.sdkappid,
+            "identifier" => self.identifier == other.identifier,
+            "region" => self.region == other.region,
+            "endpoint" => self.endpoint == other.endpoint,
+            "backup_endpoint" => self.backup_endpoint == other.backup_endpoint,
+            "secret_key_file" | "secret_key_env" => self.secret == other.secret,
+            "usersig_ttl" => self.usersig_ttl == other.usersig_ttl,
+            "ca_file" => self.ca_file == other.ca_file,
+            _ => return None,
+        })
+    }
+
+    /// As [`ChatKeys::keep_key`].
+    pub fn keep_key(&mut self, from: &Self, key: &str) -> bool {
+        match key {
+            "sdkappid" => self.sdkappid = from.sdkappid,
+            "identifier" => self.identifier.clone_from(&from.identifier),
+            "region" => self.region = from.region,
+            "endpoint" => self.endpoint = from.endpoint.clone(),
+            "backup_endpoint" => self.backup_endpoint = from.backup_endpoint.clone(),
+            "secret_key_file" | "secret_key_env" => self.secret = from.secret.clone(),
+            "usersig_ttl" => self.usersig_ttl = from.usersig_ttl,
+            "ca_file" => self.ca_file.clone_from(&from.ca_file),
+            _ => return false,
+        }
+        true
+    }
+
     /// An app reached at `endpoint` with every optional key at its default.
     pub fn new(sdkappid: u64, endpoint: Endpoint, secret: SecretSource) -> Self {
         ChatConfig {

@@ -111,6 +111,37 @@ impl Config {
         Config::parse(&text)
     }
 
+    /// Whether `other` holds the same value at a dotted key (`server.listen`); `None` for a
+    /// key that does not exist.
+    pub fn same_at(&self, other: &Config, key: &str) -> Option<bool> {
+        let (section, name) = key.split_once('.')?;
+        match section {
+            server::SECTION => self.server.same_key(&other.server, name),
+            chat::SECTION => self.chat.same_key(&other.chat, name),
+            upstream::SECTION => self.upstream.same_key(&other.upstream, name),
+            rate_limit::SECTION => self.rate_limit.same_key(&other.rate_limit, name),
+            auth::SECTION => self.auth.same_key(&other.auth, name),
+            coalesce::SECTION => self.coalesce.same_key(&other.coalesce, name),
+            _ => None,
+        }
+    }
+
+    /// Takes `from`'s value at a dotted key; false for a key that does not exist.
+    pub fn keep_at(&mut self, from: &Config, key: &str) -> bool {
+        let Some((section, name)) = key.split_once('.') else {
+            return false;
+        };
+        match section {
+            server::SECTION => self.server.keep_key(&from.server, name),
+            chat::SECTION => self.chat.keep_key(&from.chat, name),
+            upstream::SECTION => self.upstream.keep_key(&from.upstream, name),
+            rate_limit::SECTION => self.rate_limit.keep_key(&from.rate_limit, name),
+            auth::SECTION => self.auth.keep_key(&from.auth, name),
+            coalesce::SECTION => self.coalesce.keep_key(&from.coalesce, name),
+            _ => false,
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Config, Problems> {
         let table: Table = text.parse().map_err(|e: toml::de::Error| {
             Problems(vec![Problem {
@@ -225,6 +256,23 @@ group_burst = 0
             .expect("region");
         assert_eq!(region.value.as_deref(), Some("\"mars\""));
         assert!(region.why.contains("singapore"));
+    }
+
+    #[test]
+    fn keys_are_compared_and_kept_by_name() {
+        let running = Config::parse(MINIMAL).expect("valid");
+        let text =
+            format!("{MINIMAL}[server]\nlisten = \"127.0.0.1:1\"\n[rate_limit]\ngroup_burst = 3\n");
+        let mut file = Config::parse(&text).expect("valid");
+        assert_eq!(file.same_at(&running, "server.listen"), Some(false));
+        assert_eq!(file.same_at(&running, "server.admin_listen"), Some(true));
+        assert_eq!(file.same_at(&running, "rate_limit.no_such_key"), None);
+        assert_eq!(file.same_at(&running, "nowhere.listen"), None);
+        assert!(file.keep_at(&running, "server.listen"));
+        assert!(!file.keep_at(&running, "server.no_such_key"));
+        assert_eq!(file.server, running.server);
+        assert_eq!(file.rate_limit.group_burst, 3, "the rest stays");
+        assert_eq!(file.same_at(&running, "chat.secret_key_file"), Some(true));
     }
 
     #[test]

@@ -240,6 +240,26 @@ macro_rules! section {
                     }, )*
                 }
             }
+
+            /// Whether `other` holds the same value of `key`; `None`: the section has no
+            /// such key.
+            pub fn same_key(&self, other: &Self, key: &str) -> Option<bool> {
+                match key {
+                    $( stringify!($field) => Some(self.$field == other.$field), )*
+                    _ => None,
+                }
+            }
+
+            /// Takes `from`'s value of `key`; false: the section has no such key.
+            pub fn keep_key(&mut self, from: &Self, key: &str) -> bool {
+                match key {
+                    $( stringify!($field) => {
+                        self.$field = from.$field.clone();
+                        true
+                    } )*
+                    _ => false,
+                }
+            }
         }
     };
 }

@@ -180,8 +180,9 @@ impl Fleet {
             count.clamp(1, MAX_FLEET)
         };
         if self.size.swap(size, Ordering::Relaxed) != size {
-            self.local
-                .store(Arc::new(LocalLimiter::new(&share_of(&self.config, size))));
+            // Over the same state: a new share refills no bucket.
+            let local = self.local.load().rebudgeted(&share_of(&self.config, size));
+            self.local.store(Arc::new(local));
             self.gauge.set(i64::from(size));
             tracing::info!(
                 fleet_size = size,

@@ -2,20 +2,19 @@
 //! timer) and one per API for the app. Decides at once, without I/O.
 //!
 //! A governor keyed limiter has one quota for all its keys, so there is one per distinct
-//! budget (the default and each override's), chosen by the [`Overrides`] lookup.
+//! budget (the default and each override's), chosen by the [`Overrides`] lookup. They all
+//! keep their keys' state in one [`KeptState`], which outlives them: a reload builds new
+//! limiters over it, and no bucket is refilled (see [`super::kept`]).
 
 use std::hash::BuildHasher;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
-use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
-use governor::state::StateStore;
 use governor::Quota;
 
+use super::kept::{KeptState, Numbers, Side, View};
 use super::overrides::{Limits, Overrides};
 use super::{Decision, RateLimiter, Refusal, Scope};
 use crate::api::Api;
@@ -25,100 +24,31 @@ use crate::config::RateLimitConfig;
 /// key, and with a per-process random hash key nobody can aim for a collision.
 type GroupKey = u64;
 
-/// The bucket that groups share once `max_tracked_groups` are tracked.
-const OVERFLOW: GroupKey = u64::MAX;
-
-/// Keys here are already hashes: hashing them again would only cost time.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct PassThrough(u64);
-
-impl std::hash::Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed with this; fold anything else in all the same.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type KeyStore = DashMapStateStore<u64, std::hash::BuildHasherDefault<PassThrough>>;
-
-/// The group state store: governor's DashMap store with a cap on the groups tracked by all the
-/// stores of one limiter (one per budget). Past the cap, new groups share one overflow bucket
-/// per budget until a cleanup makes room; groups already tracked keep their own.
-#[derive(Debug)]
-pub struct CappedStore {
-    map: KeyStore,
-    cap: usize,
-    /// Groups tracked over all the limiter's stores; counted on insertion (so at most a few
-    /// over the cap under a race), and recounted at each cleanup.
-    tracked: Arc<AtomicUsize>,
-}
-
-impl StateStore for CappedStore {
-    type Key = GroupKey;
-
-    fn measure_and_replace<T, F, E>(&self, key: &GroupKey, f: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        let key = if self.map.contains_key(key) {
-            key
-        } else if self.tracked.load(Ordering::Relaxed) < self.cap {
-            self.tracked.fetch_add(1, Ordering::Relaxed);
-            key
-        } else {
-            &OVERFLOW
-        };
-        StateStore::measure_and_replace(&self.map, key, f)
-    }
-}
-
-impl ShrinkableKeyedStateStore<GroupKey> for CappedStore {
-    fn retain_recent(&self, drop_below: Nanos) {
-        ShrinkableKeyedStateStore::retain_recent(&self.map, drop_below);
-    }
-    fn shrink_to_fit(&self) {
-        self.map.shrink_to_fit();
-    }
-    fn len(&self) -> usize {
-        self.map.len()
-    }
-    fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
+/// The overflow buckets (one per group budget, past `max_tracked_groups`) take the keys from
+/// here up; a GroupId whose hash lands there is moved below.
+const OVERFLOW_KEYS: GroupKey = u64::MAX - (1 << 24);
 
 type GroupLimiter<C> =
-    governor::RateLimiter<GroupKey, CappedStore, C, NoOpMiddleware<<C as Clock>::Instant>>;
-type AppLimiter<C> = governor::RateLimiter<u64, KeyStore, C, NoOpMiddleware<<C as Clock>::Instant>>;
+    governor::RateLimiter<GroupKey, View<C>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type AppLimiter<C> = governor::RateLimiter<u64, View<C>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// The in-process limiter.
 pub struct LocalLimiter<C: Clock = DefaultClock> {
     /// One keyed limiter per distinct group budget, in the order of the lookup's quotas.
     groups: Vec<GroupLimiter<C>>,
-    tracked: Arc<AtomicUsize>,
     /// One bucket per API (by its name's key); the names are bounded by the allow-list's labels.
     /// One keyed limiter per distinct app budget.
     apps: Vec<AppLimiter<C>>,
     overrides: Overrides,
-    hasher: std::hash::RandomState,
+    /// Every key's state, shared with the limiters built before and after this one.
+    state: Arc<KeptState<C>>,
     clock: C,
 }
 
 impl<C: Clock> std::fmt::Debug for LocalLimiter<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalLimiter")
-            .field(
-                "tracked_groups",
-                &self.groups.iter().map(|l| l.len()).sum::<usize>(),
-            )
+            .field("state", &self.state)
             .finish_non_exhaustive()
     }
 }
@@ -130,6 +60,10 @@ fn quota(limits: &Limits) -> Quota {
     Quota::per_second(rate).allow_burst(burst)
 }
 
+fn numbers(limits: &Limits) -> Numbers {
+    Numbers::new(limits.per_second, limits.burst)
+}
+
 impl LocalLimiter<DefaultClock> {
     pub fn new(config: &RateLimitConfig) -> Self {
         LocalLimiter::with_clock(config, DefaultClock::default())
@@ -138,42 +72,49 @@ impl LocalLimiter<DefaultClock> {
 
 impl<C: Clock + Clone> LocalLimiter<C> {
     pub fn with_clock(config: &RateLimitConfig, clock: C) -> Self {
+        let state = Arc::new(KeptState::new(clock.clone()));
+        LocalLimiter::with_state(config, state, clock)
+    }
+
+    /// A limiter with `config`'s budgets over the state of keys that `state` already holds:
+    /// nothing spent is given back.
+    pub fn with_state(config: &RateLimitConfig, state: Arc<KeptState<C>>, clock: C) -> Self {
         let overrides = Overrides::new(config);
-        let tracked = Arc::new(AtomicUsize::new(0));
-        let groups = overrides
-            .group_quotas()
-            .iter()
-            .map(|limits| {
-                let store = CappedStore {
-                    map: KeyStore::default(),
+        let groups = (overrides.group_quotas().iter().enumerate())
+            .map(|(i, limits)| {
+                let side = Side::Groups {
                     cap: config.max_tracked_groups,
-                    tracked: tracked.clone(),
+                    overflow: OVERFLOW_KEYS.saturating_add(i as u64),
                 };
-                governor::RateLimiter::new(quota(limits), store, clock.clone())
+                let view = View::new(state.clone(), side, numbers(limits));
+                governor::RateLimiter::new(quota(limits), view, clock.clone())
             })
             .collect();
-        let apps = overrides
-            .app_quotas()
-            .iter()
+        let apps = (overrides.app_quotas().iter())
             .map(|limits| {
-                governor::RateLimiter::new(quota(limits), KeyStore::default(), clock.clone())
+                let view = View::new(state.clone(), Side::Apps, numbers(limits));
+                governor::RateLimiter::new(quota(limits), view, clock.clone())
             })
             .collect();
         LocalLimiter {
             groups,
-            tracked,
             apps,
             overrides,
-            hasher: std::hash::RandomState::new(),
+            state,
             clock,
         }
     }
 
+    /// The same keys' state under `config`'s budgets.
+    pub fn rebudgeted(&self, config: &RateLimitConfig) -> Self {
+        LocalLimiter::with_state(config, self.state.clone(), self.clock.clone())
+    }
+
     fn group_key(&self, group: &str) -> GroupKey {
-        let key = self.hasher.hash_one(group);
-        // Keep the overflow key for the overflow bucket.
-        if key == OVERFLOW {
-            key - 1
+        let key = self.state.hasher.hash_one(group);
+        // Keep the overflow keys for the overflow buckets.
+        if key >= OVERFLOW_KEYS {
+            key - (1 << 24)
         } else {
             key
         }
@@ -222,20 +163,15 @@ where
     }
 
     fn cleanup(&self) -> usize {
-        for limiter in &self.groups {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-        for limiter in &self.apps {
-            limiter.retain_recent();
-        }
-        let tracked = self.tracked_groups();
-        self.tracked.store(tracked, Ordering::Relaxed);
-        tracked
+        self.state.forget_full()
     }
 
     fn tracked_groups(&self) -> usize {
-        self.groups.iter().map(|limiter| limiter.len()).sum()
+        self.state.groups.len()
+    }
+
+    fn rebudgeted(&self, config: &RateLimitConfig) -> Option<Arc<dyn RateLimiter>> {
+        Some(Arc::new(LocalLimiter::rebudgeted(self, config)))
     }
 }
 
@@ -431,6 +367,34 @@ mod tests {
             limiter.check_now(&api(), Some("f")).is_ok(),
             "room again after cleanup"
         );
+    }
+
+    #[test]
+    fn new_budgets_refill_no_bucket_and_the_new_rate_applies_at_once() {
+        let clock = FakeRelativeClock::default();
+        let limiter = LocalLimiter::with_clock(&config(1, 3, 1000, 1000), clock.clone());
+        for _ in 0..3 {
+            assert!(limiter.check_now(&api(), Some("g")).is_ok());
+        }
+        assert!(limiter.check_now(&api(), Some("g")).is_err());
+        clock.advance(Duration::from_millis(10));
+        let reloaded = limiter.rebudgeted(&config(4, 10, 1000, 1000));
+        let refusal = reloaded
+            .check_now(&api(), Some("g"))
+            .expect_err("the burst stays spent under a larger one");
+        assert_eq!(refusal.scope, Scope::Group);
+        // The next token comes at the new rate (4/s), not the old one (1/s).
+        clock.advance(Duration::from_millis(240));
+        assert!(reloaded.check_now(&api(), Some("g")).is_err());
+        clock.advance(Duration::from_millis(10));
+        assert!(reloaded.check_now(&api(), Some("g")).is_ok());
+        assert!(reloaded.check_now(&api(), Some("g")).is_err());
+        // A group never seen gets the new burst.
+        let fresh = (0..20)
+            .filter(|_| reloaded.check_now(&api(), Some("fresh")).is_ok())
+            .count();
+        assert_eq!(fresh, 10);
+        assert_eq!(reloaded.tracked_groups(), 2);
     }
 
     #[test]

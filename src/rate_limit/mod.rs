@@ -6,6 +6,7 @@
 //! is the one place a backend is chosen.
 
 pub mod fleet;
+pub mod kept;
 pub mod local;
 pub mod overrides;
 pub mod redis;
@@ -160,6 +161,11 @@ pub trait RateLimiter: Send + Sync + 'static {
     fn background(&self, _stop: BoxFuture) -> Option<BoxFuture> {
         None
     }
+    /// A limiter with `config`'s budgets over this one's state (nothing spent is given back),
+    /// for a reloaded config; `None` when the budgets cannot change while running.
+    fn rebudgeted(&self, _config: &RateLimitConfig) -> Option<Arc<dyn RateLimiter>> {
+        None
+    }
 }
 
 /// Why the limiter the config asks for could not be set up.
@@ -169,20 +175,42 @@ pub enum SetupError {
     Redis(#[from] RedisSetupError),
 }
 
+/// The backend the config asks for, without the shadow mode; Redis keys carry the app's
+/// `sdkappid`.
+pub fn backend(
+    config: &RateLimitConfig,
+    sdkappid: u64,
+    metrics: &Metrics,
+) -> Result<Arc<dyn RateLimiter>, SetupError> {
+    Ok(match config.redis() {
+        None => Arc::new(LocalLimiter::new(config)),
+        Some(redis) => Arc::new(RedisLimiter::new(config, &redis, sdkappid, metrics)?),
+    })
+}
+
+/// The backend under the config's mode: what the pipeline checks with.
+pub fn with_mode(
+    backend: Arc<dyn RateLimiter>,
+    mode: LimitMode,
+    metrics: &Metrics,
+) -> Arc<dyn RateLimiter> {
+    match mode {
+        LimitMode::Enforce => backend,
+        LimitMode::Shadow => Arc::new(shadow::Shadow::new(backend, metrics.clone())),
+    }
+}
+
 /// The limiter the config asks for; Redis keys carry the app's `sdkappid`.
 pub fn from_config(
     config: &RateLimitConfig,
     sdkappid: u64,
     metrics: &Metrics,
 ) -> Result<Arc<dyn RateLimiter>, SetupError> {
-    let limiter: Arc<dyn RateLimiter> = match config.redis() {
-        None => Arc::new(LocalLimiter::new(config)),
-        Some(redis) => Arc::new(RedisLimiter::new(config, &redis, sdkappid, metrics)?),
-    };
-    Ok(match config.mode {
-        LimitMode::Enforce => limiter,
-        LimitMode::Shadow => Arc::new(shadow::Shadow::new(limiter, metrics.clone())),
-    })
+    Ok(with_mode(
+        backend(config, sdkappid, metrics)?,
+        config.mode,
+        metrics,
+    ))
 }
 
 /// Runs `cleanup` every `interval` until `stop` resolves, reporting the tracked count.

@@ -187,6 +187,16 @@ impl UpstreamService {
     }
 }
 
+impl UpstreamService {
+    /// The same pool and slots under another `request_timeout` (a reloaded config).
+    pub fn with_request_timeout(&self, request_timeout: Duration) -> Self {
+        UpstreamService {
+            request_timeout,
+            ..self.clone()
+        }
+    }
+}
+
 /// Waits up to `limit` for a free attempt slot. `None` when none freed in time: the request
 /// was never sent, so the caller may safely try again.
 async fn take_slot(

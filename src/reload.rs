@@ -1,0 +1,336 @@
+//! The config file of a running gateway, read again on SIGHUP and when its content changes
+//! (looked at every [`POLL_INTERVAL`] through symlinks, as Kubernetes swaps the `..data` link
+//! of a mounted ConfigMap; a touch that changes no byte is not a reload).
+//!
+//! The new file is checked as `check-config` checks it, and a file with any problem changes
+//! nothing. Otherwise a new [`Assembly`] is made from the running one (keeping the limiter's
+//! state, the coalescing batches, the upstream pool) and its pipeline is swapped in at once:
+//! each request takes the pipeline in force once, at its start ([`Current`]), so requests in
+//! flight finish under the settings they started with, and nothing on the request path locks.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tower::{Service, ServiceExt};
+
+use crate::config::{Backend, Config, Problem};
+use crate::credentials::unix_now;
+use crate::metrics::Metrics;
+use crate::stack::Assembly;
+
+/// How often the file's content is looked at: a change is in force within this plus the time
+/// a reload takes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The keys a running gateway keeps until it restarts: the listeners and the runtime, the
+/// backend, and what the connections, the UserSig and the file watches were set up with.
+/// Every other key changes live.
+pub const RESTART_ONLY: &[&str] = &[
+    "server.listen",
+    "server.admin_listen",
+    "server.worker_threads",
+    "rate_limit.backend",
+    "rate_limit.redis_mode",
+    "server.max_connections",
+    "server.max_in_flight",
+    "server.header_read_timeout",
+    "server.write_timeout",
+    "server.drain_delay",
+    "server.shutdown_grace",
+    "server.tls_cert_file",
+    "server.tls_key_file",
+    "server.tls_client_ca_file",
+    "chat.sdkappid",
+    "chat.identifier",
+    "chat.secret_key_file",
+    "chat.secret_key_env",
+    "chat.usersig_ttl",
+    "auth.tokens_file",
+    "rate_limit.cleanup_interval",
+];
+
+/// A checked file against the running config: the config to apply (the file, with each key
+/// that needs a restart at its running value), and those keys that differ.
+#[derive(Debug)]
+pub struct Plan {
+    pub config: Config,
+    pub restart_pending: Vec<String>,
+}
+
+/// The keys a gateway running `config` keeps until a restart. With `backend = "redis"` the
+/// budgets live with the Redis limiter, which is set up once: every `[rate_limit]` key but
+/// `mode` waits for a restart too.
+fn restart_only(config: &Config) -> Vec<String> {
+    let mut keys: Vec<String> = RESTART_ONLY.iter().map(|k| k.to_string()).collect();
+    if config.rate_limit.backend == Backend::Redis {
+        let section = crate::config::rate_limit::SECTION;
+        keys.extend(
+            (crate::config::rate_limit::KEYS.iter())
+                .filter(|k| **k != "mode")
+                .map(|k| format!("{section}.{k}")),
+        );
+        keys.dedup();
+    }
+    keys
+}
+
+/// What of `file` applies to a gateway running `running`. Keys are compared by name; a key
+/// this version does not have is skipped.
+pub fn plan(running: &Config, mut file: Config) -> Plan {
+    let mut restart_pending = Vec::new();
+    for key in restart_only(running) {
+        if file.same_at(running, &key) == Some(false) {
+            file.keep_at(running, &key);
+            restart_pending.push(key);
+        }
+    }
+    restart_pending.sort();
+    restart_pending.dedup();
+    Plan {
+        config: file,
+        restart_pending,
+    }
+}
+
+/// The pipeline in force. Each request loads it once (one atomic load, no lock) and runs on
+/// its own clone of it to the end.
+pub struct Current<S>(Arc<ArcSwap<S>>);
+
+impl<S> Clone for Current<S> {
+    fn clone(&self) -> Self {
+        Current(self.0.clone())
+    }
+}
+
+impl<S> Current<S> {
+    pub fn new(service: S) -> Self {
+        Current(Arc::new(ArcSwap::from_pointee(service)))
+    }
+
+    /// From the next request on, `service` serves.
+    pub fn swap(&self, service: S) {
+        self.0.store(Arc::new(service));
+    }
+}
+
+impl<S, R> Service<R> for Current<S>
+where
+    S: Service<R> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tower::util::Oneshot<S, R>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pipeline taken in `call` is made ready there.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        S::clone(&self.0.load()).oneshot(req)
+    }
+}
+
+/// The SHA-256 of the file's bytes; `None` when it cannot be read.
+fn digest(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| Sha256::digest(bytes).into())
+}
+
+/// A problem between a live key and one kept at its running value, which the file alone
+/// could not show: callers waiting to be merged must be answered within the running grace.
+fn conflict(config: &Config) -> Option<Problem> {
+    let coalesce = &config.coalesce;
+    (coalesce.enabled && coalesce.max_wait > config.server.shutdown_grace).then(|| Problem {
+        key: "coalesce.max_wait".into(),
+        value: Some(humantime::format_duration(coalesce.max_wait).to_string()),
+        why: "must be at most the running server.shutdown_grace (a new one takes effect at a restart)"
+            .into(),
+    })
+}
+
+/// Nothing changes: each problem is logged as check-config names it, and counted.
+fn refuse(metrics: &Metrics, trigger: &str, problems: &[Problem]) {
+    for problem in problems {
+        tracing::error!(
+            key = %problem.key,
+            value = problem.value.as_deref().unwrap_or_default(),
+            why = %problem.why,
+            "config file refused ({trigger}): {problem}; the running config stays"
+        );
+    }
+    metrics.config_reload(false, unix_now());
+}
+
+/// Reloads the config file into a [`Current`] pipeline.
+pub struct Reloader<S> {
+    path: PathBuf,
+    running: Assembly,
+    current: Current<S>,
+    build: fn(&Assembly) -> S,
+    /// The content last looked at (applied or refused), so that it is not looked at again.
+    seen: Option<[u8; 32]>,
+    /// SIGHUP, listened for from the start (its default action would end the process).
+    hangup: Option<Signal>,
+}
+
+/// Resolves at the next SIGHUP; never when it cannot be listened for.
+async fn hangup(signal: &mut Option<Signal>) {
+    if let Some(s) = signal {
+        if s.recv().await.is_some() {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+impl<S> Reloader<S> {
+    /// A reloader of the file at `path`, which `running` was loaded from; `build` makes the
+    /// pipeline that `current` serves. Listens for SIGHUP from now on (within a runtime).
+    pub fn new(
+        path: PathBuf,
+        running: Assembly,
+        current: Current<S>,
+        build: fn(&Assembly) -> S,
+    ) -> Self {
+        let seen = digest(&path);
+        let hangup = signal(SignalKind::hangup())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot listen for SIGHUP; the config file is still reloaded when it changes"))
+            .ok();
+        Reloader {
+            path,
+            running,
+            current,
+            build,
+            seen,
+            hangup,
+        }
+    }
+
+    /// Reloads on SIGHUP and on a change of content, until `stop` resolves.
+    pub async fn run(mut self, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        let mut ticker = tokio::time::interval(POLL_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = hangup(&mut self.hangup) => {
+                    self.seen = digest(&self.path);
+                    self.reload("SIGHUP");
+                }
+                _ = ticker.tick() => {
+                    let now = digest(&self.path);
+                    if now != self.seen {
+                        self.seen = now;
+                        self.reload("the file changed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks the file and applies it, or refuses it whole.
+    pub fn reload(&mut self, trigger: &str) {
+        let metrics = self.running.parts.metrics.clone();
+        let file = match crate::preflight::check_file(&self.path) {
+            Ok(file) => file,
+            Err(problems) => return refuse(&metrics, trigger, &problems),
+        };
+        let plan = plan(&self.running.config, file);
+        if let Some(problem) = conflict(&plan.config) {
+            return refuse(&metrics, trigger, &[problem]);
+        }
+        let next = match self.running.reloaded(plan.config) {
+            Ok(next) => next,
+            Err(e) => {
+                let problem = Problem {
+                    key: String::new(),
+                    value: None,
+                    why: e.to_string(),
+                };
+                return refuse(&metrics, trigger, &[problem]);
+            }
+        };
+        self.current.swap((self.build)(&next));
+        self.running = next;
+        for key in &plan.restart_pending {
+            tracing::warn!(
+                key = %key,
+                "config file changes {key}, which takes effect only at a restart: the running value stays"
+            );
+        }
+        metrics.config_restart_pending(!plan.restart_pending.is_empty());
+        metrics.config_reload(true, unix_now());
+        tracing::info!(
+            path = %self.path.display(),
+            restart_pending = plan.restart_pending.len(),
+            "config reloaded ({trigger})"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+[chat]
+sdkappid = 1400000000
+region = "singapore"
+secret_key_file = "/run/secret"
+"#;
+
+    #[test]
+    fn restart_only_keys_keep_their_running_value_and_the_rest_applies() {
+        let running = Config::parse(FILE).expect("valid");
+        let text = format!(
+            "{FILE}[server]\nlisten = \"127.0.0.1:1\"\nmax_body_bytes = 100\n[rate_limit]\ngroup_burst = 3\n"
+        );
+        let applied = plan(&running, Config::parse(&text).expect("valid"));
+        assert_eq!(applied.restart_pending, ["server.listen"]);
+        assert_eq!(applied.config.server.listen, running.server.listen);
+        assert_eq!(applied.config.server.max_body_bytes, 100);
+        assert_eq!(applied.config.rate_limit.group_burst, 3);
+        let same = plan(&running, running.clone());
+        assert!(same.restart_pending.is_empty());
+    }
+
+    #[test]
+    fn a_longer_wait_than_the_running_grace_is_a_problem() {
+        let running = Config::parse(FILE).expect("valid");
+        let text =
+            format!("{FILE}[server]\nshutdown_grace = \"60s\"\n[coalesce]\nmax_wait = \"30s\"\n");
+        let applied = plan(&running, Config::parse(&text).expect("valid on its own"));
+        assert_eq!(applied.restart_pending, ["server.shutdown_grace"]);
+        let problem = conflict(&applied.config).expect("30s is past the running 20s");
+        assert_eq!(problem.key, "coalesce.max_wait");
+        assert!(conflict(&running).is_none());
+    }
+
+    #[test]
+    fn with_redis_the_budgets_wait_for_a_restart_but_the_mode_does_not() {
+        let redis = format!(
+            "{FILE}[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\n"
+        );
+        let running = Config::parse(&redis).expect("valid");
+        let text = format!("{redis}group_burst = 3\nmode = \"shadow\"\n");
+        let applied = plan(&running, Config::parse(&text).expect("valid"));
+        assert_eq!(applied.restart_pending, ["rate_limit.group_burst"]);
+        assert_eq!(
+            applied.config.rate_limit.group_burst,
+            running.rate_limit.group_burst
+        );
+        assert_eq!(
+            applied.config.rate_limit.mode,
+            crate::config::LimitMode::Shadow
+        );
+    }
+}
