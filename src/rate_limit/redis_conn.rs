@@ -18,7 +18,7 @@ use redis::{
     RedisError, RedisResult,
 };
 
-use super::redis_auth::{NodeSettings, RedisAuthError, RedisRefused, RedisSettings};
+use super::redis_auth::{refusal, NodeSettings, RedisAuthError, RedisRefused, RedisSettings};
 use super::redis_watch::Sentinels;
 
 use crate::config::redis::{check_url, password, redact, url_from_env, UrlError};
@@ -178,7 +178,7 @@ impl Connector {
                     .map(|url| self.node(url))
                     .collect::<RedisResult<Vec<_>>>()?;
                 let tls = seeds.first().and_then(|seed| seed.tls.clone());
-                let mut builder = ClusterClientBuilder::new(live_seeds(&seeds).await);
+                let mut builder = ClusterClientBuilder::new(live_seeds(&seeds).await?);
                 if let Some(certs) = tls {
                     builder = builder.certs(certs);
                 }
@@ -259,8 +259,10 @@ async fn connect_master(
 }
 
 /// The seeds that answer a `PING` within [`SEED_TIMEOUT`]; all of them when none does (the
-/// connection then fails, or finds one that just came back).
-async fn live_seeds(seeds: &[NodeSettings]) -> Vec<ConnectionInfo> {
+/// connection then fails, or finds one that just came back). When none answers and one
+/// refused the gateway (credentials, certificate), that refusal: redis-rs's cluster client
+/// would turn it into text, and start-up must tell it from a Redis that is down.
+async fn live_seeds(seeds: &[NodeSettings]) -> RedisResult<Vec<ConnectionInfo>> {
     let pings = seeds.iter().map(|seed| async move {
         let ping = async {
             let config = AsyncConnectionConfig::new()
@@ -273,14 +275,24 @@ async fn live_seeds(seeds: &[NodeSettings]) -> Vec<ConnectionInfo> {
                 .await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await
         };
-        let answered = matches!(tokio::time::timeout(SEED_TIMEOUT, ping).await, Ok(Ok(())));
-        answered.then(|| seed.info.clone())
+        match tokio::time::timeout(SEED_TIMEOUT, ping).await {
+            Ok(Ok(())) => Ok(seed.info.clone()),
+            Ok(Err(e)) => Err(Some(e)),
+            Err(_) => Err(None),
+        }
     });
-    let live: Vec<ConnectionInfo> = join_all(pings).await.into_iter().flatten().collect();
-    if live.is_empty() {
-        seeds.iter().map(|seed| seed.info.clone()).collect()
-    } else {
-        live
+    let (live, failed): (Vec<_>, Vec<_>) =
+        join_all(pings).await.into_iter().partition(Result::is_ok);
+    if !live.is_empty() {
+        return Ok(live.into_iter().flatten().collect());
+    }
+    let refused = failed
+        .into_iter()
+        .filter_map(|failed| failed.err().flatten())
+        .find(|e| refusal(e, "").is_some());
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(seeds.iter().map(|seed| seed.info.clone()).collect()),
     }
 }
 
