@@ -6,7 +6,7 @@
 //! once for every mode. The limiter and the fleet announcement run their commands through
 //! [`RedisConn`] alone.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -81,8 +81,11 @@ pub struct Connector {
     pub settings: Arc<RedisSettings>,
     /// What logs show: the URLs without any password.
     pub shown: String,
-    /// The first node's host:port, as refusals at start-up name it.
+    /// The first node's host:port, as refusals at start-up name it (in sentinel mode, the
+    /// master's: see [`Connector::refused_at`]).
     pub addr: String,
+    /// Sentinel mode: the master last connected to (or tried).
+    master_tried: Mutex<Option<String>>,
     /// The password of a standalone URL, to scrub from error texts.
     pub password: Option<String>,
 }
@@ -148,6 +151,7 @@ impl Connector {
             settings: Arc::new(settings),
             shown,
             addr: first.info.addr.to_string(),
+            master_tried: Mutex::new(None),
             password,
         })
     }
@@ -155,6 +159,18 @@ impl Connector {
     /// A node's settings as they are now (the password file may have changed).
     fn node(&self, url: &str) -> RedisResult<NodeSettings> {
         self.settings.node(url).map_err(setup_error)
+    }
+
+    /// The address a refusal names: the master the sentinels named (it refused, not they:
+    /// they are asked without the user and password), or the first node.
+    pub fn refused_at(&self) -> String {
+        let tried = self.master_tried.lock().unwrap_or_else(|e| e.into_inner());
+        tried.clone().unwrap_or_else(|| self.addr.clone())
+    }
+
+    fn trying_master(&self, host: &str, port: u16) {
+        *self.master_tried.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(format!("{host}:{port}"));
     }
 
     /// Whether the master is followed (sentinel mode).
@@ -194,6 +210,7 @@ impl Connector {
             (Target::Sentinel { sentinels }, Some(watch)) => {
                 let (host, port) = watch.master().await?;
                 let template = sentinels.first().ok_or_else(no_sentinel)?;
+                self.trying_master(&host, port);
                 connect_master(&self.settings, template, host, port).await
             }
             (Target::Sentinel { .. }, None) => Err(no_sentinel()),
@@ -235,7 +252,9 @@ impl Connector {
                 return None;
             }
         }
-        Some(connect_master(&self.settings, sentinels.first()?, host, port).await)
+        let template = sentinels.first()?;
+        self.trying_master(&host, port);
+        Some(connect_master(&self.settings, template, host, port).await)
     }
 }
 

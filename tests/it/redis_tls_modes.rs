@@ -172,3 +172,32 @@ async fn a_tls_sentinel_set_with_an_acl_user_is_used_and_its_failover_followed()
     };
     follows_in(set, &auth, Failover::Asked, as_gateway).await;
 }
+
+#[test]
+fn a_sentinel_found_master_refusing_the_password_at_start_stops_the_gateway_naming_the_master() {
+    let ca = TestCa::new();
+    let user = gateway_user();
+    let user: Vec<&str> = user.iter().map(String::as_str).collect();
+    let set = SentinelSet::start_tls(&ca, &user);
+    let dir = tempfile::tempdir().expect("dir");
+    let wrong = write_password(dir.path(), "not-the-Password-58");
+    let extra = format!(
+        "redis_sentinel_master = \"{}\"\n{}",
+        SentinelSet::MASTER,
+        auth_lines(&ca, &wrong, true)
+    );
+    let (code, text) = serve_until_exit(&mode_sections("sentinel", &set.nodes_toml(), &extra));
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "exits non-zero: {code:?} {text}"
+    );
+    // The master refused, not the sentinels (asked without the password): its address.
+    let master = set.servers[0].port;
+    assert!(
+        text.contains(&format!(
+            "Redis at 127.0.0.1:{master} refused the username/password"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("not-the-Password-58"), "{text}");
+}
