@@ -188,7 +188,7 @@ impl RedisLimiter {
             Ok(()) => shared.answered(),
             Err(why) => {
                 if let Outage::Error(e) = &why {
-                    if let Some(refused) = refusal(e, &shared.connector.addr) {
+                    if let Some(refused) = refusal(e, &shared.connector.refused_at()) {
                         return Err(refused);
                     }
                 }

@@ -6,7 +6,7 @@
 //! once for every mode. The limiter and the fleet announcement run their commands through
 //! [`RedisConn`] alone.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -18,7 +18,7 @@ use redis::{
     RedisError, RedisResult,
 };
 
-use super::redis_auth::{NodeSettings, RedisAuthError, RedisRefused, RedisSettings};
+use super::redis_auth::{refusal, NodeSettings, RedisAuthError, RedisRefused, RedisSettings};
 use super::redis_watch::Sentinels;
 
 use crate::config::redis::{check_url, password, redact, url_from_env, UrlError};
@@ -81,8 +81,11 @@ pub struct Connector {
     pub settings: Arc<RedisSettings>,
     /// What logs show: the URLs without any password.
     pub shown: String,
-    /// The first node's host:port, as refusals at start-up name it.
+    /// The first node's host:port, as refusals at start-up name it (in sentinel mode, the
+    /// master's: see [`Connector::refused_at`]).
     pub addr: String,
+    /// Sentinel mode: the master last connected to (or tried).
+    master_tried: Mutex<Option<String>>,
     /// The password of a standalone URL, to scrub from error texts.
     pub password: Option<String>,
 }
@@ -148,6 +151,7 @@ impl Connector {
             settings: Arc::new(settings),
             shown,
             addr: first.info.addr.to_string(),
+            master_tried: Mutex::new(None),
             password,
         })
     }
@@ -155,6 +159,18 @@ impl Connector {
     /// A node's settings as they are now (the password file may have changed).
     fn node(&self, url: &str) -> RedisResult<NodeSettings> {
         self.settings.node(url).map_err(setup_error)
+    }
+
+    /// The address a refusal names: the master the sentinels named (it refused, not they:
+    /// they are asked without the user and password), or the first node.
+    pub fn refused_at(&self) -> String {
+        let tried = self.master_tried.lock().unwrap_or_else(|e| e.into_inner());
+        tried.clone().unwrap_or_else(|| self.addr.clone())
+    }
+
+    fn trying_master(&self, host: &str, port: u16) {
+        *self.master_tried.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(format!("{host}:{port}"));
     }
 
     /// Whether the master is followed (sentinel mode).
@@ -178,7 +194,7 @@ impl Connector {
                     .map(|url| self.node(url))
                     .collect::<RedisResult<Vec<_>>>()?;
                 let tls = seeds.first().and_then(|seed| seed.tls.clone());
-                let mut builder = ClusterClientBuilder::new(live_seeds(&seeds).await);
+                let mut builder = ClusterClientBuilder::new(live_seeds(&seeds).await?);
                 if let Some(certs) = tls {
                     builder = builder.certs(certs);
                 }
@@ -194,6 +210,7 @@ impl Connector {
             (Target::Sentinel { sentinels }, Some(watch)) => {
                 let (host, port) = watch.master().await?;
                 let template = sentinels.first().ok_or_else(no_sentinel)?;
+                self.trying_master(&host, port);
                 connect_master(&self.settings, template, host, port).await
             }
             (Target::Sentinel { .. }, None) => Err(no_sentinel()),
@@ -235,7 +252,9 @@ impl Connector {
                 return None;
             }
         }
-        Some(connect_master(&self.settings, sentinels.first()?, host, port).await)
+        let template = sentinels.first()?;
+        self.trying_master(&host, port);
+        Some(connect_master(&self.settings, template, host, port).await)
     }
 }
 
@@ -259,8 +278,10 @@ async fn connect_master(
 }
 
 /// The seeds that answer a `PING` within [`SEED_TIMEOUT`]; all of them when none does (the
-/// connection then fails, or finds one that just came back).
-async fn live_seeds(seeds: &[NodeSettings]) -> Vec<ConnectionInfo> {
+/// connection then fails, or finds one that just came back). When none answers and one
+/// refused the gateway (credentials, certificate), that refusal: redis-rs's cluster client
+/// would turn it into text, and start-up must tell it from a Redis that is down.
+async fn live_seeds(seeds: &[NodeSettings]) -> RedisResult<Vec<ConnectionInfo>> {
     let pings = seeds.iter().map(|seed| async move {
         let ping = async {
             let config = AsyncConnectionConfig::new()
@@ -273,14 +294,24 @@ async fn live_seeds(seeds: &[NodeSettings]) -> Vec<ConnectionInfo> {
                 .await?;
             redis::cmd("PING").query_async::<()>(&mut conn).await
         };
-        let answered = matches!(tokio::time::timeout(SEED_TIMEOUT, ping).await, Ok(Ok(())));
-        answered.then(|| seed.info.clone())
+        match tokio::time::timeout(SEED_TIMEOUT, ping).await {
+            Ok(Ok(())) => Ok(seed.info.clone()),
+            Ok(Err(e)) => Err(Some(e)),
+            Err(_) => Err(None),
+        }
     });
-    let live: Vec<ConnectionInfo> = join_all(pings).await.into_iter().flatten().collect();
-    if live.is_empty() {
-        seeds.iter().map(|seed| seed.info.clone()).collect()
-    } else {
-        live
+    let (live, failed): (Vec<_>, Vec<_>) =
+        join_all(pings).await.into_iter().partition(Result::is_ok);
+    if !live.is_empty() {
+        return Ok(live.into_iter().flatten().collect());
+    }
+    let refused = failed
+        .into_iter()
+        .filter_map(|failed| failed.err().flatten())
+        .find(|e| refusal(e, "").is_some());
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(seeds.iter().map(|seed| seed.info.clone()).collect()),
     }
 }
 

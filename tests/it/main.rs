@@ -21,6 +21,7 @@ mod redis_sentinel;
 mod redis_server;
 mod redis_sets;
 mod redis_tls;
+mod redis_tls_modes;
 mod reload;
 mod soak;
 mod support;

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use crate::redis_cluster::{mode_sections, Load};
 use crate::redis_limits::{wait_for_gauge, UP};
+use crate::redis_server::RedisServer;
 use crate::redis_sets::{wait_until, SentinelSet};
 use crate::support::*;
 
 const TIMEOUT: Duration = Duration::from_millis(100);
 
-enum Failover {
+pub(crate) enum Failover {
     /// `SENTINEL FAILOVER`: the old master stays up (and is turned into a replica).
     Asked,
     /// The master killed by PID: the sentinels agree it is down, then promote the replica.
@@ -24,13 +25,25 @@ enum Failover {
 /// Starts the set and a gateway on it under load, fails the master over, and checks that the
 /// gateway uses the new master within 2 s of the promotion.
 async fn follows(failover: Failover) {
-    let mut set = tokio::task::spawn_blocking(SentinelSet::start)
+    let set = tokio::task::spawn_blocking(SentinelSet::start)
         .await
         .expect("sentinel set");
+    follows_in(set, "", failover, |_| {}).await;
+}
+
+/// A gateway on `set` (with `auth` lines in its `[rate_limit]`) under load: `check_master`
+/// of the master it uses, then the failover, which it follows within 2 s of the promotion,
+/// and `check_master` of the new master.
+pub(crate) async fn follows_in(
+    mut set: SentinelSet,
+    auth: &str,
+    failover: Failover,
+    check_master: impl Fn(&RedisServer),
+) {
     assert_eq!(set.master(), Some(0), "the first server starts as master");
     let emulator = spawn_emulator(None).await;
     let extra = format!(
-        "redis_sentinel_master = \"{}\"\nredis_timeout = \"{}ms\"\ngroup_per_second = 100000\ngroup_burst = 100000\napp_per_second = 100000\napp_burst = 100000\n",
+        "redis_sentinel_master = \"{}\"\nredis_timeout = \"{}ms\"\ngroup_per_second = 100000\ngroup_burst = 100000\napp_per_second = 100000\napp_burst = 100000\n{auth}",
         SentinelSet::MASTER,
         TIMEOUT.as_millis()
     );
@@ -41,6 +54,7 @@ async fn follows(failover: Failover) {
         set.servers[0].calls("evalsha") > 0,
         "checks go to the master"
     );
+    check_master(&set.servers[0]);
     let addrs: [SocketAddr; 1] = [gw.addr];
     let load = Load::start(&addrs);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -81,6 +95,7 @@ async fn follows(failover: Failover) {
         "a call waited {longest:?} with redis_timeout = {TIMEOUT:?}"
     );
     assert_eq!(metric(&scrape(gw.admin).await, UP), 1.0);
+    check_master(&set.servers[1]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -14,6 +14,9 @@ pub struct RedisServer {
     pub port: u16,
     /// The TLS port, for a server started with [`RedisServer::start_tls`].
     pub tls_port: Option<u16>,
+    /// For a server on its TLS port alone ([`RedisServer::start_tls_only`]): what `redis-cli`
+    /// needs to reach it (`--tls`, the CA and a client certificate).
+    tls_cli: Option<Vec<String>>,
     extra: Vec<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
@@ -56,6 +59,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port: free_port(),
             tls_port: None,
+            tls_cli: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
@@ -88,6 +92,38 @@ impl RedisServer {
         server
     }
 
+    /// On a TLS port alone (`--port 0`), a client must show a certificate the CA signed, and
+    /// the server uses its certificate as a client too (replication, the cluster bus) when
+    /// `extra` asks for TLS there. `port` is the TLS port; `cli` goes over TLS.
+    pub fn start_tls_only(ca: &crate::support::TestCa, extra: &[&str]) -> Self {
+        let (cert, key) = ca.server_files();
+        let mut args: Vec<String> = [
+            "--tls-cert-file",
+            &cert.display().to_string(),
+            "--tls-key-file",
+            &key.display().to_string(),
+            "--tls-ca-cert-file",
+            &ca.ca_file().display().to_string(),
+            "--tls-auth-clients",
+            "yes",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let port = free_port();
+        let mut server = RedisServer {
+            port,
+            tls_port: Some(port),
+            tls_cli: Some(tls_cli_args(ca)),
+            extra: args,
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        server.spawn();
+        server
+    }
+
     /// The rediss:// URL of the TLS port.
     pub fn tls_url(&self) -> String {
         format!(
@@ -97,8 +133,13 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        let ports = match &self.tls_cli {
+            Some(_) => vec!["--port", "0", "--tls-port"],
+            None => vec!["--port"],
+        };
         let child = Command::new(require_tool("redis-server"))
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(ports)
+            .args([&self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -122,6 +163,9 @@ impl RedisServer {
 
     /// A PING on a fresh connection gets an answer (PONG, or NOAUTH with a password set).
     fn answers(&self) -> bool {
+        if self.tls_cli.is_some() {
+            return !self.cli(&["ping"]).trim().is_empty();
+        }
         let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) else {
             return false;
         };
@@ -168,6 +212,7 @@ impl RedisServer {
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(require_tool("redis-cli"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(self.tls_cli.iter().flatten())
             .args(args)
             .output()
             .expect("redis-cli");
@@ -184,6 +229,20 @@ impl RedisServer {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// `redis-cli`'s options to reach a server of `ca` over TLS with the CA's client certificate.
+pub fn tls_cli_args(ca: &crate::support::TestCa) -> Vec<String> {
+    let (cert, key) = ca.client_files();
+    vec![
+        "--tls".into(),
+        "--cacert".into(),
+        ca.ca_file().display().to_string(),
+        "--cert".into(),
+        cert.display().to_string(),
+        "--key".into(),
+        key.display().to_string(),
+    ]
 }
 
 impl Drop for RedisServer {

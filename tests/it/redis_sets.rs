@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::redis_server::RedisServer;
+use crate::redis_server::{tls_cli_args, RedisServer};
 use crate::support::*;
 
 /// The app's hash tag: every key of the app sits in its slot.
@@ -28,8 +28,20 @@ pub fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 // --- cluster -------------------------------------------------------------------------------
 
+/// What every cluster node runs with.
+const CLUSTER_OPTIONS: [&str; 6] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "500",
+];
+
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    /// On TLS ports alone: the seed URLs are rediss://.
+    tls: bool,
 }
 
 impl RedisCluster {
@@ -37,22 +49,32 @@ impl RedisCluster {
     /// sync. A node that does not hear from another for 500 ms counts it failing, so that a
     /// replica takes over within a few seconds.
     pub fn start(masters: usize, replicas: usize) -> Self {
-        let options = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--cluster-node-timeout",
-            "500",
-        ];
         let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
-            .map(|_| RedisServer::start_with(&options))
+            .map(|_| RedisServer::start_with(&CLUSTER_OPTIONS))
             .collect();
+        Self::create(nodes, replicas, Vec::new())
+    }
+
+    /// `masters` masters on TLS ports alone (`--port 0`), clients and the cluster bus
+    /// verified by `ca`, with more options for each node (an ACL user, say).
+    pub fn start_tls(ca: &TestCa, masters: usize, extra: &[&str]) -> Self {
+        let mut options = CLUSTER_OPTIONS.to_vec();
+        options.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+        options.extend_from_slice(extra);
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| RedisServer::start_tls_only(ca, &options))
+            .collect();
+        Self::create(nodes, 0, tls_cli_args(ca))
+    }
+
+    /// `nodes` joined by `redis-cli --cluster create` (with `cli` options), then waited for.
+    fn create(nodes: Vec<RedisServer>, replicas: usize, cli: Vec<String>) -> Self {
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
         let out = Command::new(require_tool("redis-cli"))
+            .args(&cli)
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -61,10 +83,14 @@ impl RedisCluster {
             .expect("redis-cli --cluster create");
         assert!(
             out.status.success(),
-            "cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
+            "cluster create: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster {
+            nodes,
+            tls: !cli.is_empty(),
+        };
         wait_until(
             "cluster_state:ok on every node",
             Duration::from_secs(20),
@@ -90,7 +116,10 @@ impl RedisCluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .map(|n| {
+                let scheme = if self.tls { "rediss" } else { "redis" };
+                format!("{scheme}://127.0.0.1:{}", n.port)
+            })
             .collect()
     }
 
@@ -219,6 +248,8 @@ impl RedisCluster {
 /// One `redis-sentinel`, killed by PID on drop.
 pub struct SentinelProcess {
     pub port: u16,
+    /// `redis-cli`'s TLS options, for a sentinel on a TLS port alone.
+    tls_cli: Vec<String>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
 }
@@ -236,6 +267,7 @@ impl SentinelProcess {
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(require_tool("redis-cli"))
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.tls_cli)
             .args(args)
             .output()
             .expect("redis-cli");
@@ -255,6 +287,8 @@ impl SentinelProcess {
 pub struct SentinelSet {
     pub servers: Vec<RedisServer>,
     pub sentinels: Vec<SentinelProcess>,
+    /// On TLS ports alone: the sentinels' URLs are rediss://.
+    tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -273,15 +307,33 @@ impl SentinelSet {
         let master = RedisServer::start();
         let replica =
             RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        Self::watched(master, replica, None)
+    }
+
+    /// As [`SentinelSet::start`], every server and sentinel on a TLS port alone, clients and
+    /// replication verified by `ca`; `extra` options for both servers (an ACL user, say).
+    pub fn start_tls(ca: &TestCa, extra: &[&str]) -> Self {
+        let mut options = vec!["--tls-replication", "yes"];
+        options.extend_from_slice(extra);
+        let master = RedisServer::start_tls_only(ca, &options);
+        let master_port = master.port.to_string();
+        options.extend(["--replicaof", "127.0.0.1", &master_port]);
+        let replica = RedisServer::start_tls_only(ca, &options);
+        Self::watched(master, replica, Some(ca))
+    }
+
+    /// Three sentinels on `master` (over TLS with `ca`), once the replica is in sync.
+    fn watched(master: RedisServer, replica: RedisServer, ca: Option<&TestCa>) -> Self {
         wait_until("the replica in sync", Duration::from_secs(20), || {
             replica
                 .cli(&["info", "replication"])
                 .contains("master_link_status:up")
         });
-        let sentinels = (0..3).map(|_| Self::sentinel(master.port)).collect();
+        let sentinels = (0..3).map(|_| Self::sentinel(master.port, ca)).collect();
         let set = SentinelSet {
             servers: vec![master, replica],
             sentinels,
+            tls: ca.is_some(),
         };
         wait_until(
             "the sentinels see each other and the replica",
@@ -296,18 +348,35 @@ impl SentinelSet {
         set
     }
 
-    fn sentinel(master_port: u16) -> SentinelProcess {
+    /// The lines of a sentinel's config that put it on a TLS port alone (`ca`'s server
+    /// certificate, clients verified, TLS to the servers), or its plain port.
+    fn port_lines(port: u16, ca: Option<&TestCa>) -> String {
+        let Some(ca) = ca else {
+            return format!("port {port}\n");
+        };
+        let (cert, key) = ca.server_files();
+        format!(
+            "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+             tls-ca-cert-file {}\ntls-auth-clients yes\ntls-replication yes\n",
+            cert.display(),
+            key.display(),
+            ca.ca_file().display()
+        )
+    }
+
+    fn sentinel(master_port: u16, ca: Option<&TestCa>) -> SentinelProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                "{}bind 127.0.0.1\ndir {}\n\
                  sentinel monitor {m} 127.0.0.1 {master_port} 2\n\
                  sentinel down-after-milliseconds {m} 500\n\
                  sentinel failover-timeout {m} 3000\n\
                  sentinel parallel-syncs {m} 1\n",
+                Self::port_lines(port, ca),
                 dir.path().display(),
                 m = Self::MASTER,
             ),
@@ -321,6 +390,7 @@ impl SentinelSet {
             .expect("start redis-sentinel");
         let sentinel = SentinelProcess {
             port,
+            tls_cli: ca.map(tls_cli_args).unwrap_or_default(),
             child: Some(child),
             _dir: dir,
         };
@@ -335,7 +405,10 @@ impl SentinelSet {
         let quoted: Vec<String> = self
             .sentinels
             .iter()
-            .map(|s| format!("\"redis://127.0.0.1:{}\"", s.port))
+            .map(|s| {
+                let scheme = if self.tls { "rediss" } else { "redis" };
+                format!("\"{scheme}://127.0.0.1:{}\"", s.port)
+            })
             .collect();
         format!("[{}]", quoted.join(", "))
     }

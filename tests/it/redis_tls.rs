@@ -62,7 +62,7 @@ fn tls_section(
     text
 }
 
-fn client_cert_lines(ca: &TestCa) -> String {
+pub(crate) fn client_cert_lines(ca: &TestCa) -> String {
     let (cert, key) = ca.client_files();
     format!(
         "redis_client_cert_file = \"{}\"\nredis_client_key_file = \"{}\"\n",
@@ -80,7 +80,7 @@ fn gateway_client_ids(redis: &RedisServer) -> Vec<String> {
         .collect()
 }
 
-fn write_password(dir: &Path, password: &str) -> PathBuf {
+pub(crate) fn write_password(dir: &Path, password: &str) -> PathBuf {
     let path = dir.join("redis-password");
     std::fs::write(&path, format!("{password}\n")).expect("write");
     path
@@ -88,7 +88,7 @@ fn write_password(dir: &Path, password: &str) -> PathBuf {
 
 /// Runs the binary with `rate_limit` as its `[rate_limit]` section until it exits (at most
 /// 20 s); its exit code and what it wrote.
-fn serve_until_exit(rate_limit: &str) -> (Option<i32>, String) {
+pub(crate) fn serve_until_exit(rate_limit: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("dir");
     let secret = dir.path().join("secret");
     std::fs::write(&secret, SECRET).expect("write");
