@@ -57,7 +57,29 @@ const OK: &[u8] = br#"{"ActionStatus":"OK","ErrorCode":0,"ErrorInfo":"","GroupCo
 const PATH: &str = "/v4/group_open_http_svc/update_group_counter";
 
 fn parts() -> StackParts {
-    let config = Config::parse(
+    parts_with("")
+}
+
+/// 100 000 GroupIds and 1 000 prefixes with budgets of their own (none names the bench's
+/// group, whose lookup then goes through both).
+fn overrides() -> String {
+    let ids: Vec<String> = (0..100_000)
+        .map(|i| format!("\"@TGS#vip-{i:08}\""))
+        .collect();
+    let mut text = format!(
+        "[[rate_limit.groups]]\nids = [{}]\nper_second = 1000000000\n",
+        ids.join(",")
+    );
+    for i in 0..1_000 {
+        text.push_str(&format!(
+            "[[rate_limit.groups]]\nprefix = \"{i:04}-live-\"\nper_second = 1000000000\n"
+        ));
+    }
+    text
+}
+
+fn parts_with(extra: &str) -> StackParts {
+    let text = format!(
         r#"
 [chat]
 sdkappid = 1400000000
@@ -68,9 +90,9 @@ group_per_second = 1000000000
 group_burst = 1000000000
 app_per_second = 1000000000
 app_burst = 1000000000
-"#,
-    )
-    .unwrap_or_else(|p| panic!("bench config: {p}"));
+{extra}"#
+    );
+    let config = Config::parse(&text).unwrap_or_else(|p| panic!("bench config: {p}"));
     let key = SecretKey::new("5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e")
         .unwrap_or_else(|_| panic!("bench key"));
     StackParts::from_config(&config, key).unwrap_or_else(|e| panic!("parts: {e}"))
@@ -133,6 +155,13 @@ fn pipeline(c: &mut Criterion) {
     c.bench_function("pipeline/whole (metrics on, reloadable)", |b| {
         b.to_async(&runtime).iter(|| {
             let svc = current.clone();
+            async move { black_box(svc.oneshot(request()).await) }
+        })
+    });
+    let many = stack::build::<Full<Bytes>, _>(&parts_with(&overrides()), noop_upstream());
+    c.bench_function("pipeline/whole (metrics on, 100 000 overrides)", |b| {
+        b.to_async(&runtime).iter(|| {
+            let svc = many.clone();
             async move { black_box(svc.oneshot(request()).await) }
         })
     });
