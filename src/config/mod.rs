@@ -15,6 +15,7 @@ pub mod rate_limit;
 mod reader;
 pub mod redis;
 pub mod server;
+pub mod traces;
 pub mod upstream;
 
 use std::fmt;
@@ -30,6 +31,7 @@ pub use rate_limit::{ApiLimits, Backend, GroupLimits, GroupMatch, LimitMode, Rat
 pub use reader::MAX_DURATION;
 pub use redis::{RedisBackend, RedisUrl};
 pub use server::{ServerConfig, TlsFiles};
+pub use traces::{TraceSettings, TracingConfig};
 pub use upstream::UpstreamConfig;
 
 use reader::Reader;
@@ -68,10 +70,11 @@ pub struct Config {
     pub auth: AuthConfig,
     pub apis: ApiAllowList,
     pub coalesce: CoalesceConfig,
+    pub tracing: TracingConfig,
 }
 
 /// The sections and the keys each may hold; anything else is an error.
-const SCHEMA: [(&str, &[&str]); 7] = [
+const SCHEMA: [(&str, &[&str]); 8] = [
     (server::SECTION, server::KEYS),
     (chat::SECTION, chat::KEYS),
     (upstream::SECTION, upstream::KEYS),
@@ -79,6 +82,7 @@ const SCHEMA: [(&str, &[&str]); 7] = [
     (auth::SECTION, auth::KEYS),
     (apis::SECTION, apis::KEYS),
     (coalesce::SECTION, coalesce::KEYS),
+    (traces::SECTION, traces::KEYS),
 ];
 
 impl Config {
@@ -93,6 +97,7 @@ impl Config {
             auth: AuthConfig::default(),
             apis: ApiAllowList::default(),
             coalesce: CoalesceConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 
@@ -121,7 +126,7 @@ impl Config {
         r.unknown_keys(&table, &SCHEMA);
 
         let empty = Table::new();
-        let [server, chat, upstream, rate_limit, auth, apis, coalesce] =
+        let [server, chat, upstream, rate_limit, auth, apis, coalesce, tracing] =
             SCHEMA.map(|(name, _)| r.section(&table, name).unwrap_or(&empty));
         let server = server::read(&mut r, server);
         let chat = chat::read(&mut r, chat);
@@ -130,6 +135,7 @@ impl Config {
         let auth = AuthConfig::read_keys(&mut r, auth);
         let apis = ApisConfig::read_keys(&mut r, apis).allow;
         let coalesce = coalesce::read(&mut r, coalesce, &server);
+        let tracing = TracingConfig::read_keys(&mut r, tracing);
 
         match (r.problems.is_empty(), chat) {
             (true, Some(chat)) => Ok(Config {
@@ -140,6 +146,7 @@ impl Config {
                 auth,
                 apis,
                 coalesce,
+                tracing,
             }),
             _ => Err(Problems(r.problems)),
         }
@@ -275,6 +282,7 @@ mod example_tests {
         assert_eq!(c.rate_limit, RateLimitConfig::default());
         assert_eq!(c.auth, AuthConfig::default());
         assert_eq!(c.coalesce, CoalesceConfig::default());
+        assert_eq!(c.tracing, TracingConfig::default());
         assert_eq!(c.apis, ApisConfig::default().allow);
         let chat = ChatKeys::default();
         assert_eq!(
