@@ -46,6 +46,7 @@ pub mod region;
 pub mod sandbox;
 pub mod server;
 pub mod stack;
+pub mod traces;
 pub mod upstream;
 pub mod usersig;
 pub mod validated_apis;

@@ -34,6 +34,7 @@ use crate::middleware::shed::ShedLayer;
 use crate::middleware::sign::SignLayer;
 use crate::middleware::validate::Validate;
 use crate::rate_limit::{self, RateLimiter};
+use crate::traces::{TraceSetupError, Tracing};
 use crate::upstream::targets::Targets;
 use crate::upstream::{build_client, ClientSetupError, UpstreamService};
 use crate::usersig::SecretKey;
@@ -56,6 +57,8 @@ pub struct StackParts {
     pub targets: Arc<Targets>,
     /// Hot-group coalescing, with its per-group state.
     pub coalesce: CoalesceLayer,
+    /// Traces, when `[tracing]` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) names a collector.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// What can stop the gateway from being assembled.
@@ -71,6 +74,8 @@ pub enum BuildError {
     ClientCa(String),
     #[error(transparent)]
     RateLimit(#[from] rate_limit::SetupError),
+    #[error(transparent)]
+    Tracing(#[from] TraceSetupError),
 }
 
 /// The whole gateway from a checked config: the shared parts (for the admin listener and the
@@ -134,7 +139,12 @@ impl StackParts {
             metrics.clone(),
         );
         let limiter = rate_limit::from_config(&config.rate_limit, config.chat.sdkappid, &metrics)?;
+        let tracing = match config.tracing.settings(|name| std::env::var(name).ok()) {
+            Some(settings) => Some(Tracing::start(&settings, &metrics)?),
+            None => None,
+        };
         Ok(StackParts {
+            tracing,
             coalesce: CoalesceLayer::new(config.coalesce.clone(), limiter.clone(), metrics.clone()),
             table: Arc::new(ApiTable::new(&config.apis)),
             lifecycle: Arc::new(Lifecycle::new()),
@@ -169,11 +179,13 @@ where
     U::Future: Send,
 {
     ServiceBuilder::new()
-        // Sees every final answer, rejections included: request id, metrics, the log event.
+        // Sees every final answer, rejections included: request id, metrics, the log event,
+        // the request's span.
         .layer(ObserveLayer::new(
             parts.metrics.clone(),
             parts.table.clone(),
             parts.lifecycle.clone(),
+            parts.tracing.clone(),
         ))
         .service(build_unobserved(parts, upstream))
 }

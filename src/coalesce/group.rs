@@ -31,6 +31,8 @@ pub struct Member {
     /// When its `max_wait` runs out.
     pub deadline: Instant,
     pub tx: oneshot::Sender<Answer>,
+    /// The caller's request span, when sampled.
+    pub trace: Option<crate::traces::Traced>,
 }
 
 /// A read of keys that a waiting batch sets, answered from that batch's answer. It gets
@@ -567,6 +569,7 @@ mod tests {
             body: Bytes::new(),
             deadline: Instant::now() + wait,
             tx,
+            trace: None,
         };
         (m, rx)
     }

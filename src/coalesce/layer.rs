@@ -245,6 +245,7 @@ where
             body,
             deadline: Instant::now() + self.shared.config.max_wait,
             tx,
+            trace: parts.extensions.get::<crate::traces::Traced>().cloned(),
         };
         let joined =
             self.shared
