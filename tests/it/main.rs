@@ -19,4 +19,5 @@ mod redis_limits;
 mod redis_server;
 mod soak;
 mod support;
+mod traces;
 mod validation;
