@@ -80,3 +80,27 @@ pub(super) fn end(batch: Option<Traced>, result: &Result<GatewayResponse, Gatewa
     };
     batch.end_batch(attributes);
 }
+
+/// A read's wait for its tokens (from `from` until now), below the request it belongs to
+/// when that one is traced.
+pub(super) fn read_token_wait(
+    req: &http::Request<bytes::Bytes>,
+    api: &str,
+    from: SystemTime,
+    taken: bool,
+) {
+    if let Some(traced) = req.extensions().get::<Traced>() {
+        let result = if taken { "granted" } else { "refused" };
+        let attributes = vec![
+            KeyValue::new("chat.api", api.to_string()),
+            KeyValue::new("chat.rate_limit.result", result),
+        ];
+        let mut span = traced.child(
+            "rate limit token",
+            SpanKind::Internal,
+            attributes,
+            Some(from),
+        );
+        span.end();
+    }
+}

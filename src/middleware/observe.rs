@@ -224,6 +224,7 @@ where
 /// request's log events.
 pub struct RequestTrace {
     span: opentelemetry_sdk::trace::Span,
+    method: http::Method,
     traced: Traced,
     log_span: tracing::Span,
 }
@@ -240,6 +241,7 @@ impl RequestTrace {
         let log_span = tracing::info_span!("request", trace_id = %traced.trace_id());
         Some(Box::new(RequestTrace {
             span,
+            method: req.method().clone(),
             traced,
             log_span,
         }))
@@ -249,6 +251,7 @@ impl RequestTrace {
     /// for the access log.
     fn end(mut self, api: &str, outcome: Outcome, answer: Option<(u16, Option<i64>)>) -> String {
         let span = &mut self.span;
+        span.update_name(format!("{} {api}", self.method));
         span.set_attribute(KeyValue::new("chat.api", api.to_string()));
         span.set_attribute(KeyValue::new("chat.outcome", outcome.as_str()));
         if let Some((status, error_code)) = answer {

@@ -100,7 +100,7 @@ impl Tracing {
     }
 
     /// The `SERVER` span of one request, the child of the caller's `traceparent` if it sent
-    /// one. The returned [`Traced`] (for the request's extensions) exists only when the span
+    /// one (named when it ends, after its API: a name never holds a caller's path). The returned [`Traced`] (for the request's extensions) exists only when the span
     /// is sampled.
     pub fn request_span(
         self: &Arc<Self>,
@@ -118,7 +118,6 @@ impl Tracing {
         if !span.span_context().is_sampled() {
             return (span, None);
         }
-        span.update_name(format!("{method} {path}"));
         span.set_attribute(KeyValue::new("http.request.method", method.to_string()));
         span.set_attribute(KeyValue::new("url.path", path.to_string()));
         let traced = Traced {

@@ -109,6 +109,7 @@ async fn a_callers_traceparent_is_the_parent_even_at_ratio_zero() {
         "the caller's span is the parent"
     );
     assert_eq!(server.trace_state, "vendor=abc", "tracestate kept");
+    assert_eq!(server.name, "POST group_open_http_svc/update_group_counter");
     assert_eq!(str_attr(server, "http.request.method"), Some("POST"));
     assert_eq!(
         str_attr(server, "url.path"),
@@ -612,4 +613,45 @@ fn check_config_checks_the_tracing_keys() {
     ] {
         crate::binary::check_config_finds_one_problem(dir.path(), extra, expected);
     }
+}
+
+#[tokio::test]
+async fn a_read_that_waits_for_its_groups_token_has_a_span_for_the_wait() {
+    let emulator = spawn_emulator(None).await;
+    let collector = spawn_collector(Duration::ZERO).await;
+    let gw = spawn_gateway(&config_text(
+        &emulator.endpoint(),
+        "",
+        &format!(
+            "[rate_limit]\ngroup_per_second = 2\ngroup_burst = 1\n[coalesce]\nmax_wait = \"3s\"\n{}",
+            tracing_section(&collector.endpoint(), "1")
+        ),
+    ))
+    .await;
+    let read = r#"{"GroupId":"wait-1"}"#;
+    assert_eq!(
+        post(gw.addr, GET, read).await.error_code(),
+        0,
+        "spends the token"
+    );
+    let waited = post(gw.addr, GET, read).await;
+    assert_eq!(waited.error_code(), 0, "waited for the next token");
+    let id = waited.headers["x-request-id"].to_str().expect("id");
+    let spans = collector
+        .wait_for(|s| {
+            s.iter().filter(|s| s.name == "rate limit token").count() == 2
+                && s.iter().any(|s| str_attr(s, "chat.request_id") == Some(id))
+        })
+        .await;
+    let request = of_kind(&spans, SPAN_KIND_SERVER)
+        .into_iter()
+        .find(|s| str_attr(s, "chat.request_id") == Some(id))
+        .expect("the waiting request's span");
+    let wait = spans
+        .iter()
+        .find(|s| s.name == "rate limit token" && s.parent_span_id == request.span_id)
+        .expect("a wait span below the waiting request");
+    assert_eq!(wait.trace_id, request.trace_id);
+    assert_eq!(str_attr(wait, "chat.rate_limit.result"), Some("granted"));
+    assert!(wait.end_time_unix_nano > wait.start_time_unix_nano);
 }
