@@ -78,6 +78,7 @@ fn overrides() -> String {
     text
 }
 
+/// The bench's parts with `extra` sections (a `[tracing]` one needs the runtime entered).
 fn parts_with(extra: &str) -> StackParts {
     let text = format!(
         r#"
@@ -90,7 +91,8 @@ group_per_second = 1000000000
 group_burst = 1000000000
 app_per_second = 1000000000
 app_burst = 1000000000
-{extra}"#
+{extra}
+"#
     );
     let config = Config::parse(&text).unwrap_or_else(|p| panic!("bench config: {p}"));
     let key = SecretKey::new("5bd2850fff3ecb11d7c805251c51ee463a25727bddc2385f3fa8bfee1bb93b5e")
@@ -171,6 +173,7 @@ fn pipeline(c: &mut Criterion) {
             async move { black_box(svc.oneshot(request()).await) }
         })
     });
+    traced(c, &runtime);
 
     // Stage by stage.
     c.bench_function("stage/body_read", |b| {
@@ -216,6 +219,33 @@ fn pipeline(c: &mut Criterion) {
             api.metrics(&parts.metrics).upstream_error_code(Some(0));
         })
     });
+}
+
+/// The whole pipeline with tracing on: every request sampled, and none (ratio 0: what most
+/// requests cost at a small ratio). Spans go to a port nothing listens on: the export fails
+/// at once and the queue, full, drops what comes next, so this measures what a request pays
+/// (its spans made, ended and offered to the queue), not the export.
+fn traced(c: &mut Criterion, runtime: &tokio::runtime::Runtime) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|_| panic!("port"));
+    for (name, ratio) in [("every request sampled", "1"), ("none sampled", "0")] {
+        let _entered = runtime.enter();
+        let parts = parts_with(&format!(
+            "[tracing]\notlp_endpoint = \"http://{closed}\"\nsample_ratio = {ratio}\n"
+        ));
+        let svc = stack::build::<Full<Bytes>, _>(&parts, noop_upstream());
+        eprintln!(
+            "pipeline/whole (traced, {name}): {:.1} allocations per request",
+            allocations_per_request(runtime, svc.clone())
+        );
+        c.bench_function(&format!("pipeline/whole (traced, {name})"), |b| {
+            b.to_async(runtime).iter(|| {
+                let svc = svc.clone();
+                async move { black_box(svc.oneshot(request()).await) }
+            })
+        });
+    }
 }
 
 /// Heap allocations per request through `svc`, the request's own construction excluded, after

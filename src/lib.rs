@@ -47,6 +47,7 @@ pub mod reload;
 pub mod sandbox;
 pub mod server;
 pub mod stack;
+pub mod traces;
 pub mod upstream;
 pub mod usersig;
 pub mod validated_apis;

@@ -227,6 +227,7 @@ struct GatewayFamilies {
     /// Brought up to [`crate::logging::dropped_lines`] at each scrape, under the lock (two
     /// scrapes at once must not both add the same lines).
     log_lines_dropped: std::sync::Mutex<prometheus::IntCounter>,
+    trace_spans_dropped: prometheus::IntCounter,
     /// Registered on first use: it exists only with caller authentication.
     caller_tokens_loaded: std::sync::OnceLock<IntGauge>,
     config: ConfigFamilies,
@@ -441,6 +442,10 @@ impl GatewayFamilies {
                 "chat_gateway_log_lines_dropped_total",
                 "Log lines dropped because stderr did not keep up (requests never wait on the log).",
             ))),
+            trace_spans_dropped: register(r, prometheus::IntCounter::new(
+                "chat_gateway_trace_spans_dropped_total",
+                "Trace spans lost: the export queue was full, or the collector failed or was too slow.",
+            )),
             caller_tokens_loaded: std::sync::OnceLock::new(),
             config: ConfigFamilies::new(r),
         }
@@ -514,6 +519,10 @@ impl Metrics {
             .upstream_responses
             .with_label_values(&[api, &label])
             .inc();
+    }
+
+    pub fn trace_spans_dropped(&self) -> &prometheus::IntCounter {
+        &self.0.gateway.trace_spans_dropped
     }
 
     pub fn caller_connections(&self) -> &IntGauge {

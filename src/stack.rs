@@ -35,6 +35,7 @@ use crate::middleware::shed::ShedLayer;
 use crate::middleware::sign::SignLayer;
 use crate::middleware::validate::Validate;
 use crate::rate_limit::{self, RateLimiter};
+use crate::traces::{TraceSetupError, Tracing};
 use crate::upstream::targets::Targets;
 use crate::upstream::{build_client, ClientSetupError, UpstreamService};
 use crate::usersig::SecretKey;
@@ -61,6 +62,8 @@ pub struct StackParts {
     pub targets: Arc<Targets>,
     /// Hot-group coalescing, with its per-group state.
     pub coalesce: CoalesceLayer,
+    /// Traces, when `[tracing]` (or `OTEL_EXPORTER_OTLP_ENDPOINT`) names a collector.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// What can stop the gateway from being assembled.
@@ -76,6 +79,8 @@ pub enum BuildError {
     ClientCa(String),
     #[error(transparent)]
     RateLimit(#[from] rate_limit::SetupError),
+    #[error(transparent)]
+    Tracing(#[from] TraceSetupError),
 }
 
 /// The body of a caller's request.
@@ -104,8 +109,8 @@ impl Assembly {
 
     /// The same gateway under `config` (checked, with the keys that need a restart at their
     /// running values). Kept: metrics, credentials, the limiter's state and its backend, the
-    /// coalescing batches, the tokens, the in-flight permits; the upstream pool and circuit
-    /// unless what they depend on changed.
+    /// coalescing batches, the tokens, the in-flight permits; the upstream pool and circuit,
+    /// and the trace exporter, unless what they depend on changed.
     pub fn reloaded(&self, config: Config) -> Result<Assembly, BuildError> {
         let (old, parts) = (&self.config, &self.parts);
         let backend =
@@ -133,7 +138,17 @@ impl Assembly {
         } else {
             upstream_service(&config, &parts.metrics)?
         };
+        // A new exporter only for new tracing settings: the running one keeps its queue.
+        let tracing = if config.tracing == old.tracing {
+            parts.tracing.clone()
+        } else {
+            match config.tracing.settings(|name| std::env::var(name).ok()) {
+                Some(settings) => Some(Tracing::start(&settings, &parts.metrics)?),
+                None => None,
+            }
+        };
         let parts = StackParts {
+            tracing,
             coalesce: (parts.coalesce).reloaded(config.coalesce.clone(), limiter.clone()),
             table: Arc::new(parts.table.reloaded(&config.apis)),
             max_body_bytes: config.server.max_body_bytes,
@@ -204,7 +219,12 @@ impl StackParts {
         let targets = targets(config, &metrics);
         let backend = rate_limit::backend(&config.rate_limit, config.chat.sdkappid, &metrics)?;
         let limiter = rate_limit::with_mode(backend.clone(), config.rate_limit.mode, &metrics);
+        let tracing = match config.tracing.settings(|name| std::env::var(name).ok()) {
+            Some(settings) => Some(Tracing::start(&settings, &metrics)?),
+            None => None,
+        };
         Ok(StackParts {
+            tracing,
             coalesce: CoalesceLayer::new(config.coalesce.clone(), limiter.clone(), metrics.clone()),
             table: Arc::new(ApiTable::new(&config.apis)),
             lifecycle: Arc::new(Lifecycle::new()),
@@ -240,11 +260,13 @@ where
     U::Future: Send,
 {
     ServiceBuilder::new()
-        // Sees every final answer, rejections included: request id, metrics, the log event.
+        // Sees every final answer, rejections included: request id, metrics, the log event,
+        // the request's span.
         .layer(ObserveLayer::new(
             parts.metrics.clone(),
             parts.table.clone(),
             parts.lifecycle.clone(),
+            parts.tracing.clone(),
         ))
         .service(build_unobserved(parts, upstream))
 }

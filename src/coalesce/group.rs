@@ -35,6 +35,8 @@ pub struct Member {
     /// limiter takes the group's first): the batch it joins uses that token instead of
     /// taking another, so a call never costs its group two.
     pub brought_group_token: bool,
+    /// The caller's request span, when sampled.
+    pub trace: Option<crate::traces::Traced>,
 }
 
 /// A read of keys that a waiting batch sets, answered from that batch's answer. It gets
@@ -590,6 +592,7 @@ mod tests {
             deadline: Instant::now() + wait,
             tx,
             brought_group_token: false,
+            trace: None,
         };
         (m, rx)
     }

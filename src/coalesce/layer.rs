@@ -260,6 +260,7 @@ where
             deadline: Instant::now() + self.shared.config.max_wait,
             tx,
             brought_group_token: group_token,
+            trace: parts.extensions.get::<crate::traces::Traced>().cloned(),
         };
         let joined =
             self.shared

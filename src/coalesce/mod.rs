@@ -3,7 +3,8 @@
 //!
 //! [`merge`] is the pure merge, [`group`] the per-group state, [`layer`] the pipeline layer;
 //! `writes` drives a batch of increments, `reads` the group's reads, `line` the order in which
-//! a group's batches and reads take its tokens, `answer` splits a shared call's answer.
+//! a group's batches and reads take its tokens, `answer` splits a shared call's answer,
+//! `trace` gives a batch's call its spans.
 
 mod answer;
 pub mod group;
@@ -11,6 +12,7 @@ pub mod layer;
 mod line;
 pub mod merge;
 mod reads;
+mod trace;
 mod writes;
 
 pub use layer::CoalesceLayer;

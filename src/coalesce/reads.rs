@@ -4,6 +4,7 @@
 //! refuses waits its turn for the group's next token, within `max_wait`, like a batch.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::Request;
@@ -16,6 +17,7 @@ use super::group::{Answer, ReadJoin, Reader, Rider, Waiter};
 use super::layer::{Coalesce, Driver, DriverCtx, Inner, BUSY};
 use super::line::{take_tokens, Held, OnApp, Tokens, Waiters};
 use super::merge::ReadKey;
+use super::trace;
 use crate::api::Api;
 use crate::error::GatewayError;
 use crate::rate_limit::Refusal;
@@ -106,7 +108,11 @@ where
                 deadline: Some(deadline),
                 refusal: None,
             };
-            match ctx.take_read_tokens(&mut waiting).await {
+            let from = SystemTime::now();
+            let tokens = ctx.take_read_tokens(&mut waiting).await;
+            let taken = matches!(tokens, Tokens::Taken);
+            trace::read_token_wait(&req, &ctx.api.name, from, taken);
+            match tokens {
                 Tokens::Taken => {
                     req.extensions_mut().insert(TokensTaken);
                 }
@@ -128,7 +134,11 @@ where
         while let Some((mut req, waiting)) = ctx.shared.registry.take_reads(&ctx.group, &key) {
             let mut readers = Held { ctx, list: waiting };
             if ctx.shared.config.enabled {
-                match ctx.take_read_tokens(&mut readers).await {
+                let from = SystemTime::now();
+                let tokens = ctx.take_read_tokens(&mut readers).await;
+                let taken = matches!(tokens, Tokens::Taken);
+                trace::read_token_wait(&req, &ctx.api.name, from, taken);
+                match tokens {
                     Tokens::Taken => {
                         req.extensions_mut().insert(TokensTaken);
                     }

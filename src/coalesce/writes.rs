@@ -5,6 +5,7 @@
 //! parts, so that each caller gets the answer its own increment deserves.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::request::Parts;
@@ -18,6 +19,7 @@ use super::group::{Member, Rider, Sealed, Turn};
 use super::layer::{Driver, DriverCtx, Inner};
 use super::line::{take_tokens, Held, OnApp, Tokens, Waiters};
 use super::merge::{self, Merge};
+use super::trace::{self, TokenWait};
 use crate::error::GatewayError;
 use crate::exchange::{BoxFuture, GatewayResponse};
 use crate::rate_limit::Refusal;
@@ -36,6 +38,7 @@ where
         }
         let registry = &ctx.shared.registry;
         let mut waiting = OpenBatch { ctx, id };
+        let from = SystemTime::now();
         let tokens = take_tokens(
             registry,
             &*ctx.shared.limiter,
@@ -49,25 +52,31 @@ where
         if !matches!(tokens, Tokens::Taken) {
             return;
         }
+        let wait = TokenWait {
+            from,
+            until: SystemTime::now(),
+        };
         let (sealed, late) = registry.seal(&ctx.group, id, Instant::now());
         ctx.refuse(late, None);
         if let Some(sealed) = sealed {
-            self.send(sealed, true).await;
+            self.send(sealed, true, wait).await;
         }
     }
 
     /// Sends a batch whose tokens are taken and answers its callers and riders. `first`: the
     /// group's own batch (its end lets the group's next batch go), not a part sent again.
-    fn send(self, sealed: Sealed, first: bool) -> BoxFuture<()> {
+    /// `wait`: when it waited for its tokens (a span of its trace).
+    fn send(self, sealed: Sealed, first: bool, wait: TokenWait) -> BoxFuture<()> {
         Box::pin(async move {
             let Sealed {
                 merge,
                 members,
                 riders,
-                template,
+                mut template,
             } = sealed;
             let ctx = &self.ctx;
             let n = members.len();
+            let batch_span = trace::begin(ctx, &members, &mut template, Some(wait));
             // Kept only where a part may be sent again: a merged call.
             let again = (n > 1).then(|| template.clone());
             let body = match &members[..] {
@@ -89,6 +98,7 @@ where
                 );
             }
             let result = self.inner.clone().oneshot(req).await;
+            trace::end(batch_span, &result);
             if first {
                 ctx.shared.registry.finish(&ctx.group);
                 if n > 1 {
@@ -182,6 +192,7 @@ where
     async fn send_part(self, members: Vec<Member>, mode: merge::Mode, template: Parts) {
         let ctx = &self.ctx;
         let mut waiting = Held { ctx, list: members };
+        let from = SystemTime::now();
         let tokens = take_tokens(
             &ctx.shared.registry,
             &*ctx.shared.limiter,
@@ -209,7 +220,11 @@ where
             riders: Vec::new(),
             template,
         };
-        self.send(sealed, false).await;
+        let wait = TokenWait {
+            from,
+            until: SystemTime::now(),
+        };
+        self.send(sealed, false, wait).await;
     }
 }
 

@@ -16,6 +16,7 @@ mod reader;
 pub mod redis;
 pub mod redis_mode;
 pub mod server;
+pub mod traces;
 pub mod upstream;
 
 use std::fmt;
@@ -32,6 +33,7 @@ pub use reader::MAX_DURATION;
 pub use redis::{RedisBackend, RedisUrl};
 pub use redis_mode::{RedisMode, Topology};
 pub use server::{ServerConfig, TlsFiles};
+pub use traces::{TraceSettings, TracingConfig};
 pub use upstream::UpstreamConfig;
 
 use reader::Reader;
@@ -70,10 +72,11 @@ pub struct Config {
     pub auth: AuthConfig,
     pub apis: ApiAllowList,
     pub coalesce: CoalesceConfig,
+    pub tracing: TracingConfig,
 }
 
 /// The sections and the keys each may hold; anything else is an error.
-const SCHEMA: [(&str, &[&str]); 7] = [
+const SCHEMA: [(&str, &[&str]); 8] = [
     (server::SECTION, server::KEYS),
     (chat::SECTION, chat::KEYS),
     (upstream::SECTION, upstream::KEYS),
@@ -81,6 +84,7 @@ const SCHEMA: [(&str, &[&str]); 7] = [
     (auth::SECTION, auth::KEYS),
     (apis::SECTION, apis::KEYS),
     (coalesce::SECTION, coalesce::KEYS),
+    (traces::SECTION, traces::KEYS),
 ];
 
 impl Config {
@@ -95,6 +99,7 @@ impl Config {
             auth: AuthConfig::default(),
             apis: ApiAllowList::default(),
             coalesce: CoalesceConfig::default(),
+            tracing: TracingConfig::default(),
         }
     }
 
@@ -154,7 +159,7 @@ impl Config {
         r.unknown_keys(&table, &SCHEMA);
 
         let empty = Table::new();
-        let [server, chat, upstream, rate_limit, auth, apis, coalesce] =
+        let [server, chat, upstream, rate_limit, auth, apis, coalesce, tracing] =
             SCHEMA.map(|(name, _)| r.section(&table, name).unwrap_or(&empty));
         let server = server::read(&mut r, server);
         let chat = chat::read(&mut r, chat);
@@ -163,6 +168,7 @@ impl Config {
         let auth = AuthConfig::read_keys(&mut r, auth);
         let apis = ApisConfig::read_keys(&mut r, apis).allow;
         let coalesce = coalesce::read(&mut r, coalesce, &server);
+        let tracing = TracingConfig::read_keys(&mut r, tracing);
 
         match (r.problems.is_empty(), chat) {
             (true, Some(chat)) => Ok(Config {
@@ -173,6 +179,7 @@ impl Config {
                 auth,
                 apis,
                 coalesce,
+                tracing,
             }),
             _ => Err(Problems(r.problems)),
         }
@@ -325,6 +332,7 @@ mod example_tests {
         assert_eq!(c.rate_limit, RateLimitConfig::default());
         assert_eq!(c.auth, AuthConfig::default());
         assert_eq!(c.coalesce, CoalesceConfig::default());
+        assert_eq!(c.tracing, TracingConfig::default());
         assert_eq!(c.apis, ApisConfig::default().allow);
         let chat = ChatKeys::default();
         assert_eq!(

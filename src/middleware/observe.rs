@@ -10,6 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{HeaderName, Request};
+use opentelemetry::trace::Span as _;
+use opentelemetry::KeyValue;
 use tower::{Layer, Service};
 
 use crate::api::{ApiTable, Label};
@@ -17,6 +19,7 @@ use crate::envelope::{Reason, REJECTED_HEADER};
 use crate::exchange::{GatewayResponse, RequestId, UpstreamReport};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, Outcome};
+use crate::traces::{Traced, Tracing};
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -36,10 +39,17 @@ struct Shared {
     /// thanks to the random prefix.
     prefix: u32,
     next: AtomicU64,
+    /// `None`: no traces, and nothing more to do per request.
+    tracing: Option<Arc<Tracing>>,
 }
 
 impl ObserveLayer {
-    pub fn new(metrics: Metrics, table: Arc<ApiTable>, lifecycle: Arc<Lifecycle>) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        table: Arc<ApiTable>,
+        lifecycle: Arc<Lifecycle>,
+        tracing: Option<Arc<Tracing>>,
+    ) -> Self {
         ObserveLayer {
             shared: Arc::new(Shared {
                 metrics,
@@ -47,6 +57,7 @@ impl ObserveLayer {
                 lifecycle,
                 prefix: rand::random(),
                 next: AtomicU64::new(1),
+                tracing,
             }),
         }
     }
@@ -86,11 +97,21 @@ where
         let n = self.shared.next.fetch_add(1, Ordering::Relaxed);
         let id = RequestId::new(self.shared.prefix, n);
         req.extensions_mut().insert(id.clone());
+        let trace = match &self.shared.tracing {
+            Some(tracing) => RequestTrace::start(tracing, &mut req, &id),
+            None => None,
+        };
+        let inner = match &trace {
+            // Log events of a traced request carry its trace id.
+            Some(t) => t.log_span.in_scope(|| self.inner.call(req)),
+            None => self.inner.call(req),
+        };
         ObserveFuture {
-            inner: self.inner.call(req),
+            inner,
             started,
             api,
             id: Some(id),
+            trace,
             shared: self.shared.clone(),
         }
     }
@@ -106,6 +127,7 @@ pin_project_lite::pin_project! {
         started: Instant,
         api: Label,
         id: Option<RequestId>,
+        trace: Option<Box<RequestTrace>>,
         shared: Arc<Shared>,
     }
 
@@ -122,11 +144,13 @@ pin_project_lite::pin_project! {
                 let api = this.shared.table.settle(this.api);
                 api.metrics(&this.shared.metrics)
                     .unanswered(outcome, elapsed.as_secs_f64());
+                let trace_id = this.trace.take().map(|t| t.end(&api.name, outcome, None));
                 tracing::info!(
                     target: "chat_gateway::access",
                     request_id = id.as_str(),
                     api = &*api.name,
                     outcome = outcome.as_str(),
+                    trace_id = trace_id.as_deref(),
                     duration_us = elapsed.as_micros() as u64,
                     "{message}"
                 );
@@ -143,7 +167,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let entered = this.trace.as_ref().map(|t| t.log_span.enter());
         let Ok(mut response) = std::task::ready!(this.inner.poll(cx));
+        drop(entered);
         let elapsed = this.started.elapsed();
         let report = response.extensions().get::<UpstreamReport>().copied();
         let rejected = response
@@ -166,13 +192,22 @@ where
             overhead.as_secs_f64(),
         );
         let id = this.id.take();
+        let error_code = report.and_then(|r| r.error_code);
+        let trace_id = this.trace.take().map(|t| {
+            t.end(
+                &api.name,
+                outcome,
+                Some((response.status().as_u16(), error_code)),
+            )
+        });
         tracing::info!(
             target: "chat_gateway::access",
             request_id = id.as_ref().map_or("-", RequestId::as_str),
             api = &*api.name,
             status = response.status().as_u16(),
-            error_code = report.and_then(|r| r.error_code),
+            error_code,
             outcome = outcome.as_str(),
+            trace_id = trace_id.as_deref(),
             duration_us = elapsed.as_micros() as u64,
             upstream_us = upstream.as_micros() as u64,
         );
@@ -182,5 +217,54 @@ where
                 .insert(HeaderName::from_static(REQUEST_ID_HEADER), id.0);
         }
         Poll::Ready(Ok(response))
+    }
+}
+
+/// The `SERVER` span of a sampled request, and the log span that puts its trace id on the
+/// request's log events.
+pub struct RequestTrace {
+    span: opentelemetry_sdk::trace::Span,
+    method: http::Method,
+    traced: Traced,
+    log_span: tracing::Span,
+}
+
+impl RequestTrace {
+    /// Starts the request's span; `None` when it is not sampled (then nothing is kept, and
+    /// the layers below see no [`Traced`]).
+    fn start<B>(tracing: &Arc<Tracing>, req: &mut Request<B>, id: &RequestId) -> Option<Box<Self>> {
+        let (mut span, traced) =
+            tracing.request_span(req.headers(), req.method(), req.uri().path());
+        let traced = traced?;
+        span.set_attribute(KeyValue::new("chat.request_id", id.as_str().to_string()));
+        req.extensions_mut().insert(traced.clone());
+        let log_span = tracing::info_span!("request", trace_id = %traced.trace_id());
+        Some(Box::new(RequestTrace {
+            span,
+            method: req.method().clone(),
+            traced,
+            log_span,
+        }))
+    }
+
+    /// Ends the span with what the answer was (`None`: there was none); returns the trace id
+    /// for the access log.
+    fn end(mut self, api: &str, outcome: Outcome, answer: Option<(u16, Option<i64>)>) -> String {
+        let span = &mut self.span;
+        span.update_name(format!("{} {api}", self.method));
+        span.set_attribute(KeyValue::new("chat.api", api.to_string()));
+        span.set_attribute(KeyValue::new("chat.outcome", outcome.as_str()));
+        if let Some((status, error_code)) = answer {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            if let Some(code) = error_code {
+                span.set_attribute(KeyValue::new("chat.error_code", code));
+            }
+        }
+        self.traced.settle(span);
+        span.end();
+        self.traced.trace_id()
     }
 }

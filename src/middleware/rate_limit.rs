@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use http::Request;
+use opentelemetry::trace::{Span as _, SpanKind};
+use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
@@ -19,6 +21,7 @@ use crate::error::GatewayError;
 use crate::exchange::GatewayResponse;
 use crate::metrics::Metrics;
 use crate::rate_limit::{Decision, RateLimiter, Refusal, TokensTaken};
+use crate::traces::Traced;
 use crate::validated_apis::PayloadFacts;
 
 #[derive(Clone)]
@@ -72,6 +75,8 @@ pin_project! {
         Waiting {
             #[pin]
             decision: Decision,
+            // The wait's span, when the request is traced.
+            span: Option<opentelemetry_sdk::trace::Span>,
             request: Option<Request<B>>,
             inner: S,
             metrics: Metrics,
@@ -103,11 +108,17 @@ where
                 }
                 LimitProj::Waiting {
                     decision,
+                    span,
                     request,
                     inner,
                     metrics,
                 } => {
                     let result = ready!(decision.poll(cx));
+                    if let Some(mut span) = span.take() {
+                        let granted = if result.is_ok() { "granted" } else { "refused" };
+                        span.set_attribute(KeyValue::new("chat.rate_limit.result", granted));
+                        span.end();
+                    }
                     let Some(request) = request.take() else {
                         return Poll::Ready(Err(GatewayError::Internal(
                             "a rate-limit check was polled after its request was sent",
@@ -173,8 +184,13 @@ where
             None => {
                 // The inner service was made ready for this call: keep that one, leave a clone.
                 let clone = self.inner.clone();
+                let span = req.extensions().get::<Traced>().map(|t| {
+                    let api = KeyValue::new("chat.api", api.name.to_string());
+                    t.child("rate limit token", SpanKind::Internal, vec![api], None)
+                });
                 LimitFuture::Waiting {
                     decision,
+                    span,
                     request: Some(req),
                     inner: std::mem::replace(&mut self.inner, clone),
                     metrics: self.metrics.clone(),

@@ -21,6 +21,7 @@ use crate::credentials::{unix_now, Credentials};
 use crate::error::GatewayError;
 use crate::exchange::{GatewayResponse, RequestId, UpstreamReport};
 use crate::metrics::Metrics;
+use crate::traces::{AttemptSpan, Traced};
 use crate::upstream::targets::{Targets, UpstreamBase};
 
 /// Tencent's "UserSig expired".
@@ -73,6 +74,7 @@ struct Spare {
     body: Bytes,
     api: Option<crate::api::Api>,
     id: Option<RequestId>,
+    trace: Option<Traced>,
 }
 
 impl Spare {
@@ -83,6 +85,7 @@ impl Spare {
             body: req.body().clone(),
             api: req.extensions().get::<crate::api::Api>().cloned(),
             id: req.extensions().get::<RequestId>().cloned(),
+            trace: req.extensions().get::<Traced>().cloned(),
         }
     }
 
@@ -95,6 +98,9 @@ impl Spare {
         }
         if let Some(id) = self.id {
             req.extensions_mut().insert(id);
+        }
+        if let Some(trace) = self.trace {
+            req.extensions_mut().insert(trace);
         }
         req
     }
@@ -169,8 +175,13 @@ where
             _ => self.targets.primary.clone(),
         };
         let spare = Spare::of(&req);
+        let span = spare.trace.as_ref().map(|t| {
+            let failover = !self.targets.is_primary(&first_target);
+            AttemptSpan::start(t, &first_target.0, 1, failover)
+        });
         RetryFuture::First {
             call: inner.call(to(req, &first_target, &self.targets)),
+            span,
             attempt: Some(FirstAttempt {
                 inner,
                 spare,
@@ -245,6 +256,7 @@ pin_project! {
         First {
             #[pin]
             call: S::Future,
+            span: Option<AttemptSpan>,
             attempt: Option<FirstAttempt<S>>,
         },
         /// The second attempt, waiting for the inner service to be ready (as tower's retry
@@ -252,11 +264,14 @@ pin_project! {
         Ready {
             inner: S,
             req: Option<Request<Bytes>>,
+            // Where it goes, and whether that is the backup host (for its span).
+            next: (Arc<str>, bool),
             earlier: Duration,
         },
         Second {
             #[pin]
             call: S::Future,
+            span: Option<AttemptSpan>,
             earlier: Duration,
         },
     }
@@ -270,12 +285,26 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.as_mut().project() {
-            RetryProj::Second { call, earlier } => {
+            RetryProj::Second {
+                call,
+                span,
+                earlier,
+            } => {
                 let second = ready!(call.poll(cx));
+                if let Some(span) = span.take() {
+                    span.end(&second);
+                }
                 Poll::Ready(add_elapsed(second, *earlier))
             }
-            RetryProj::First { call, attempt } => {
+            RetryProj::First {
+                call,
+                span,
+                attempt,
+            } => {
                 let first = ready!(call.poll(cx));
+                if let Some(span) = span.take() {
+                    span.end(&first);
+                }
                 let Some(attempt) = attempt.take() else {
                     return Poll::Ready(first);
                 };
@@ -283,10 +312,12 @@ where
                     return Poll::Ready(first);
                 };
                 let earlier = elapsed_of(&first);
+                let next = (target.0.clone(), !attempt.targets.is_primary(&target));
                 let req = to(attempt.spare.into_request(), &target, &attempt.targets);
                 self.set(RetryFuture::Ready {
                     inner: attempt.inner,
                     req: Some(req),
+                    next,
                     earlier,
                 });
                 self.poll(cx)
@@ -294,6 +325,7 @@ where
             RetryProj::Ready {
                 inner,
                 req,
+                next,
                 earlier,
             } => {
                 let earlier = *earlier;
@@ -305,8 +337,16 @@ where
                         "a second attempt was polled after it was sent",
                     )));
                 };
+                let span = req
+                    .extensions()
+                    .get::<Traced>()
+                    .map(|t| AttemptSpan::start(t, &next.0, 2, next.1));
                 let call = inner.call(req);
-                self.set(RetryFuture::Second { call, earlier });
+                self.set(RetryFuture::Second {
+                    call,
+                    span,
+                    earlier,
+                });
                 self.poll(cx)
             }
         }

@@ -3,10 +3,12 @@
 
 use bytes::Bytes;
 use http::Request;
+use opentelemetry::KeyValue;
 
 use super::check::Check;
 use crate::api::Api;
 use crate::error::GatewayError;
+use crate::traces::Traced;
 use crate::validation::{self, RejectKind, Rejection};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -18,6 +20,10 @@ impl Check<Bytes> for Validate {
         match validated {
             Some(api) => {
                 let facts = api.validate(req.body()).map_err(rejected)?;
+                if let Some(traced) = req.extensions().get::<Traced>() {
+                    let group = facts.group_id.to_string();
+                    traced.annotate(KeyValue::new("chat.group_id", group));
+                }
                 req.extensions_mut().insert(facts);
             }
             None => validation::validate_object(req.body()).map_err(rejected)?,

@@ -25,4 +25,5 @@ mod redis_tls_modes;
 mod reload;
 mod soak;
 mod support;
+mod traces;
 mod validation;

@@ -4,6 +4,7 @@
 
 mod certs;
 mod client;
+mod collector;
 mod raw;
 mod recording;
 mod spawn;
@@ -11,6 +12,7 @@ mod tools;
 
 pub use certs::*;
 pub use client::*;
+pub use collector::*;
 pub use raw::*;
 pub use recording::*;
 pub use spawn::*;
