@@ -41,7 +41,9 @@ pub enum TraceSetupError {
     Client(#[from] crate::upstream::ClientSetupError),
     #[error("tracing: started outside the runtime")]
     NoRuntime,
-    #[error("tracing.otlp_endpoint: {0}")]
+    /// The exporter refused its settings (the endpoint, or an `OTEL_EXPORTER_OTLP_*`
+    /// variable it reads itself, such as a compression it was not built with).
+    #[error("tracing: the OTLP exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
