@@ -47,6 +47,11 @@
 #   REDIS_RTT_N [20000] checks of the round trip to Redis alone, after each single round: the
 #                       gateway's script run by redis-benchmark over 1 connection from
 #                       PROXY_CPU, no gateway in the path (the floor of the latency it adds)
+#   TRACING [0]         1: also measure the gateway with every request traced (target
+#                       gateway-traced, main scenario: [tracing] sample_ratio = 1), its spans
+#                       exported over OTLP/HTTP to a sink the upstream nginx serves on
+#                       127.0.0.1:TRACE_PORT [18318] (answers 200, keeps nothing); reports req/s
+#                       and CPU per request against the same gateway without [tracing]
 #   OUT []              also write the result tables (markdown) to this file
 #   KEEP [0]            keep the work directory (configs, logs, raw wrk output, perf data)
 #
@@ -84,6 +89,8 @@ REDIS=${REDIS:-0}
 REDIS_PORT=${REDIS_PORT:-18379}
 REDIS_TIMEOUT=${REDIS_TIMEOUT:-50ms}
 REDIS_MODE=${REDIS_MODE:-standalone}
+TRACING=${TRACING:-0}
+TRACE_PORT=${TRACE_PORT:-18318}
 case $REDIS_MODE in standalone|cluster) ;; *) echo "run.sh: REDIS_MODE must be standalone or cluster" >&2; exit 2 ;; esac
 REDIS_PORTS=("$REDIS_PORT")
 if [ "$REDIS_MODE" = cluster ]; then REDIS_PORTS=("$REDIS_PORT" $((REDIS_PORT + 1)) $((REDIS_PORT + 2))); fi
@@ -201,6 +208,7 @@ port_taken() {
 }
 ports=("$UPSTREAM_PORT" "$NGINX_PORT" "$GATEWAY_PORT" "$GATEWAY_ADMIN_PORT")
 if [ "$REDIS" = 1 ]; then ports+=("${REDIS_PORTS[@]}"); fi
+if [ "$TRACING" = 1 ]; then ports+=("$TRACE_PORT"); fi
 # A cluster node also listens on its port + 10000 (the cluster bus).
 if [ "$REDIS" = 1 ] && [ "$REDIS_MODE" = cluster ]; then
   for p in "${REDIS_PORTS[@]}"; do ports+=($((p + 10000))); done
@@ -352,6 +360,21 @@ render() {          # render TEMPLATE DIR LISTEN_PORT > DIR/nginx.conf
 }
 mkdir -p "$WORK/upstream" "$WORK/nginx"
 render "$HERE/upstream.nginx.conf.in" "$WORK/upstream" "$UPSTREAM_PORT" >"$WORK/upstream/nginx.conf"
+if [ "$TRACING" = 1 ]; then
+  # The trace sink: one more server in the upstream's http block (its last line closes it).
+  sed -i '$d' "$WORK/upstream/nginx.conf"
+  cat >>"$WORK/upstream/nginx.conf" <<EOF
+    server {
+        listen 127.0.0.1:$TRACE_PORT;
+        access_log off;
+        location = /v1/traces {
+            client_max_body_size 16m;
+            return 200 '';
+        }
+    }
+}
+EOF
+fi
 render "$HERE/proxy.nginx.conf.in" "$WORK/nginx" "$NGINX_PORT" >"$WORK/nginx/nginx.conf"
 "$NGINX_BIN" -t -q -p "$WORK/upstream" -c "$WORK/upstream/nginx.conf" -e "$WORK/upstream/error.log" ||
   die "upstream nginx config refused"
@@ -393,6 +416,12 @@ if [ "$REDIS" = 1 ]; then
       "$REDIS_PORT" "$REDIS_TIMEOUT" >>"$WORK/gateway-redis.toml"
   fi
   "$GATEWAY_BIN" check-config --config "$WORK/gateway-redis.toml" >&2 || die "gateway-redis config refused"
+fi
+if [ "$TRACING" = 1 ]; then
+  cp "$WORK/gateway.toml" "$WORK/gateway-traced.toml"
+  printf '\n[tracing]\notlp_endpoint = "http://127.0.0.1:%s"\nsample_ratio = 1.0\n' \
+    "$TRACE_PORT" >>"$WORK/gateway-traced.toml"
+  "$GATEWAY_BIN" check-config --config "$WORK/gateway-traced.toml" >&2 || die "gateway-traced config refused"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -474,9 +503,9 @@ redis_commands() {  # "CLIENT INSIDE": commands the clients sent (INFO and CONFI
 
 # The proxy under test: PROXY_PIDS (all its processes, for CPU time), RSS_PID (whose VmHWM is
 # reported: the gateway's only process, nginx's worker) and LISTEN (its port).
-start_proxy() {     # start_proxy gateway|gateway-redis|nginx [BINARY]
+start_proxy() {     # start_proxy gateway|gateway-redis|gateway-traced|nginx [BINARY]
   case $1 in
-    gateway|gateway-redis)
+    gateway|gateway-redis|gateway-traced)
       wait_port_free "$GATEWAY_PORT"; wait_port_free "$GATEWAY_ADMIN_PORT"
       GW_RUN=$((GW_RUN + 1))
       RUST_LOG=$GATEWAY_RUST_LOG taskset -c "$PROXY_CPU" "${2:-$GATEWAY_BIN}" serve --config "$WORK/$1.toml" \
@@ -597,7 +626,7 @@ measure() {         # measure SCENARIO ROUND TARGET CONNS SECONDS
     hwm=$(status_kb "$RSS_PID" VmHWM); rss=$(status_kb "$RSS_PID" VmRSS)
     threads=$(status_kb "$RSS_PID" Threads)
   fi
-  if [ "$target" = gateway ] || [ "$target" = gateway-redis ]; then
+  if [ "${target#gateway}" != "$target" ]; then
     curl -fsS "http://127.0.0.1:$GATEWAY_ADMIN_PORT/metrics" >"$WORK/$tag.metrics" 2>/dev/null || true
   fi
   if [ "$target" != direct ]; then stop_proxy; fi
@@ -703,7 +732,7 @@ fi
 est=0
 for scen in $SCENARIOS; do
   case $scen in
-    main)   est=$((est + ROUNDS * (2 + REDIS) * (WARMUP + DURATION + 2))) ;;
+    main)   est=$((est + ROUNDS * (2 + REDIS + TRACING) * (WARMUP + DURATION + 2))) ;;
     single) est=$((est + ROUNDS * ((3 + REDIS) * DURATION_SINGLE + (2 + REDIS) * (WARMUP + 2)))) ;;
     high)   est=$((est + ROUNDS * 2 * (WARMUP + DURATION_HIGH + 3))) ;;
   esac
@@ -714,6 +743,7 @@ T0=$(date +%s)
 order() {
   local r=""
   if [ "$REDIS" = 1 ] && [ "${2:-}" != high ]; then r=" gateway-redis"; fi
+  if [ "$TRACING" = 1 ] && [ "${2:-}" = main ]; then r="$r gateway-traced"; fi
   if [ $(($1 % 2)) = 1 ]; then echo "gateway nginx$r"; else echo "nginx gateway$r"; fi
 }
 for scen in $SCENARIOS; do
@@ -899,6 +929,18 @@ report() {
     echo "| scenario | round | upstream calls | calls/s | commands sent | sent/s | sent per call | commands inside per call |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     awk -F'\t' '{ s = $4 / 1e6; printf "| %s | %s | %d | %.0f | %d | %.0f | %.3f | %.2f |\n", $1, $2, $3, $3 / s, $5, $5 / s, ($3 > 0) ? $5 / $3 : 0, ($3 > 0) ? $6 / $3 : 0 }' "$WORK/redis.tsv" 2>/dev/null
+    echo
+  fi
+  if [ "$TRACING" = 1 ] && [[ " $SCENARIOS " == *" main "* ]]; then
+    echo "### every request traced ([tracing] sample_ratio = 1, spans exported to the sink) against no [tracing]"
+    echo
+    echo "| measure | no tracing | traced | traced / none |"
+    echo "| --- | ---: | ---: | ---: |"
+    local ta tb
+    ta=$(med main gateway rps); tb=$(med main gateway-traced rps)
+    echo "| $CONNS connections, req/s | $(fmt "$ta" %.0f) | $(fmt "$tb" %.0f) | $(ratio "$tb" "$ta") x |"
+    ta=$(med main gateway cpu_us_per_req); tb=$(med main gateway-traced cpu_us_per_req)
+    echo "| $CONNS connections, gateway CPU µs/req | $(fmt "$ta" %.1f) | $(fmt "$tb" %.1f) | $(ratio "$tb" "$ta") x |"
     echo
   fi
   echo "### every run"
