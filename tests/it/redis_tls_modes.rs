@@ -4,10 +4,10 @@
 //! master, replica and sentinels whose failover the gateway follows.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::redis_cluster::mode_sections;
-use crate::redis_limits::{increase, wait_for_gauge, UP};
+use crate::redis_limits::wait_for_gauge;
 use crate::redis_sentinel::{follows_in, Failover};
 use crate::redis_server::RedisServer;
 use crate::redis_sets::{RedisCluster, SentinelSet};
@@ -79,33 +79,7 @@ async fn two_gateways_share_one_budget_on_a_tls_cluster_as_an_acl_user() {
         .expect("the app's master");
     let clients = cluster.nodes[master].cli(&["client", "list"]);
     assert!(clients.contains(" user=gateway "), "{clients}");
-    let start = Instant::now();
-    let mut passed = 0;
-    for i in 0..12 {
-        let gw = &gateways[i % 2];
-        if post(gw.addr, UPDATE, increase(&format!("g{i}")))
-            .await
-            .error_code()
-            == 0
-        {
-            passed += 1;
-        }
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    let ceiling = 4 + elapsed.floor() as usize + 1;
-    assert!(passed >= 4, "the burst passed: {passed}");
-    assert!(
-        passed <= ceiling,
-        "{passed} passed in {elapsed:.1}s; one budget allows {ceiling}"
-    );
-    assert_eq!(
-        emulator.emulator.requests() as usize,
-        passed,
-        "only passes went upstream"
-    );
-    for gw in &gateways {
-        assert_eq!(metric(&scrape(gw.admin).await, UP), 1.0);
-    }
+    crate::redis_tls::two_gateways_pass_one_budget(&gateways, &emulator).await;
 }
 
 #[tokio::test]
