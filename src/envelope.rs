@@ -72,6 +72,11 @@ impl Reason {
     }
 }
 
+/// On an answer the gateway gave itself: its ErrorCode (for the request's trace span; an
+/// answer from Tencent carries its own in the upstream report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectionCode(pub u32);
+
 /// Builds `{"ActionStatus":"FAIL","ErrorCode":N,"ErrorInfo":"..."}` with the reason header.
 pub fn rejection(
     status: StatusCode,
@@ -88,6 +93,7 @@ pub fn rejection(
         HeaderValue::from_static("application/json"),
     );
     headers.insert(REJECTED_HEADER, HeaderValue::from_static(reason.as_str()));
+    response.extensions_mut().insert(RejectionCode(error_code));
     response
 }
 

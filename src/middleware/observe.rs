@@ -15,7 +15,7 @@ use opentelemetry::KeyValue;
 use tower::{Layer, Service};
 
 use crate::api::{ApiTable, Label};
-use crate::envelope::{Reason, REJECTED_HEADER};
+use crate::envelope::{Reason, RejectionCode, REJECTED_HEADER};
 use crate::exchange::{GatewayResponse, RequestId, UpstreamReport};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, Outcome};
@@ -194,10 +194,15 @@ where
         let id = this.id.take();
         let error_code = report.and_then(|r| r.error_code);
         let trace_id = this.trace.take().map(|t| {
+            // The span's code: Tencent's, or the gateway's own when it answered itself.
+            let own = response
+                .extensions()
+                .get::<RejectionCode>()
+                .map(|c| i64::from(c.0));
             t.end(
                 &api.name,
                 outcome,
-                Some((response.status().as_u16(), error_code)),
+                Some((response.status().as_u16(), error_code.or(own))),
             )
         });
         tracing::info!(

@@ -483,9 +483,17 @@ async fn no_exported_byte_holds_a_secret_the_usersig_the_query_or_a_token() {
     )
     .await;
     assert_eq!(reply.status, 401);
-    collector
+    let spans = collector
         .wait_for(|s| of_kind(s, SPAN_KIND_SERVER).len() == kinds.len() + 1)
         .await;
+    // The gateway's own answers carry their ErrorCode too: validation, not allowed, invalid
+    // JSON, unauthorized.
+    let mut codes: Vec<i64> = of_kind(&spans, SPAN_KIND_SERVER)
+        .into_iter()
+        .filter_map(|span| int_attr(span, "chat.error_code"))
+        .collect();
+    codes.sort_unstable();
+    assert_eq!(codes, [0, 0, 0, 10004, 60003, 60004, 60009], "{codes:?}");
 
     let sent = upstream.requests();
     assert_eq!(
