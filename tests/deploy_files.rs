@@ -71,6 +71,8 @@ fn deployment(variant: &Path) -> PathBuf {
 /// The variable a `redis_url_env` variant reads, set as its Deployment sets it: to a
 /// Redis that never answers here, so the gateway starts and limits locally.
 const REDIS_URL_ENV: (&str, &str) = ("CHAT_GATEWAY_REDIS_URL", "redis://127.0.0.1:1/0");
+/// The variable a `redis_password_env` variant reads (its Redis never answers here either).
+const REDIS_PASSWORD_ENV: (&str, &str) = ("CHAT_GATEWAY_REDIS_PASSWORD", "example-password");
 
 /// Index of the one line that sets `key` (a commented-out key starts with `#`).
 fn key_line(lines: &[&str], key: &str) -> usize {
@@ -182,8 +184,11 @@ fn manifests_mount_what_the_config_and_the_image_expect() {
                 dir.to_str().expect("UTF-8 path").to_string()
             })
             .collect();
-        if toml.lines().any(|l| l.starts_with("redis_url_env")) {
-            let var = get_string(&toml, "redis_url_env");
+        for key in ["redis_url_env", "redis_password_env"] {
+            if !toml.lines().any(|l| l.starts_with(key)) {
+                continue;
+            }
+            let var = get_string(&toml, key);
             let set = format!("- name: {var}\n");
             let kustomization = read(&variant.join("kustomization.yaml"));
             assert!(
@@ -212,6 +217,7 @@ fn every_example_config_passes_check_config() {
             .args(["check-config", "--config"])
             .arg(&config)
             .env(REDIS_URL_ENV.0, REDIS_URL_ENV.1)
+            .env(REDIS_PASSWORD_ENV.0, REDIS_PASSWORD_ENV.1)
             .output()
             .expect("running chat-gateway check-config");
         let (stdout, stderr) = (
@@ -256,6 +262,7 @@ fn entrypoint_serves_and_exits_0_on_sigterm() {
         command
             .env_remove("CHAT_GATEWAY_CONFIG")
             .env(REDIS_URL_ENV.0, REDIS_URL_ENV.1)
+            .env(REDIS_PASSWORD_ENV.0, REDIS_PASSWORD_ENV.1)
             .stdin(Stdio::null());
         command
             .stdout(log.try_clone().expect("cloning the log handle"))
