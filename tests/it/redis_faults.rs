@@ -162,10 +162,12 @@ async fn a_connection_that_goes_silent_without_closing_is_replaced() {
     let gw = spawn_gateway(&config_text(
         &emulator.endpoint(),
         "",
+        // One group call a second: a group's key then lives about a second after its call
+        // (at the default 20/s, 51 ms: too short to look it up from a loaded machine).
         &redis_sections(
             &relay.url(),
             "50ms",
-            "app_per_second = 100000\napp_burst = 100000\n",
+            "app_per_second = 100000\napp_burst = 100000\ngroup_per_second = 1\n",
         ),
     ))
     .await;
