@@ -281,12 +281,7 @@ impl<S> Reloader<S> {
 mod tests {
     use super::*;
 
-    const FILE: &str = r#"
-[chat]
-sdkappid = 1400000000
-region = "singapore"
-secret_key_file = "/run/secret"
-"#;
+    use crate::config::tests::MINIMAL as FILE;
 
     #[test]
     fn restart_only_keys_keep_their_running_value_and_the_rest_applies() {
