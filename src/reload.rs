@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tower::{Service, ServiceExt};
 
-use crate::config::{Backend, Config, Problem};
+use crate::config::{Config, Problem};
 use crate::credentials::unix_now;
 use crate::metrics::Metrics;
 use crate::stack::Assembly;
@@ -55,6 +55,14 @@ pub const RESTART_ONLY: &[&str] = &[
     "rate_limit.cleanup_interval",
 ];
 
+/// Where Redis is, in each mode: kept with `rate_limit.backend` or `rate_limit.redis_mode`.
+const REDIS_WHERE: &[&str] = &[
+    "rate_limit.redis_url",
+    "rate_limit.redis_url_env",
+    "rate_limit.redis_nodes",
+    "rate_limit.redis_sentinel_master",
+];
+
 /// A checked file against the running config: the config to apply (the file, with each key
 /// that needs a restart at its running value), and those keys that differ.
 #[derive(Debug)]
@@ -63,31 +71,24 @@ pub struct Plan {
     pub restart_pending: Vec<String>,
 }
 
-/// The keys a gateway running `config` keeps until a restart. With `backend = "redis"` the
-/// budgets live with the Redis limiter, which is set up once: every `[rate_limit]` key but
-/// `mode` waits for a restart too.
-fn restart_only(config: &Config) -> Vec<String> {
-    let mut keys: Vec<String> = RESTART_ONLY.iter().map(|k| k.to_string()).collect();
-    if config.rate_limit.backend == Backend::Redis {
-        let section = crate::config::rate_limit::SECTION;
-        keys.extend(
-            (crate::config::rate_limit::KEYS.iter())
-                .filter(|k| **k != "mode")
-                .map(|k| format!("{section}.{k}")),
-        );
-        keys.dedup();
-    }
-    keys
-}
-
 /// What of `file` applies to a gateway running `running`. Keys are compared by name; a key
 /// this version does not have is skipped.
 pub fn plan(running: &Config, mut file: Config) -> Plan {
     let mut restart_pending = Vec::new();
-    for key in restart_only(running) {
-        if file.same_at(running, &key) == Some(false) {
-            file.keep_at(running, &key);
-            restart_pending.push(key);
+    for key in RESTART_ONLY {
+        if file.same_at(running, key) == Some(false) {
+            file.keep_at(running, key);
+            restart_pending.push(key.to_string());
+        }
+    }
+    // Where the running Redis is can only change within the running backend and mode: the
+    // file's URL or nodes of another mode wait for the same restart.
+    if (restart_pending.iter()).any(|k| k == "rate_limit.backend" || k == "rate_limit.redis_mode") {
+        for key in REDIS_WHERE {
+            if file.same_at(running, key) == Some(false) {
+                file.keep_at(running, key);
+                restart_pending.push(key.to_string());
+            }
         }
     }
     restart_pending.sort();
@@ -311,21 +312,33 @@ mod tests {
     }
 
     #[test]
-    fn with_redis_the_budgets_wait_for_a_restart_but_the_mode_does_not() {
+    fn with_redis_the_budgets_and_the_connection_apply_but_not_the_mode_of_redis() {
         let redis = format!(
             "{FILE}[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:1\"\n"
         );
         let running = Config::parse(&redis).expect("valid");
-        let text = format!("{redis}group_burst = 3\nmode = \"shadow\"\n");
-        let applied = plan(&running, Config::parse(&text).expect("valid"));
-        assert_eq!(applied.restart_pending, ["rate_limit.group_burst"]);
+        let moved = format!("{FILE}[rate_limit]\nbackend = \"redis\"\nredis_url = \"redis://127.0.0.1:2\"\ngroup_burst = 3\nmode = \"shadow\"\n");
+        let applied = plan(&running, Config::parse(&moved).expect("valid"));
+        assert!(applied.restart_pending.is_empty());
+        let limits = &applied.config.rate_limit;
+        assert_eq!(limits.group_burst, 3);
+        assert_eq!(limits.mode, crate::config::LimitMode::Shadow);
+        assert_eq!(limits.redis_url.as_deref(), Some("redis://127.0.0.1:2"));
+        // Another mode: where Redis is waits for the restart with it, the budgets do not.
+        let cluster = format!("{FILE}[rate_limit]\nbackend = \"redis\"\ngroup_burst = 4\nredis_mode = \"cluster\"\nredis_nodes = [\"redis://127.0.0.1:3\"]\n");
+        let applied = plan(&running, Config::parse(&cluster).expect("valid"));
         assert_eq!(
-            applied.config.rate_limit.group_burst,
-            running.rate_limit.group_burst
+            applied.restart_pending,
+            [
+                "rate_limit.redis_mode",
+                "rate_limit.redis_nodes",
+                "rate_limit.redis_url"
+            ]
         );
-        assert_eq!(
-            applied.config.rate_limit.mode,
-            crate::config::LimitMode::Shadow
-        );
+        let limits = &applied.config.rate_limit;
+        assert_eq!(limits.group_burst, 4);
+        assert_eq!(limits.redis_url, running.rate_limit.redis_url);
+        assert!(limits.redis_nodes.is_empty());
+        assert!(limits.redis().is_some());
     }
 }

@@ -113,10 +113,6 @@ impl Assembly {
     /// and the trace exporter, unless what they depend on changed.
     pub fn reloaded(&self, config: Config) -> Result<Assembly, BuildError> {
         let (old, parts) = (&self.config, &self.parts);
-        let backend =
-            (parts.backend.rebudgeted(&config.rate_limit)).unwrap_or_else(|| parts.backend.clone());
-        let limiter =
-            rate_limit::with_mode(backend.clone(), config.rate_limit.mode, &parts.metrics);
         let targets = if (&config.chat.endpoint, &config.chat.backup_endpoint)
             == (&old.chat.endpoint, &old.chat.backup_endpoint)
         {
@@ -147,6 +143,14 @@ impl Assembly {
                 None => None,
             }
         };
+        // Last, once nothing can fail: the Redis limiter's new budgets are in force for the
+        // checks of every pipeline from then on.
+        let backend = (parts
+            .backend
+            .rebudgeted(&config.rate_limit, config.chat.sdkappid)?)
+        .unwrap_or_else(|| parts.backend.clone());
+        let limiter =
+            rate_limit::with_mode(backend.clone(), config.rate_limit.mode, &parts.metrics);
         let parts = StackParts {
             tracing,
             coalesce: (parts.coalesce).reloaded(config.coalesce.clone(), limiter.clone()),

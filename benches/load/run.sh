@@ -483,7 +483,8 @@ redis_round_trip() {  # redis_round_trip ROUND: the round trip to Redis alone, f
   port=$(redis_port_of '{bench-round-trip}') && [ -n "$port" ] || return 0
   sha=$(redis-cli -p "$port" script load "$(cat "$REPO/src/rate_limit/gcra.lua")") || return 0
   line=$(timeout 60 taskset -c "$PROXY_CPU" redis-benchmark -p "$port" -c 1 -n "$REDIS_RTT_N" \
-           -r 1024 --csv evalsha "$sha" 2 '{bench-round-trip}:app:x' '{bench-round-trip}:group:__rand_int__' \
+           -r 1024 --csv evalsha "$sha" 4 '{bench-round-trip}:app:x' '{bench-round-trip}:numbers:app:x' \
+           '{bench-round-trip}:group:__rand_int__' '{bench-round-trip}:numbers:group:__rand_int__' \
            1000 999999000 1000 999999000 2>/dev/null | tail -n 1) || return 0
   # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
   awk -F'","' -v r="$1" 'NF == 8 { printf "%s\t%.0f\t%.0f\n", r, $5 * 1000, $7 * 1000 }' <<<"$line" \
@@ -491,12 +492,12 @@ redis_round_trip() {  # redis_round_trip ROUND: the round trip to Redis alone, f
 }
 redis_commands() {  # "CLIENT INSIDE": commands the clients sent (INFO and CONFIG of
   # this script left out) and commands the script ran inside Redis
-  # (TIME, GET, SET), from INFO commandstats, added up over every node
+  # (TIME, MGET, SET), from INFO commandstats, added up over every node
   local port
   for port in "${REDIS_PORTS[@]}"; do redis-cli -p "$port" info commandstats; done | tr -d '\r' |
     awk -F'[:=,]' '
     /^cmdstat_/ { name = substr($1, 9); n = $3
-                  if (name ~ /^(time|get|set)$/) inside += n
+                  if (name ~ /^(time|get|mget|set)$/) inside += n
                   else if (name !~ /^(info|config)/) client += n }
     END { print client + 0, inside + 0 }'
 }
@@ -924,7 +925,7 @@ report() {
       echo "| $CONNS connections, gateway CPU µs/req | $(fmt "$a" %.1f) | $(fmt "$b" %.1f) | $(awk -v a="$a" -v b="$b" 'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%+.1f", b - a }') |"
     fi
     echo
-    echo "Redis commands over each measured run (INFO commandstats; every request passed the limits, so each was one upstream call). Sent: what the gateway sent (EVALSHA, probes); inside: what the script ran in Redis (TIME, GET, SET), no round trips:"
+    echo "Redis commands over each measured run (INFO commandstats; every request passed the limits, so each was one upstream call). Sent: what the gateway sent (EVALSHA, probes); inside: what the script ran in Redis (TIME, MGET, SET), no round trips:"
     echo
     echo "| scenario | round | upstream calls | calls/s | commands sent | sent/s | sent per call | commands inside per call |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"

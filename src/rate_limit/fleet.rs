@@ -76,10 +76,11 @@ pub fn share_of(config: &RateLimitConfig, fleet: u32) -> RateLimitConfig {
 /// This gateway's place in the fleet, and the local limiter it falls back to.
 pub struct Fleet {
     id: String,
-    key: String,
-    config: RateLimitConfig,
+    /// The app's set, and the budgets whose share the fallback keeps: both may change with a
+    /// reloaded config (a new sdkappid, new budgets).
+    budgets: ArcSwap<(String, RateLimitConfig)>,
     /// `rate_limit.fallback_fleet_size`: 0 to learn it.
-    fixed: u32,
+    fixed: AtomicU32,
     /// The fleet size the fallback limiter was built for.
     size: AtomicU32,
     /// The fallback limiter: replaced only while Redis answers (it is not deciding then, but
@@ -105,9 +106,8 @@ impl Fleet {
         gauge.set(i64::from(size));
         Fleet {
             id: format!("{:016x}", rand::random::<u64>()),
-            key: format!("{prefix}:fleet"),
-            config: config.clone(),
-            fixed,
+            budgets: ArcSwap::from_pointee((format!("{prefix}:fleet"), config.clone())),
+            fixed: AtomicU32::new(fixed),
             size: AtomicU32::new(size),
             local: ArcSwap::from_pointee(LocalLimiter::new(&share_of(config, size))),
             gauge,
@@ -120,6 +120,21 @@ impl Fleet {
     /// The fallback limiter in force.
     pub fn local(&self) -> Arc<LocalLimiter> {
         self.local.load_full()
+    }
+
+    /// A reloaded config: the fallback keeps its share of the new budgets over the same state
+    /// (nothing spent is given back), a new `fallback_fleet_size` applies at once, and the
+    /// announcements go to the app's set under `prefix`.
+    pub fn rebudget(&self, config: &RateLimitConfig, prefix: &str) {
+        self.budgets
+            .store(Arc::new((format!("{prefix}:fleet"), config.clone())));
+        let fixed = config.fallback_fleet_size;
+        let size = match (self.fixed.swap(fixed, Ordering::Relaxed), fixed) {
+            (_, 0) if self.reached.load(Ordering::Relaxed) => self.size(),
+            (_, 0) => 1,
+            (_, fixed) => fixed,
+        };
+        self.resize(size, true);
     }
 
     /// The fleet size the fallback limiter keeps its share for.
@@ -138,7 +153,7 @@ impl Fleet {
             return;
         }
         let size = self.size();
-        if self.fixed > 0 {
+        if self.fixed.load(Ordering::Relaxed) > 0 {
             tracing::warn!(fleet_size = size, "Redis never reached: each rate-limit budget is kept at 1/{size} here (rate_limit.fallback_fleet_size) until it is");
         } else {
             tracing::warn!(fleet_size = 1, "Redis never reached and rate_limit.fallback_fleet_size is 0: this gateway keeps each whole rate-limit budget until Redis tells it the fleet's size; set fallback_fleet_size to the number of gateways to keep a share");
@@ -150,9 +165,10 @@ impl Fleet {
     /// stays; a failed connection is returned, as a failed check is.
     pub async fn announce(&self, conn: &RedisConn) -> Result<(), RedisError> {
         let mut cmd = redis::cmd("EVAL");
+        let key = self.budgets.load().0.clone();
         cmd.arg(ANNOUNCE)
             .arg(1)
-            .arg(&self.key)
+            .arg(key)
             .arg(&self.id)
             .arg(u64::try_from(FLEET_STALE.as_millis()).unwrap_or(u64::MAX))
             .arg(MAX_FLEET);
@@ -174,16 +190,24 @@ impl Fleet {
     /// The fleet counted `count` gateways (itself included).
     fn learn(&self, count: u32) {
         self.reached.store(true, Ordering::Relaxed);
-        let size = if self.fixed > 0 {
-            self.fixed
-        } else {
-            count.clamp(1, MAX_FLEET)
+        let size = match self.fixed.load(Ordering::Relaxed) {
+            0 => count.clamp(1, MAX_FLEET),
+            fixed => fixed,
         };
-        if self.size.swap(size, Ordering::Relaxed) != size {
+        self.resize(size, false);
+    }
+
+    /// Keeps `size`'s share from now on (of new budgets too, when `budgets_changed`).
+    fn resize(&self, size: u32, budgets_changed: bool) {
+        let resized = self.size.swap(size, Ordering::Relaxed) != size;
+        if resized || budgets_changed {
             // Over the same state: a new share refills no bucket.
-            let local = self.local.load().rebudgeted(&share_of(&self.config, size));
+            let budgets = self.budgets.load();
+            let local = self.local.load().rebudgeted(&share_of(&budgets.1, size));
             self.local.store(Arc::new(local));
             self.gauge.set(i64::from(size));
+        }
+        if resized {
             tracing::info!(
                 fleet_size = size,
                 "while Redis is unreachable this gateway keeps 1/{size} of each rate-limit budget"

@@ -170,8 +170,12 @@ where
         self.state.groups.len()
     }
 
-    fn rebudgeted(&self, config: &RateLimitConfig) -> Option<Arc<dyn RateLimiter>> {
-        Some(Arc::new(LocalLimiter::rebudgeted(self, config)))
+    fn rebudgeted(
+        &self,
+        config: &RateLimitConfig,
+        _: u64,
+    ) -> Result<Option<Arc<dyn RateLimiter>>, super::SetupError> {
+        Ok(Some(Arc::new(LocalLimiter::rebudgeted(self, config))))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod local;
 pub mod overrides;
 pub mod redis;
 pub mod redis_auth;
+mod redis_budget;
 mod redis_conn;
 mod redis_watch;
 mod refused;
@@ -161,10 +162,15 @@ pub trait RateLimiter: Send + Sync + 'static {
     fn background(&self, _stop: BoxFuture) -> Option<BoxFuture> {
         None
     }
-    /// A limiter with `config`'s budgets over this one's state (nothing spent is given back),
-    /// for a reloaded config; `None` when the budgets cannot change while running.
-    fn rebudgeted(&self, _config: &RateLimitConfig) -> Option<Arc<dyn RateLimiter>> {
-        None
+    /// A limiter with `config`'s budgets (of the app `sdkappid`) over this one's state
+    /// (nothing spent is given back), for a reloaded config; `None` when the budgets cannot
+    /// change while running.
+    fn rebudgeted(
+        &self,
+        _config: &RateLimitConfig,
+        _sdkappid: u64,
+    ) -> Result<Option<Arc<dyn RateLimiter>>, SetupError> {
+        Ok(None)
     }
 }
 

@@ -15,20 +15,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use prometheus::IntGauge;
 use redis::{ErrorKind, RedisError};
 
 use super::fleet::{Fleet, ANNOUNCE_INTERVAL};
-use super::overrides::{Limits, Overrides};
 use super::redis_auth::{refusal, RedisRefused};
+use super::redis_budget::Budget;
 pub use super::redis_conn::RedisSetupError;
 use super::redis_conn::{Connector, RedisConn, CONNECT_TIMEOUT};
-use super::refused::{Learned, Refused};
-use super::{BoxFuture, Decision, RateLimiter, Refusal, Scope, StartFuture};
+use super::refused::Learned;
+use super::{BoxFuture, Decision, RateLimiter, Refusal, Scope, SetupError, StartFuture};
 use crate::api::Api;
-use crate::config::{RateLimitConfig, RedisBackend};
+use crate::config::{RateLimitConfig, RedisBackend, Topology};
 use crate::metrics::Metrics;
+use futures_util::future::Shared as SharedFuture;
 
 /// How often a down Redis is probed.
 pub const DOWN_PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -46,28 +47,35 @@ pub const SILENT_CONNECTION_LIMIT: Duration = Duration::from_secs(1);
 /// The check: see the script.
 const GCRA: &str = include_str!("gcra.lua");
 
-/// GCRA numbers for the script: t = 1/rate and tau = t * (burst - 1), in nanoseconds, as
-/// governor computes them.
-fn gcra_ns(per_second: u32, burst: u32) -> (u64, u64) {
-    let t = (1_000_000_000 / u64::from(per_second.max(1))).max(1);
-    (t, t * u64::from(burst.max(1) - 1))
-}
-
 /// The Redis-backed limiter.
 pub struct RedisLimiter {
-    shared: Arc<Shared>,
+    links: Arc<Links>,
 }
 
 impl std::fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shared = self.links.current.load();
         f.debug_struct("RedisLimiter")
-            .field("url", &self.shared.connector.shown)
-            .field("up", &self.shared.up.load(Ordering::Relaxed))
+            .field("url", &shared.connector.shown)
+            .field("up", &shared.up.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
+/// The Redis in use, and the one that new connection settings name (a reloaded config): it is
+/// connected by the background task while the one in use still serves, then takes over.
+struct Links {
+    current: ArcSwap<Shared>,
+    next: ArcSwapOption<Shared>,
+    changed: tokio::sync::Notify,
+}
+
+/// What one connection's settings are made from: when a reloaded config changes them, a new
+/// connection is made.
+type LinkSettings = (RedisBackend, Topology);
+
 struct Shared {
+    link: LinkSettings,
     /// Makes the connections, by `redis_mode`; says how the Redis is shown in logs, and the
     /// password to scrub from error texts before they are logged.
     connector: Connector,
@@ -86,19 +94,12 @@ struct Shared {
     epoch: Instant,
     timeout: Duration,
     script: redis::Script,
-    /// `{chat-gateway:<sdkappid>}`: a hash tag, so that all of an app's keys sit in one slot
-    /// of a Redis Cluster (the script touches two keys at once), and apps never share a key.
-    prefix: String,
-    /// Each GroupId's and API's budget.
-    overrides: Overrides,
-    /// GCRA t and tau (ns) of each group quota of `overrides`.
-    group_numbers: Vec<(u64, u64)>,
-    /// GCRA t and tau (ns) of each app quota of `overrides`.
-    app_numbers: Vec<(u64, u64)>,
-    refused: Refused,
+    /// The budgets in force: replaced whole by a reloaded config.
+    budget: ArcSwap<Budget>,
     gauge: IntGauge,
-    /// The fleet's size, and the local limiter that decides while Redis is not in use.
-    fleet: Fleet,
+    /// The fleet's size, and the local limiter that decides while Redis is not in use; kept
+    /// when the connection settings change.
+    fleet: Arc<Fleet>,
 }
 
 impl RedisLimiter {
@@ -108,72 +109,47 @@ impl RedisLimiter {
         sdkappid: u64,
         metrics: &Metrics,
     ) -> Result<Self, RedisSetupError> {
-        let connector = Connector::new(config, backend)?;
-        let overrides = Overrides::new(config);
-        let numbers = |quotas: &[Limits]| -> Vec<(u64, u64)> {
-            quotas
-                .iter()
-                .map(|l| gcra_ns(l.per_second, l.burst))
-                .collect()
-        };
-        let group_numbers = numbers(overrides.group_quotas());
-        let app_numbers = numbers(overrides.app_quotas());
-        // The longest interval of any budget bounds the waits kept (see `Refused::learn`).
-        let longest = |n: &[(u64, u64)]| n.iter().map(|&(t, _)| t).max().unwrap_or(1);
-        let (app_t, group_t) = (longest(&app_numbers), longest(&group_numbers));
+        let budget = Arc::new(Budget::new(config, sdkappid, backend.timeout));
         let gauge = metrics.register_gauge(
             "chat_gateway_rate_limit_backend_up",
             "1 while the shared rate-limit store (Redis) answers, 0 while the gateway limits locally.",
         );
         gauge.set(0);
-        let prefix = format!("{{chat-gateway:{sdkappid}}}");
+        let fleet = Arc::new(Fleet::new(config, &budget.prefix, metrics));
+        let shared = Shared::new(config, backend, budget, fleet, gauge)?;
         Ok(RedisLimiter {
-            shared: Arc::new(Shared {
-                connector,
-                conn: ArcSwapOption::empty(),
-                up: AtomicBool::new(false),
-                said_down: AtomicU8::new(0),
-                probe_now: tokio::sync::Notify::new(),
-                last_answer_ms: AtomicU64::new(0),
-                silent_since_ms: AtomicU64::new(0),
-                epoch: Instant::now(),
-                timeout: backend.timeout,
-                script: redis::Script::new(GCRA),
-                fleet: Fleet::new(config, &prefix, metrics),
-                prefix,
-                overrides,
-                group_numbers,
-                app_numbers,
-                refused: Refused::new(
-                    Duration::from_nanos(app_t),
-                    Duration::from_nanos(group_t),
-                    backend.timeout,
-                ),
-                gauge,
+            links: Arc::new(Links {
+                current: ArcSwap::from_pointee(shared),
+                next: ArcSwapOption::empty(),
+                changed: tokio::sync::Notify::new(),
             }),
         })
     }
 
+    fn shared(&self) -> Arc<Shared> {
+        self.links.current.load_full()
+    }
+
     /// The fleet size whose share the local fallback keeps.
     pub fn fleet_size(&self) -> u32 {
-        self.shared.fleet.size()
+        self.shared().fleet.size()
     }
 
     /// Announces this gateway in Redis and learns the fleet's size, as the background task
     /// does every [`ANNOUNCE_INTERVAL`] while Redis is in use; nothing when it is not.
     pub async fn announce(&self) {
-        self.shared.announce().await;
+        self.shared().announce().await;
     }
 
     /// True while checks go to Redis.
     pub fn is_up(&self) -> bool {
-        self.shared.up.load(Ordering::Relaxed)
+        self.shared().up.load(Ordering::Relaxed)
     }
 
     /// One round of what the background task does (connect, probe with the check script);
     /// true when Redis is in use after it.
     pub async fn probe(&self) -> bool {
-        self.shared.probe().await;
+        self.shared().probe().await;
         self.is_up()
     }
 
@@ -183,7 +159,7 @@ impl RedisLimiter {
     /// gateway's credentials or certificate. A Redis merely unreachable is no error: the
     /// gateway limits locally and the background task keeps trying.
     pub async fn reach(&self) -> Result<(), RedisRefused> {
-        let shared = &self.shared;
+        let shared = self.shared();
         match shared.try_probe().await {
             Ok(()) => shared.answered(),
             Err(why) => {
@@ -203,9 +179,11 @@ impl RedisLimiter {
         api: &Api,
         group: Option<&str>,
     ) -> Option<Result<(), Refusal>> {
-        let conn = self.shared.conn.load_full()?;
-        self.shared
-            .ask(&conn, &api.name, group)
+        let shared = self.shared();
+        let conn = shared.conn.load_full()?;
+        let budget = shared.budget.load_full();
+        shared
+            .ask(&conn, &budget, &api.name, group)
             .await
             .map(Learned::result)
     }
@@ -235,27 +213,76 @@ fn decode(answer: &[i64]) -> Option<Learned> {
 }
 
 impl Shared {
-    /// The script's numbers for this call: app t, app tau, group t, group tau (ns), each of
-    /// the budget the lookup gives.
-    fn numbers(&self, api: &str, group: Option<&str>) -> [u64; 4] {
-        let quota = |n: &[(u64, u64)], i: usize| n.get(i).or(n.first()).copied();
-        let (app_t, app_tau) = quota(&self.app_numbers, self.overrides.app(api)).unwrap_or((1, 0));
-        let group = group.map_or(0, |g| self.overrides.group(g));
-        let (group_t, group_tau) = quota(&self.group_numbers, group).unwrap_or((1, 0));
-        [app_t, app_tau, group_t, group_tau]
+    fn new(
+        config: &RateLimitConfig,
+        backend: &RedisBackend,
+        budget: Arc<Budget>,
+        fleet: Arc<Fleet>,
+        gauge: IntGauge,
+    ) -> Result<Self, RedisSetupError> {
+        Ok(Shared {
+            link: (backend.clone(), config.redis_topology()),
+            connector: Connector::new(config, backend)?,
+            conn: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            said_down: AtomicU8::new(0),
+            probe_now: tokio::sync::Notify::new(),
+            last_answer_ms: AtomicU64::new(0),
+            silent_since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            timeout: backend.timeout,
+            script: redis::Script::new(GCRA),
+            budget: ArcSwap::new(budget),
+            fleet,
+            gauge,
+        })
     }
 
-    fn key(&self, kind: &str, name: &str) -> String {
-        format!("{}:{kind}:{name}", self.prefix)
-    }
-
-    /// One check in Redis; `None` when Redis did not answer in time (or answered nonsense).
-    async fn ask(&self, conn: &Arc<RedisConn>, api: &str, group: Option<&str>) -> Option<Learned> {
-        let mut keys = vec![self.key("app", api)];
-        if let Some(group) = group {
-            keys.push(self.key("group", group));
+    /// What the background task does for this connection until `stop`: probes and
+    /// announces, follows the master in sentinel mode, re-reads the password file.
+    async fn serve(self: &Arc<Self>, stop: SharedFuture<BoxFuture>) {
+        let watch = self.connector.settings.watch_password(stop);
+        let watch = async move {
+            match watch {
+                Some(watch) => watch.await,
+                None => std::future::pending().await,
+            }
+        };
+        let follow = async {
+            if self.connector.follows_a_master() {
+                self.follow_master().await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = self.keep_in_use() => {}
+            _ = follow => {}
+            _ = watch => {}
         }
-        match self.run(conn, &keys, &self.numbers(api, group)).await {
+    }
+
+    /// The first probe of a connection made for new settings: in use at once if it answers.
+    async fn first_contact(&self) {
+        let limit = CONNECT_TIMEOUT + self.timeout;
+        match tokio::time::timeout(limit, self.try_probe()).await {
+            Ok(Ok(())) => self.answered(),
+            Ok(Err(why)) => self.down(&why),
+            Err(_) => self.down(&Outage::Timeout(limit)),
+        }
+    }
+
+    /// One check in Redis under `budget`; `None` when Redis did not answer in time (or
+    /// answered nonsense).
+    async fn ask(
+        &self,
+        conn: &Arc<RedisConn>,
+        budget: &Budget,
+        api: &str,
+        group: Option<&str>,
+    ) -> Option<Learned> {
+        let keys = budget.keys(api, group);
+        match self.run(conn, &keys, &budget.numbers(api, group)).await {
             Ok(learned) => {
                 self.answered();
                 Some(learned)
@@ -416,7 +443,7 @@ impl Shared {
     /// takes the password as it is now (the password file may have changed).
     async fn try_probe(&self) -> Result<(), Outage> {
         let conn = self.connection().await?;
-        let probe = [format!("{}:probe", self.prefix)];
+        let probe = [format!("{}:probe", self.budget.load().prefix)];
         let why = match self.run(&conn, &probe, &[]).await {
             Ok(_) => return Ok(()),
             Err(why) => why,
@@ -588,22 +615,27 @@ impl Outage {
 
 impl RateLimiter for RedisLimiter {
     fn check(&self, api: &Api, group: Option<&str>) -> Decision {
+        let shared = self.links.current.load_full();
         // While Redis is not in use the local limiter decides alone.
-        let conn = match self.shared.conn.load_full() {
-            Some(conn) if self.shared.up.load(Ordering::Relaxed) => conn,
-            _ => return Decision::now(self.shared.fleet.local().check_now(api, group)),
+        let conn = match shared.conn.load_full() {
+            Some(conn) if shared.up.load(Ordering::Relaxed) => conn,
+            _ => return Decision::now(shared.fleet.local().check_now(api, group)),
         };
-        if let Some(refusal) = self.shared.refused.check(&api.name, group, Instant::now()) {
+        let budget = shared.budget.load_full();
+        if let Some(refusal) = budget.refused.check(&api.name, group, Instant::now()) {
             return Decision::now(Err(refusal));
         }
-        let (shared, api) = (self.shared.clone(), api.clone());
+        let api = api.clone();
         let group = group.map(str::to_string);
         Decision::later(async move {
-            match shared.ask(&conn, &api.name, group.as_deref()).await {
+            match shared
+                .ask(&conn, &budget, &api.name, group.as_deref())
+                .await
+            {
                 Some(learned) => {
                     let answered = Instant::now();
                     // Bounded: no wait longer than the budget allows is kept or told.
-                    shared
+                    budget
                         .refused
                         .learn(&api.name, group.as_deref(), answered, learned)
                         .result()
@@ -615,12 +647,58 @@ impl RateLimiter for RedisLimiter {
     }
 
     fn cleanup(&self) -> usize {
-        self.shared.refused.cleanup(Instant::now());
-        self.shared.fleet.local().cleanup()
+        let shared = self.shared();
+        shared.budget.load().refused.cleanup(Instant::now());
+        shared.fleet.local().cleanup()
     }
 
     fn tracked_groups(&self) -> usize {
-        self.shared.fleet.local().tracked_groups()
+        self.shared().fleet.local().tracked_groups()
+    }
+
+    /// The same Redis under new budgets: the states in Redis convert themselves at their next
+    /// check (see the script), the fallback keeps its share of the new budgets over its own
+    /// state. New connection settings get a new connection, made in the background while the
+    /// one in use serves.
+    fn rebudgeted(
+        &self,
+        config: &RateLimitConfig,
+        sdkappid: u64,
+    ) -> Result<Option<Arc<dyn RateLimiter>>, SetupError> {
+        let links = &self.links;
+        let current = links.current.load_full();
+        // The backend needs a restart: a config without Redis changes the budgets alone.
+        let link: LinkSettings = match config.redis() {
+            Some(backend) => (backend, config.redis_topology()),
+            None => current.link.clone(),
+        };
+        let budget = Arc::new(Budget::new(config, sdkappid, link.0.timeout));
+        let next = links.next.load_full();
+        // Everything that can fail first: a refused reload changes nothing.
+        let new_next = match &next {
+            _ if link == current.link => None,
+            Some(next) if next.link == link => Some(next.clone()),
+            _ => Some(Arc::new(Shared::new(
+                config,
+                &link.0,
+                budget.clone(),
+                current.fleet.clone(),
+                current.gauge.clone(),
+            )?)),
+        };
+        current.fleet.rebudget(config, &budget.prefix);
+        current.budget.store(budget.clone());
+        if let Some(new_next) = &new_next {
+            new_next.budget.store(budget);
+        }
+        let changed = !matches!((&next, &new_next), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
+        links.next.store(new_next);
+        if changed {
+            links.changed.notify_one();
+        }
+        Ok(Some(Arc::new(RedisLimiter {
+            links: links.clone(),
+        })))
     }
 
     fn start(&self) -> StartFuture<'_> {
@@ -632,41 +710,30 @@ impl RateLimiter for RedisLimiter {
     }
 
     fn background(&self, stop: BoxFuture) -> Option<BoxFuture> {
-        let shared = self.shared.clone();
+        let links = self.links.clone();
         let stop = futures_util::FutureExt::shared(stop);
-        let watch = shared.connector.settings.watch_password(stop.clone());
-        let watch = async move {
-            match watch {
-                Some(watch) => watch.await,
-                None => std::future::pending().await,
-            }
-        };
         Some(Box::pin(async move {
-            let follow = async {
-                if shared.connector.follows_a_master() {
-                    shared.follow_master().await;
-                } else {
-                    std::future::pending::<()>().await;
+            loop {
+                let current = links.current.load_full();
+                tokio::select! {
+                    _ = stop.clone() => return,
+                    _ = current.serve(stop.clone()) => return,
+                    _ = links.changed.notified() => {}
                 }
-            };
-            tokio::select! {
-                _ = stop => {}
-                _ = shared.keep_in_use() => {}
-                _ = follow => {}
-                _ = watch => {}
+                let Some(next) = links.next.load_full() else {
+                    continue;
+                };
+                tokio::select! {
+                    _ = stop.clone() => return,
+                    _ = next.first_contact() => {}
+                }
+                // Only if no newer settings came meanwhile (they notified again).
+                let taken = links.next.compare_and_swap(&next, None::<Arc<Shared>>);
+                if taken.as_ref().is_some_and(|t| Arc::ptr_eq(t, &next)) {
+                    tracing::info!(url = %next.connector.shown, up = next.up.load(Ordering::Relaxed), "new Redis connection settings in force");
+                    links.current.store(next);
+                }
             }
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_are_governors() {
-        // 2/s, burst 5: t = 500 ms, tau = 4 t.
-        assert_eq!(gcra_ns(2, 5), (500_000_000, 2_000_000_000));
-        assert_eq!(gcra_ns(200, 1), (5_000_000, 0));
     }
 }

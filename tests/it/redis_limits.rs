@@ -17,13 +17,18 @@ use crate::support::*;
 
 pub(crate) const UP: &str = "chat_gateway_rate_limit_backend_up";
 
-fn update() -> Api {
+pub(crate) fn update() -> Api {
     ApiTable::new(&ApiAllowList::counters())
         .route(UPDATE)
         .expect("allowed")
 }
 
-fn limits(group_rate: u32, group_burst: u32, app_rate: u32, app_burst: u32) -> RateLimitConfig {
+pub(crate) fn limits(
+    group_rate: u32,
+    group_burst: u32,
+    app_rate: u32,
+    app_burst: u32,
+) -> RateLimitConfig {
     RateLimitConfig {
         group_per_second: group_rate,
         group_burst,
@@ -35,7 +40,7 @@ fn limits(group_rate: u32, group_burst: u32, app_rate: u32, app_burst: u32) -> R
     }
 }
 
-async fn limiter(redis: &RedisServer, config: &RateLimitConfig) -> RedisLimiter {
+pub(crate) async fn limiter(redis: &RedisServer, config: &RateLimitConfig) -> RedisLimiter {
     let backend = RedisBackend {
         url: RedisUrl::Url(redis.url()),
         timeout: Duration::from_millis(500),

@@ -16,13 +16,13 @@ use crate::support::*;
 
 /// A mounted ConfigMap: `gateway.toml -> ..data/gateway.toml`, `..data -> ..<timestamp>`.
 /// A new version is a new directory, and `..data` is swapped to it with one rename.
-struct ConfigMap {
+pub(crate) struct ConfigMap {
     dir: tempfile::TempDir,
     versions: usize,
 }
 
 impl ConfigMap {
-    fn new(content: &str) -> Self {
+    pub(crate) fn new(content: &str) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         std::os::unix::fs::symlink("..data/gateway.toml", dir.path().join("gateway.toml"))
             .expect("symlink");
@@ -31,11 +31,11 @@ impl ConfigMap {
         map
     }
 
-    fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.dir.path().join("gateway.toml")
     }
 
-    fn swap(&mut self, content: &str) {
+    pub(crate) fn swap(&mut self, content: &str) {
         self.versions += 1;
         let version = format!(
             "..2026_12_07_21_00_{:02}.{}",
@@ -52,15 +52,20 @@ impl ConfigMap {
 }
 
 /// A gateway binary serving from `file`, with its addresses.
-struct Gateway {
+pub(crate) struct Gateway {
     running: Running,
-    addr: SocketAddr,
-    admin: SocketAddr,
+    pub(crate) addr: SocketAddr,
+    pub(crate) admin: SocketAddr,
 }
 
 /// The config text: listeners, the emulator, the key in `key_dir`, coalescing off, groups at
 /// 1/s (so that bursts decide within a test), then `rate_limit` lines.
-fn config(ports: (u16, u16), endpoint: &str, key_dir: &Path, rate_limit: &str) -> String {
+pub(crate) fn config(
+    ports: (u16, u16),
+    endpoint: &str,
+    key_dir: &Path,
+    rate_limit: &str,
+) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:{}\"\nadmin_listen = \"127.0.0.1:{}\"\ndrain_delay = \"0s\"\n\
          [chat]\nsdkappid = {SDKAPPID}\nendpoint = \"{endpoint}\"\nsecret_key_file = \"{}\"\n\
@@ -72,7 +77,7 @@ fn config(ports: (u16, u16), endpoint: &str, key_dir: &Path, rate_limit: &str) -
     )
 }
 
-async fn start(file: &Path, ports: (u16, u16)) -> Gateway {
+pub(crate) async fn start(file: &Path, ports: (u16, u16)) -> Gateway {
     // No access log: nobody reads the pipe until the end, and the reload lines must fit.
     let running = Running::spawn(
         Command::new(BIN)
@@ -90,20 +95,20 @@ async fn start(file: &Path, ports: (u16, u16)) -> Gateway {
     }
 }
 
-fn key_dir() -> tempfile::TempDir {
+pub(crate) fn key_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("key"), format!("{SECRET}\n")).expect("key");
     dir
 }
 
-async fn reloads(admin: SocketAddr, result: &str) -> f64 {
+pub(crate) async fn reloads(admin: SocketAddr, result: &str) -> f64 {
     let series = format!("chat_gateway_config_reloads_total{{result=\"{result}\"}}");
     metric(&scrape(admin).await, &series)
 }
 
 /// Waits until `result` reloads reach `count` (the contract: within 5 s of the change; more
 /// is allowed here for a loaded machine).
-async fn wait_for_reloads(admin: SocketAddr, result: &str, count: f64) {
+pub(crate) async fn wait_for_reloads(admin: SocketAddr, result: &str, count: f64) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while reloads(admin, result).await < count {
         assert!(
@@ -115,7 +120,7 @@ async fn wait_for_reloads(admin: SocketAddr, result: &str, count: f64) {
 }
 
 /// How many of `n` quick increments of `group` pass; the rest must be refused for the group.
-async fn passed(addr: SocketAddr, group: &str, n: usize) -> usize {
+pub(crate) async fn passed(addr: SocketAddr, group: &str, n: usize) -> usize {
     let mut passed = 0;
     for _ in 0..n {
         let reply = post(addr, UPDATE, increase(group)).await;
@@ -129,7 +134,7 @@ async fn passed(addr: SocketAddr, group: &str, n: usize) -> usize {
 }
 
 /// SIGTERM; returns what the gateway printed.
-async fn stop(gateway: Gateway) -> String {
+pub(crate) async fn stop(gateway: Gateway) -> String {
     gateway.running.signal("-TERM");
     let (code, output) =
         tokio::task::spawn_blocking(move || gateway.running.wait(Duration::from_secs(10)))
@@ -141,7 +146,10 @@ async fn stop(gateway: Gateway) -> String {
 
 /// Load on groups that never run out (each request its own group), until `stop`; at most
 /// 5 000 requests. Every answer must be a success.
-fn background_load(addr: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+pub(crate) fn background_load(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
         let mut sent = 0;
         while !stop.load(Ordering::Relaxed) && sent < 5_000 {
@@ -159,7 +167,7 @@ fn background_load(addr: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::Join
 }
 
 /// Spends `group`'s tokens as they come, until `stop`, so that its bucket stays empty.
-fn keep_spent(
+pub(crate) fn keep_spent(
     addr: SocketAddr,
     group: &'static str,
     stop: Arc<AtomicBool>,

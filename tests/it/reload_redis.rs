@@ -1,0 +1,95 @@
+//! Reloading a gateway whose limits live in Redis: new budgets and overrides hold at once
+//! without refilling a spent group, and a new Redis URL moves the checks to that Redis while
+//! requests keep passing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::binary::free_port;
+use crate::redis_limits::{wait_for_gauge, UP};
+use crate::redis_server::RedisServer;
+use crate::reload::{
+    background_load, config, keep_spent, key_dir, passed, start, stop, wait_for_reloads, ConfigMap,
+};
+use crate::support::*;
+
+fn redis(url: &str, rest: &str) -> String {
+    format!("backend = \"redis\"\nredis_url = \"{url}\"\nredis_timeout = \"500ms\"\n{rest}")
+}
+
+#[tokio::test]
+async fn redis_budgets_overrides_and_url_change_while_serving() {
+    let (first, second) = (RedisServer::start(), RedisServer::start());
+    let emulator = spawn_emulator(None).await;
+    let keys = key_dir();
+    let ports = (free_port(), free_port());
+    let text = |rate_limit: String| config(ports, &emulator.endpoint(), keys.path(), &rate_limit);
+    let mut map = ConfigMap::new(&text(redis(&first.url(), "group_burst = 3")));
+    let gw = start(&map.path(), ports).await;
+    wait_for_gauge(gw.admin, 1.0, Duration::from_secs(5)).await;
+    assert_eq!(
+        passed(gw.addr, "fresh-before", 5).await,
+        3,
+        "the first burst"
+    );
+
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let load = background_load(gw.addr, stop_load.clone());
+    let stop_spending = Arc::new(AtomicBool::new(false));
+    let spending = keep_spent(gw.addr, "spent", stop_spending.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let vip = "group_burst = 10\n[[rate_limit.groups]]\nids = [\"vip\"]\nper_second = 1\nburst = 6";
+    map.swap(&text(redis(&first.url(), vip)));
+    wait_for_reloads(gw.admin, "applied", 1.0).await;
+    stop_spending.store(true, Ordering::Relaxed);
+    spending.await.expect("spending");
+    let spent = passed(gw.addr, "spent", 10).await;
+    assert!(
+        spent <= 2,
+        "a spent burst came back with the larger one: {spent}"
+    );
+    let fresh = passed(gw.addr, "fresh-after", 12).await;
+    assert!((10..=12).contains(&fresh), "the new burst: {fresh} of 12");
+    assert_eq!(passed(gw.addr, "vip", 8).await, 6, "the new override");
+    assert!(first.calls("evalsha") > 0, "checked in Redis");
+
+    // Another Redis: the checks go there once it answers; the requests never stop passing.
+    map.swap(&text(redis(&second.url(), vip)));
+    wait_for_reloads(gw.admin, "applied", 2.0).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for n in 0.. {
+        if second.calls("evalsha") > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no check reached the new Redis");
+        assert_eq!(passed(gw.addr, &format!("moving-{n}"), 1).await, 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let on_first = first.calls("evalsha");
+    let moved = passed(gw.addr, "moved", 12).await;
+    assert!(
+        (10..=12).contains(&moved),
+        "the burst in force, on the new Redis: {moved}"
+    );
+    assert_eq!(
+        first.calls("evalsha"),
+        on_first,
+        "no check on the old Redis"
+    );
+    stop_load.store(true, Ordering::Relaxed);
+    assert!(load.await.expect("load") > 0, "load was sent");
+    assert_eq!(metric(&scrape(gw.admin).await, UP), 1.0);
+    assert_eq!(
+        metric(
+            &scrape(gw.admin).await,
+            "chat_gateway_config_restart_pending"
+        ),
+        0.0
+    );
+    let output = stop(gw).await;
+    assert!(
+        output.contains("new Redis connection settings in force"),
+        "{output}"
+    );
+}
