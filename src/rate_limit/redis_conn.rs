@@ -92,7 +92,7 @@ pub struct Connector {
 
 impl Connector {
     pub fn new(config: &RateLimitConfig, backend: &RedisBackend) -> Result<Self, RedisSetupError> {
-        let settings = RedisSettings::load(&backend.auth).map_err(RedisSetupError::Auth)?;
+        let settings = Arc::new(RedisSettings::load(&backend.auth).map_err(RedisSetupError::Auth)?);
         // Each URL checked, and made into a node's settings once, so that a mistake is said
         // at start-up rather than at the first connection.
         let nodes = |urls: &[String]| -> Result<Vec<NodeSettings>, RedisSetupError> {
@@ -135,7 +135,7 @@ impl Connector {
                     "sentinel master {master:?} via {}",
                     shown(&sentinels).join(", ")
                 );
-                let watch = Sentinels::new(&asked, &master);
+                let watch = Sentinels::new(&asked, &master, &settings);
                 (
                     Target::Sentinel { sentinels: asked },
                     Some(watch),
@@ -148,7 +148,7 @@ impl Connector {
         Ok(Connector {
             target,
             sentinels,
-            settings: Arc::new(settings),
+            settings,
             shown,
             addr: first.info.addr.to_string(),
             master_tried: Mutex::new(None),

@@ -1,9 +1,14 @@
 //! Which node is the master: asked of the sentinels, and heard from their `+switch-master`
 //! announcements. The answer is taken from the newest configuration epoch seen, so that one
 //! sentinel that has not heard of a failover yet does not send the gateway back.
+//!
+//! A sentinel is asked without the master's user and password (sentinels seldom share the
+//! data nodes' ACL); one that answers `NOAUTH` (a sentinel with `requirepass` or ACL users) is
+//! asked with them from then on, as most deployments give sentinels the same password.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -12,7 +17,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Cmd, ErrorKind, FromRedisValue};
 use redis::{RedisError, RedisResult};
 
-use super::redis_auth::NodeSettings;
+use super::redis_auth::{NodeSettings, RedisSettings};
 
 /// Longest one sentinel may take to answer (or to connect).
 pub const ASK_TIMEOUT: Duration = Duration::from_millis(300);
@@ -21,16 +26,42 @@ const RELISTEN_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A sentinel, with its connection once made.
 struct Node {
+    /// Its address and TLS settings, without a user or password.
     info: NodeSettings,
+    /// The master's user and password, as they are now (the password file may change).
+    credentials: Arc<RedisSettings>,
+    /// It answered `NOAUTH`: it is asked with the credentials.
+    wants_auth: AtomicBool,
     cached: Mutex<Option<MultiplexedConnection>>,
 }
 
+/// Redis asks the client to authenticate first.
+fn asks_for_auth(e: &RedisError) -> bool {
+    e.code() == Some("NOAUTH")
+}
+
 impl Node {
-    fn new(info: &NodeSettings) -> Self {
+    fn new(info: &NodeSettings, credentials: &Arc<RedisSettings>) -> Self {
         Node {
-            info: info.clone(),
+            info: info.clone().anonymous(),
+            credentials: credentials.clone(),
+            wants_auth: AtomicBool::new(false),
             cached: Mutex::new(None),
         }
+    }
+
+    /// How this sentinel is connected to now.
+    fn settings(&self) -> NodeSettings {
+        if !self.wants_auth.load(Ordering::Relaxed) {
+            return self.info.clone();
+        }
+        let NodeSettings { info, tls } = self.info.clone();
+        self.credentials.with_credentials(info, tls)
+    }
+
+    /// Whether `e` asks for what this node was not given yet; from then on it is.
+    fn learns_auth(&self, e: &RedisError) -> bool {
+        asks_for_auth(e) && !self.wants_auth.swap(true, Ordering::Relaxed)
     }
 
     /// `cmd` on this node within [`ASK_TIMEOUT`]; a connection that gave no answer is dropped
@@ -46,6 +77,16 @@ impl Node {
     }
 
     async fn ask_untimed<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
+        match self.ask_once(cmd).await {
+            Err(e) if self.learns_auth(&e) => {
+                self.forget();
+                self.ask_once(cmd).await
+            }
+            answer => answer,
+        }
+    }
+
+    async fn ask_once<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         let held = self
             .cached
             .lock()
@@ -58,8 +99,7 @@ impl Node {
                     .set_connection_timeout(ASK_TIMEOUT)
                     .set_response_timeout(ASK_TIMEOUT);
                 let conn = self
-                    .info
-                    .clone()
+                    .settings()
                     .client()?
                     .get_multiplexed_async_connection_with_config(&config)
                     .await?;
@@ -115,9 +155,11 @@ pub struct Sentinels {
 }
 
 impl Sentinels {
-    pub fn new(infos: &[NodeSettings], master: &str) -> Self {
+    /// The sentinels at `infos`, asked for `master`; `credentials` are given to those that
+    /// ask for them.
+    pub fn new(infos: &[NodeSettings], master: &str, credentials: &Arc<RedisSettings>) -> Self {
         Sentinels {
-            nodes: infos.iter().map(Node::new).collect(),
+            nodes: (infos.iter()).map(|i| Node::new(i, credentials)).collect(),
             master: master.to_string(),
             switched: tokio::sync::Notify::new(),
         }
@@ -141,8 +183,13 @@ impl Sentinels {
     pub async fn listen(&self) {
         join_all(self.nodes.iter().map(|node| async move {
             loop {
-                if let Err(e) = self.listen_to(&node.info).await {
-                    tracing::debug!(error = %e, "not listening to a sentinel's announcements");
+                match self.listen_to(&node.settings()).await {
+                    // At once, with the credentials.
+                    Err(e) if node.learns_auth(&e) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "not listening to a sentinel's announcements")
+                    }
+                    Ok(()) => {}
                 }
                 tokio::time::sleep(RELISTEN_INTERVAL).await;
             }

@@ -248,7 +248,7 @@ impl RedisCluster {
 /// One `redis-sentinel`, killed by PID on drop.
 pub struct SentinelProcess {
     pub port: u16,
-    /// `redis-cli`'s TLS options, for a sentinel on a TLS port alone.
+    /// `redis-cli`'s TLS options (a sentinel on a TLS port alone) and password.
     tls_cli: Vec<String>,
     child: Option<Child>,
     _dir: tempfile::TempDir,
@@ -283,6 +283,12 @@ impl SentinelProcess {
     }
 }
 
+/// What sentinels that ask for a password are given: their config lines, and `redis-cli`'s.
+struct SentinelAuth {
+    lines: String,
+    cli: Vec<String>,
+}
+
 /// A master, its replica, and three sentinels that watch them (quorum 2).
 pub struct SentinelSet {
     pub servers: Vec<RedisServer>,
@@ -307,7 +313,33 @@ impl SentinelSet {
         let master = RedisServer::start();
         let replica =
             RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
-        Self::watched(master, replica, None)
+        Self::watched(master, replica, None, None)
+    }
+
+    /// As [`SentinelSet::start`], with the ACL user `user` (its `user` directive's words, the
+    /// first its name) on both servers and on every sentinel, whose default user has the
+    /// password `password` (sentinels need one another's password too).
+    pub fn start_with_sentinel_auth(user: &[&str], password: &str) -> Self {
+        let master = RedisServer::start_with(&[&["--user"], user].concat());
+        let replica = RedisServer::start_with(
+            &[
+                &["--user"],
+                user,
+                &["--replicaof", "127.0.0.1", &master.port.to_string()],
+            ]
+            .concat(),
+        );
+        let auth = SentinelAuth {
+            lines: format!(
+                "requirepass {password}
+sentinel sentinel-pass {password}
+user {}
+",
+                user.join(" ")
+            ),
+            cli: vec!["-a".into(), password.into(), "--no-auth-warning".into()],
+        };
+        Self::watched(master, replica, None, Some(&auth))
     }
 
     /// As [`SentinelSet::start`], every server and sentinel on a TLS port alone, clients and
@@ -319,17 +351,25 @@ impl SentinelSet {
         let master_port = master.port.to_string();
         options.extend(["--replicaof", "127.0.0.1", &master_port]);
         let replica = RedisServer::start_tls_only(ca, &options);
-        Self::watched(master, replica, Some(ca))
+        Self::watched(master, replica, Some(ca), None)
     }
 
-    /// Three sentinels on `master` (over TLS with `ca`), once the replica is in sync.
-    fn watched(master: RedisServer, replica: RedisServer, ca: Option<&TestCa>) -> Self {
+    /// Three sentinels on `master` (over TLS with `ca`, asking for `auth`), once the replica
+    /// is in sync.
+    fn watched(
+        master: RedisServer,
+        replica: RedisServer,
+        ca: Option<&TestCa>,
+        auth: Option<&SentinelAuth>,
+    ) -> Self {
         wait_until("the replica in sync", Duration::from_secs(20), || {
             replica
                 .cli(&["info", "replication"])
                 .contains("master_link_status:up")
         });
-        let sentinels = (0..3).map(|_| Self::sentinel(master.port, ca)).collect();
+        let sentinels = (0..3)
+            .map(|_| Self::sentinel(master.port, ca, auth))
+            .collect();
         let set = SentinelSet {
             servers: vec![master, replica],
             sentinels,
@@ -364,7 +404,11 @@ impl SentinelSet {
         )
     }
 
-    fn sentinel(master_port: u16, ca: Option<&TestCa>) -> SentinelProcess {
+    fn sentinel(
+        master_port: u16,
+        ca: Option<&TestCa>,
+        auth: Option<&SentinelAuth>,
+    ) -> SentinelProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
@@ -375,9 +419,10 @@ impl SentinelSet {
                  sentinel monitor {m} 127.0.0.1 {master_port} 2\n\
                  sentinel down-after-milliseconds {m} 500\n\
                  sentinel failover-timeout {m} 3000\n\
-                 sentinel parallel-syncs {m} 1\n",
+                 sentinel parallel-syncs {m} 1\n{}",
                 Self::port_lines(port, ca),
                 dir.path().display(),
+                auth.map_or("", |a| a.lines.as_str()),
                 m = Self::MASTER,
             ),
         )
@@ -390,7 +435,11 @@ impl SentinelSet {
             .expect("start redis-sentinel");
         let sentinel = SentinelProcess {
             port,
-            tls_cli: ca.map(tls_cli_args).unwrap_or_default(),
+            tls_cli: [
+                ca.map(tls_cli_args).unwrap_or_default(),
+                auth.map(|a| a.cli.clone()).unwrap_or_default(),
+            ]
+            .concat(),
             child: Some(child),
             _dir: dir,
         };

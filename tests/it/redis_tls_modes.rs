@@ -175,3 +175,26 @@ fn a_sentinel_found_master_refusing_the_password_at_start_stops_the_gateway_nami
     );
     assert!(!text.contains("not-the-Password-58"), "{text}");
 }
+
+/// Sentinels that ask for a password (`requirepass`, and the `gateway` user): answered
+/// `NOAUTH`, the gateway asks them as `gateway`, finds the master and follows its failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinels_that_ask_for_a_password_are_asked_with_the_gateways_user() {
+    let set = tokio::task::spawn_blocking(move || {
+        let user = gateway_user();
+        let user: Vec<&str> = user[1..].iter().map(String::as_str).collect();
+        SentinelSet::start_with_sentinel_auth(&user, "sentinel-pw-Secret-41")
+    });
+    let set = set.await.expect("sentinel set");
+    let dir = tempfile::tempdir().expect("dir");
+    let password = write_password(dir.path(), GATEWAY_PW);
+    let auth = format!(
+        "redis_username = \"gateway\"\nredis_password_file = \"{}\"\n",
+        password.display()
+    );
+    let as_gateway = |master: &RedisServer| {
+        let clients = master.cli(&["client", "list"]);
+        assert!(clients.contains(" user=gateway "), "{clients}");
+    };
+    follows_in(set, &auth, Failover::Asked, as_gateway).await;
+}
