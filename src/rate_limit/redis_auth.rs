@@ -197,7 +197,9 @@ impl RedisSettings {
             }
         };
         let root_cert = match &auth.ca_file {
-            Some(path) => Some(read_certs(path).map_err(RedisAuthError::CaFile)?),
+            Some(path) => Some(with_public_roots(
+                read_certs(path).map_err(RedisAuthError::CaFile)?,
+            )),
             None => None,
         };
         let client_tls = match &auth.client_cert {
@@ -312,6 +314,25 @@ fn password_from_file(path: &Path) -> Result<String, RedisAuthError> {
     Ok(password.to_string())
 }
 
+/// `pem` and the public web roots after it: redis-rs trusts only the roots it is given, and
+/// `redis_ca_file` adds roots to the public ones (as `chat.ca_file` does upstream).
+fn with_public_roots(mut pem: Vec<u8>) -> Vec<u8> {
+    use base64::Engine;
+    if !pem.ends_with(b"\n") {
+        pem.push(b'\n');
+    }
+    for root in webpki_root_certs::TLS_SERVER_ROOT_CERTS {
+        let text = base64::engine::general_purpose::STANDARD.encode(root.as_ref());
+        pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        for line in text.as_bytes().chunks(64) {
+            pem.extend_from_slice(line);
+            pem.push(b'\n');
+        }
+        pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    pem
+}
+
 /// A PEM file that holds at least one certificate; its bytes.
 fn read_certs(path: &Path) -> Result<Vec<u8>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
@@ -360,6 +381,22 @@ fn read_client_cert(cert: &Path, key: &Path) -> Result<ClientTlsConfig, RedisAut
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ca_file_adds_to_the_public_roots() {
+        let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+        let pem = with_public_roots(ca.as_bytes().to_vec());
+        assert!(pem.starts_with(ca.as_bytes()), "the file's own roots first");
+        let parsed: Vec<_> = rustls_pemfile::certs(&mut &pem[ca.len()..])
+            .collect::<Result<_, _>>()
+            .expect("valid PEM");
+        assert_eq!(parsed.len(), webpki_root_certs::TLS_SERVER_ROOT_CERTS.len());
+        assert!(parsed.len() > 100, "the public web roots: {}", parsed.len());
+        assert_eq!(
+            parsed[0].as_ref(),
+            webpki_root_certs::TLS_SERVER_ROOT_CERTS[0].as_ref()
+        );
+    }
 
     fn settings(dir: &Path, password: &str) -> RedisSettings {
         let file = dir.join("pw");
