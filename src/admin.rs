@@ -7,17 +7,17 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::credentials::{unix_now, Credentials};
+use crate::credentials::unix_now;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::rate_limit::RateLimiter;
+use crate::stack::Assembly;
 
 #[derive(Clone)]
 pub struct Admin {
     pub metrics: Metrics,
     pub lifecycle: Arc<Lifecycle>,
-    pub credentials: Arc<Credentials>,
-    pub limiter: Arc<dyn RateLimiter>,
+    /// The gateway in force: readiness asks its credentials, `/metrics` its limiter.
+    pub running: tokio::sync::watch::Receiver<Arc<Assembly>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -36,7 +36,7 @@ impl Admin {
             "/readyz" => {
                 if self.lifecycle.is_draining() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else if !self.credentials.can_sign(unix_now()) {
+                } else if !(self.running.borrow().parts.credentials).can_sign(unix_now()) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no valid UserSig\n")
                 } else {
                     text(StatusCode::OK, "ready\n")
@@ -44,7 +44,8 @@ impl Admin {
             }
             "/metrics" => {
                 // Read at scrape time: the map changes with every new GroupId.
-                self.metrics.tracked_groups(self.limiter.tracked_groups());
+                let tracked = self.running.borrow().parts.limiter.tracked_groups();
+                self.metrics.tracked_groups(tracked);
                 let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
