@@ -23,6 +23,7 @@ mod redis_sets;
 mod redis_tls;
 mod redis_tls_modes;
 mod reload;
+mod reload_live;
 mod soak;
 mod support;
 mod traces;

@@ -16,13 +16,13 @@ use crate::support::*;
 
 /// A mounted ConfigMap: `gateway.toml -> ..data/gateway.toml`, `..data -> ..<timestamp>`.
 /// A new version is a new directory, and `..data` is swapped to it with one rename.
-struct ConfigMap {
+pub(crate) struct ConfigMap {
     dir: tempfile::TempDir,
     versions: usize,
 }
 
 impl ConfigMap {
-    fn new(content: &str) -> Self {
+    pub(crate) fn new(content: &str) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         std::os::unix::fs::symlink("..data/gateway.toml", dir.path().join("gateway.toml"))
             .expect("symlink");
@@ -31,11 +31,11 @@ impl ConfigMap {
         map
     }
 
-    fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.dir.path().join("gateway.toml")
     }
 
-    fn swap(&mut self, content: &str) {
+    pub(crate) fn swap(&mut self, content: &str) {
         self.versions += 1;
         let version = format!(
             "..2026_12_07_21_00_{:02}.{}",
@@ -52,10 +52,10 @@ impl ConfigMap {
 }
 
 /// A gateway binary serving from `file`, with its addresses.
-struct Gateway {
-    running: Running,
-    addr: SocketAddr,
-    admin: SocketAddr,
+pub(crate) struct Gateway {
+    pub(crate) running: Running,
+    pub(crate) addr: SocketAddr,
+    pub(crate) admin: SocketAddr,
 }
 
 /// The config text: listeners, the emulator, the key in `key_dir`, coalescing off, groups at
@@ -72,7 +72,7 @@ fn config(ports: (u16, u16), endpoint: &str, key_dir: &Path, rate_limit: &str) -
     )
 }
 
-async fn start(file: &Path, ports: (u16, u16)) -> Gateway {
+pub(crate) async fn start(file: &Path, ports: (u16, u16)) -> Gateway {
     // No access log: nobody reads the pipe until the end, and the reload lines must fit.
     let running = Running::spawn(
         Command::new(BIN)
@@ -90,20 +90,20 @@ async fn start(file: &Path, ports: (u16, u16)) -> Gateway {
     }
 }
 
-fn key_dir() -> tempfile::TempDir {
+pub(crate) fn key_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("dir");
     std::fs::write(dir.path().join("key"), format!("{SECRET}\n")).expect("key");
     dir
 }
 
-async fn reloads(admin: SocketAddr, result: &str) -> f64 {
+pub(crate) async fn reloads(admin: SocketAddr, result: &str) -> f64 {
     let series = format!("chat_gateway_config_reloads_total{{result=\"{result}\"}}");
     metric(&scrape(admin).await, &series)
 }
 
 /// Waits until `result` reloads reach `count` (the contract: within 5 s of the change; more
 /// is allowed here for a loaded machine).
-async fn wait_for_reloads(admin: SocketAddr, result: &str, count: f64) {
+pub(crate) async fn wait_for_reloads(admin: SocketAddr, result: &str, count: f64) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while reloads(admin, result).await < count {
         assert!(
@@ -129,7 +129,7 @@ async fn passed(addr: SocketAddr, group: &str, n: usize) -> usize {
 }
 
 /// SIGTERM; returns what the gateway printed.
-async fn stop(gateway: Gateway) -> String {
+pub(crate) async fn stop(gateway: Gateway) -> String {
     gateway.running.signal("-TERM");
     let (code, output) =
         tokio::task::spawn_blocking(move || gateway.running.wait(Duration::from_secs(10)))
