@@ -126,23 +126,11 @@ impl Assembly {
     /// depend on changed. Nothing running is touched: the result is applied, or dropped.
     pub fn reloaded(&self, config: Config) -> Result<Assembly, BuildError> {
         let (old, parts) = (&self.config, &self.parts);
-        // What can fail without leaving a trace first: files that may have changed since the
-        // check.
-        let key = if same_identity(old, &config) {
-            None
-        } else {
-            Some(read_secret(&config.chat.secret)?)
-        };
-        let authenticator = if config.auth.tokens_file == old.auth.tokens_file {
-            parts.authenticator.clone()
-        } else {
-            authenticator(&config)?
-        };
-        let caller_tls = if config.server.tls() == old.server.tls() {
-            self.caller_tls.clone()
-        } else {
-            caller_tls(&config)?
-        };
+        let Reread {
+            key,
+            authenticator,
+            caller_tls,
+        } = self.reread(&config)?;
         let backend =
             (parts.backend.rebudgeted(&config.rate_limit)).unwrap_or_else(|| parts.backend.clone());
         let limiter =
@@ -202,6 +190,32 @@ impl Assembly {
         })
     }
 
+    /// What `config` names in files, read first (a failure leaves no trace): the secret key
+    /// for a new identity, the tokens and caller TLS for new paths; the running ones otherwise.
+    fn reread(&self, config: &Config) -> Result<Reread, BuildError> {
+        let old = &self.config;
+        let key = if same_identity(old, config) {
+            None
+        } else {
+            Some(read_secret(&config.chat.secret)?)
+        };
+        let authenticator = if config.auth.tokens_file == old.auth.tokens_file {
+            self.parts.authenticator.clone()
+        } else {
+            authenticator(config)?
+        };
+        let caller_tls = if config.server.tls() == old.server.tls() {
+            self.caller_tls.clone()
+        } else {
+            caller_tls(config)?
+        };
+        Ok(Reread {
+            key,
+            authenticator,
+            caller_tls,
+        })
+    }
+
     /// The pipeline over the pooled client. One function, so that every build (at start and
     /// at each reload) has one type, which the server swaps.
     pub fn pipeline(
@@ -213,6 +227,14 @@ impl Assembly {
            + 'static {
         build(&self.parts, self.upstream.clone())
     }
+}
+
+/// What a reload read from the files its config names ([`Assembly::reloaded`]).
+struct Reread {
+    /// `Some`: the identity changed, and this key signs its first UserSig.
+    key: Option<SecretKey>,
+    authenticator: Option<Arc<Authenticator>>,
+    caller_tls: Option<Arc<CallerTls>>,
 }
 
 /// Whether the UserSig `new` asks for is the one `old` signs: same app, identifier, life and
