@@ -77,3 +77,47 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::config::Config;
+    use crate::usersig::SecretKey;
+
+    fn ready(admin: &Admin) -> StatusCode {
+        let req = Request::get("/readyz").body(()).expect("request");
+        admin.handle(&req).status()
+    }
+
+    /// Readiness asks the credentials of the assembly in force, not of the first one.
+    #[tokio::test]
+    async fn readiness_asks_the_credentials_in_force() {
+        let dir = tempfile::tempdir().expect("dir");
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "k\n").expect("write");
+        let text = |identifier: &str| {
+            format!(
+                "[chat]\nsdkappid = 1400000000\nregion = \"singapore\"\nidentifier = \"{identifier}\"\n\
+                 secret_key_file = \"{}\"\n",
+                key_file.display()
+            )
+        };
+        let config = Config::parse(&text("first")).expect("valid");
+        let first = Assembly::new(&config, SecretKey::new("k").expect("key")).expect("assembly");
+        let next = first
+            .reloaded(Config::parse(&text("next")).expect("valid"))
+            .expect("reloaded");
+        // The first identity's sig, dated 1970, has long expired.
+        first.parts.credentials.renew(1);
+        let (published, running) = tokio::sync::watch::channel(Arc::new(first.clone()));
+        let admin = Admin {
+            metrics: first.parts.metrics.clone(),
+            lifecycle: first.parts.lifecycle.clone(),
+            running,
+        };
+        assert_eq!(ready(&admin), StatusCode::SERVICE_UNAVAILABLE);
+        published.send_replace(Arc::new(next));
+        assert_eq!(ready(&admin), StatusCode::OK);
+    }
+}
