@@ -7,6 +7,8 @@
 //! state, the coalescing batches, the upstream pool) and its pipeline is swapped in at once:
 //! each request takes the pipeline in force once, at its start ([`Current`]), so requests in
 //! flight finish under the settings they started with, and nothing on the request path locks.
+//! What lives outside the pipeline (connection options and bounds, shutdown delays, the
+//! background work over the credentials and files) follows through [`Live`].
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -320,6 +322,39 @@ mod tests {
             applied.restart_pending
         );
         assert_eq!(applied.config, file, "all of it applies");
+    }
+
+    /// The keys whose comment in the example file says "restart": `section.key` each.
+    fn marked_restart(example: &str) -> Vec<String> {
+        let (mut section, mut comment, mut marked) = ("", String::new(), Vec::new());
+        for line in example.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                (section, comment) = (name, String::new());
+                continue;
+            }
+            let text = line.trim_start_matches("# ");
+            let key = text.split_once(" = ").map(|(k, _)| k);
+            match key.filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')) {
+                Some(key) => {
+                    if comment.contains("restart") {
+                        marked.push(format!("{section}.{key}"));
+                    }
+                    comment.clear();
+                }
+                None => comment.push_str(text),
+            }
+        }
+        marked
+    }
+
+    #[test]
+    fn the_example_marks_the_restart_only_keys_and_no_other() {
+        let example = include_str!("../config/gateway.example.toml");
+        let mut marked = marked_restart(example);
+        let mut keys: Vec<String> = RESTART_ONLY.iter().map(|k| k.to_string()).collect();
+        marked.sort();
+        keys.sort();
+        assert_eq!(marked, keys);
     }
 
     #[test]
