@@ -289,7 +289,7 @@ async fn wait_for_certificate(addr: SocketAddr, ca: &TestCa, cert_file: &Path) {
 
 /// Plain to TLS on the same listener, then TLS files at new paths: each new handshake sees
 /// the certificate in force; the watches follow the new paths (a rotation in place there
-/// is served too).
+/// is served too); then plain again.
 #[tokio::test]
 async fn caller_tls_files_swapped_apply_to_new_handshakes() {
     let emulator = spawn_emulator(None).await;
@@ -339,6 +339,18 @@ async fn caller_tls_files_swapped_apply_to_new_handshakes() {
     std::fs::copy(&new_key, &key).expect("copy key");
     std::fs::copy(&new_cert, &cert).expect("copy cert");
     wait_for_certificate(gw.addr, &third, &cert).await;
+
+    // And back to plain TCP.
+    map.swap(&text(ports, "", &chat, ""));
+    wait_for_reloads(gw.admin, "applied", 3.0).await;
+    assert_eq!(
+        post(gw.addr, UPDATE, increase("plain")).await.error_code(),
+        0
+    );
+    assert!(
+        handshake(gw.addr, &third.ca_pem).await.is_err(),
+        "plain again"
+    );
     assert_eq!(pending(gw.admin).await, 0.0);
     stop(gw).await;
 }
