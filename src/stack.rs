@@ -123,7 +123,8 @@ impl Assembly {
     /// running values). Kept: metrics, the limiter's state and its backend, the coalescing
     /// batches, the in-flight permits (the server resizes them); the credentials, the tokens,
     /// caller TLS, the upstream pool and circuit, and the trace exporter, unless what they
-    /// depend on changed. Nothing running is touched: the result is applied, or dropped.
+    /// depend on changed. The files `config` names are read first: one that cannot be read
+    /// fails the reload before anything new is signed or started.
     pub fn reloaded(&self, config: Config) -> Result<Assembly, BuildError> {
         let (old, parts) = (&self.config, &self.parts);
         let Reread {
