@@ -7,17 +7,17 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::credentials::{unix_now, Credentials};
+use crate::credentials::unix_now;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::rate_limit::RateLimiter;
+use crate::stack::Assembly;
 
 #[derive(Clone)]
 pub struct Admin {
     pub metrics: Metrics,
     pub lifecycle: Arc<Lifecycle>,
-    pub credentials: Arc<Credentials>,
-    pub limiter: Arc<dyn RateLimiter>,
+    /// The gateway in force: readiness asks its credentials, `/metrics` its limiter.
+    pub running: tokio::sync::watch::Receiver<Arc<Assembly>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -36,7 +36,7 @@ impl Admin {
             "/readyz" => {
                 if self.lifecycle.is_draining() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else if !self.credentials.can_sign(unix_now()) {
+                } else if !(self.running.borrow().parts.credentials).can_sign(unix_now()) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no valid UserSig\n")
                 } else {
                     text(StatusCode::OK, "ready\n")
@@ -44,7 +44,8 @@ impl Admin {
             }
             "/metrics" => {
                 // Read at scrape time: the map changes with every new GroupId.
-                self.metrics.tracked_groups(self.limiter.tracked_groups());
+                let tracked = self.running.borrow().parts.limiter.tracked_groups();
+                self.metrics.tracked_groups(tracked);
                 let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -75,4 +76,48 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::config::Config;
+    use crate::usersig::SecretKey;
+
+    fn ready(admin: &Admin) -> StatusCode {
+        let req = Request::get("/readyz").body(()).expect("request");
+        admin.handle(&req).status()
+    }
+
+    /// Readiness asks the credentials of the assembly in force, not of the first one.
+    #[tokio::test]
+    async fn readiness_asks_the_credentials_in_force() {
+        let dir = tempfile::tempdir().expect("dir");
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "k\n").expect("write");
+        let text = |identifier: &str| {
+            format!(
+                "[chat]\nsdkappid = 1400000000\nregion = \"singapore\"\nidentifier = \"{identifier}\"\n\
+                 secret_key_file = \"{}\"\n",
+                key_file.display()
+            )
+        };
+        let config = Config::parse(&text("first")).expect("valid");
+        let first = Assembly::new(&config, SecretKey::new("k").expect("key")).expect("assembly");
+        let next = first
+            .reloaded(Config::parse(&text("next")).expect("valid"))
+            .expect("reloaded");
+        // The first identity's sig, dated 1970, has long expired.
+        first.parts.credentials.renew(1);
+        let (published, running) = tokio::sync::watch::channel(Arc::new(first.clone()));
+        let admin = Admin {
+            metrics: first.parts.metrics.clone(),
+            lifecycle: first.parts.lifecycle.clone(),
+            running,
+        };
+        assert_eq!(ready(&admin), StatusCode::SERVICE_UNAVAILABLE);
+        published.send_replace(Arc::new(next));
+        assert_eq!(ready(&admin), StatusCode::OK);
+    }
 }

@@ -37,6 +37,7 @@ pub mod error;
 pub mod exchange;
 pub mod heap;
 pub mod lifecycle;
+pub mod live;
 pub mod logging;
 pub mod metrics;
 pub mod middleware;
@@ -60,8 +61,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::credentials::Credentials;
-use crate::metrics::Metrics;
 use crate::usersig::SecretKey;
 
 /// The two listeners, already bound.
@@ -128,40 +127,37 @@ async fn serve(
         .map_err(stack::BuildError::from)?;
     let service = reload::Current::new(assembly.pipeline());
     parts.metrics.config_loaded(credentials::unix_now());
-    let caller_tls = caller_tls(&config)?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop = Stop(stop_rx);
-    let mut tasks = spawn_tasks(&config, &parts, listeners.admin, caller_tls.as_ref(), &stop);
-    if let Some(path) = path {
-        let reloader =
-            reload::Reloader::new(path, assembly, service.clone(), stack::Assembly::pipeline);
-        tasks.push(tokio::spawn(reloader.run(stop.stopped())));
-    }
-    let options = conn_options(&config, &parts, caller_tls.as_ref());
-    let limit = server::accept::ConnectionLimit::counted(
-        config.server.max_connections,
-        parts.metrics.caller_connections().clone(),
-        parts.metrics.connections_refused().clone(),
-    );
-
+    let live = live::Live::new(&assembly);
+    let (stop_tx, stop) = live::Stop::new();
+    let mut tasks = spawn_tasks(&parts, &live, listeners.admin, &stop);
     tracing::info!(
         listen = %listeners.callers.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        tls = caller_tls.is_some(),
+        tls = assembly.caller_tls.is_some(),
         upstream = %config.chat.endpoint,
         sdkappid = config.chat.sdkappid,
         "chat-gateway serving"
     );
+    if let Some(path) = path {
+        let reloader = reload::Reloader::new(
+            path,
+            assembly,
+            service.clone(),
+            stack::Assembly::pipeline,
+            live.clone(),
+        );
+        tasks.push(tokio::spawn(reloader.run(stop.stopped())));
+    }
+    let times = {
+        let live = live.clone();
+        move || live.times()
+    };
     server::serve_callers(
         listeners.callers,
         service,
         parts.lifecycle.clone(),
-        server::ShutdownTimes {
-            drain_delay: config.server.drain_delay,
-            shutdown_grace: config.server.shutdown_grace,
-            header_read_timeout: config.server.header_read_timeout,
-        },
-        options,
-        limit,
+        times,
+        live.callers(),
+        live.limit(),
         shutdown,
         hurry,
     )
@@ -174,129 +170,31 @@ async fn serve(
     Ok(())
 }
 
-/// Caller TLS, when configured: the files loaded, and a client CA file that holds CAs only.
-fn caller_tls(config: &Config) -> Result<Option<Arc<server::tls::CallerTls>>, RunError> {
-    let Some(files) = config.server.tls() else {
-        return Ok(None);
-    };
-    if let Some(ca) = &files.client_ca_file {
-        preflight::check_client_ca(ca).map_err(stack::BuildError::ClientCa)?;
-    }
-    Ok(Some(Arc::new(server::tls::CallerTls::new(files)?)))
-}
-
-/// The signal that stops the background tasks once the callers' server is done.
-struct Stop(tokio::sync::watch::Receiver<bool>);
-
-impl Stop {
-    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.0.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    }
-}
-
-/// The background tasks, each until `stop`: the admin listener, UserSig renewal, the
-/// limiter's cleanup and its own work, and the watches of the files the config names.
+/// The background tasks, each until `stop`: the admin listener, the limiter's own work, and
+/// what follows the config in force (UserSig renewal, the limiter's cleanup, the watches of
+/// the files the config names: [`live::tasks`]).
 fn spawn_tasks(
-    config: &Config,
     parts: &stack::StackParts,
+    live: &live::Live,
     admin_listener: TcpListener,
-    caller_tls: Option<&Arc<server::tls::CallerTls>>,
-    stop: &Stop,
+    stop: &live::Stop,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let (metrics, credentials) = (parts.metrics.clone(), parts.credentials.clone());
     let admin = Arc::new(admin::Admin {
-        metrics: metrics.clone(),
+        metrics: parts.metrics.clone(),
         lifecycle: parts.lifecycle.clone(),
-        credentials: credentials.clone(),
-        limiter: parts.limiter.clone(),
+        running: live.subscribe(),
     });
     let mut tasks = vec![
         tokio::spawn(server::serve_admin(
             admin_listener,
             admin,
-            config.server.header_read_timeout,
+            live.admin(),
             stop.stopped(),
         )),
-        tokio::spawn(credentials.clone().renew_in_background(stop.stopped())),
-        tokio::spawn(rate_limit::clean_periodically(
-            parts.limiter.clone(),
-            config.rate_limit.cleanup_interval,
-            metrics.clone(),
-            stop.stopped(),
-        )),
+        tokio::spawn(live::tasks::follow(live.subscribe(), stop.stopped())),
     ];
     if let Some(task) = parts.limiter.background(Box::pin(stop.stopped())) {
         tasks.push(tokio::spawn(task));
     }
-    if let config::SecretSource::File(path) = &config.chat.secret {
-        let metrics = metrics.clone();
-        tasks.push(tokio::spawn(watch::watch(
-            path.clone(),
-            watch::POLL_INTERVAL,
-            move |path| reload_secret(path, &credentials, &metrics),
-            stop.stopped(),
-        )));
-    }
-    if let (Some(path), Some(authenticator)) =
-        (&config.auth.tokens_file, parts.authenticator.clone())
-    {
-        metrics.caller_tokens_loaded(authenticator.count());
-        tasks.push(tokio::spawn(watch::watch(
-            path.clone(),
-            watch::POLL_INTERVAL,
-            move |path| metrics.caller_tokens_loaded(authenticator.reload(path)),
-            stop.stopped(),
-        )));
-    }
-    if let Some(tls) = caller_tls {
-        for path in tls.paths() {
-            let tls = tls.clone();
-            tasks.push(tokio::spawn(watch::watch(
-                path,
-                watch::POLL_INTERVAL,
-                move |_| tls.reload(),
-                stop.stopped(),
-            )));
-        }
-    }
     tasks
-}
-
-/// How each caller connection is served: HTTP/1.1 and h2, its deadlines, TLS, and the permits
-/// that answers being written hold.
-fn conn_options(
-    config: &Config,
-    parts: &stack::StackParts,
-    caller_tls: Option<&Arc<server::tls::CallerTls>>,
-) -> server::accept::ConnOptions {
-    let header_read_timeout = config.server.header_read_timeout;
-    server::accept::ConnOptions {
-        builder: server::connection_builder_with(header_read_timeout),
-        first_request_timeout: header_read_timeout,
-        // As over HTTP/1.1, where the wait for the next request head is bounded the same way.
-        idle_timeout: header_read_timeout,
-        write_timeout: config.server.write_timeout,
-        tls: caller_tls.map(|t| t.current()),
-        answer_permits: Some(parts.in_flight.clone()),
-    }
-}
-
-/// A changed secret key file: the next UserSig uses the new key at once. An empty or
-/// unreadable file keeps the old key (and says why, never what it holds).
-fn reload_secret(path: &std::path::Path, credentials: &Credentials, metrics: &Metrics) {
-    match credentials::read_secret_file(path) {
-        Ok(key) => {
-            credentials.set_key(key);
-            credentials.renew(credentials::unix_now());
-            metrics.secret_key_loaded(true);
-            tracing::info!("secret key file changed: reloaded, and signed a new UserSig with it");
-        }
-        Err(e) => {
-            metrics.secret_key_loaded(false);
-            tracing::warn!(error = %e, "secret key file changed but could not be used; the previous key stays in use");
-        }
-    }
 }

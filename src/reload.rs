@@ -7,6 +7,8 @@
 //! state, the coalescing batches, the upstream pool) and its pipeline is swapped in at once:
 //! each request takes the pipeline in force once, at its start ([`Current`]), so requests in
 //! flight finish under the settings they started with, and nothing on the request path locks.
+//! What lives outside the pipeline (connection options and bounds, shutdown delays, the
+//! background work over the credentials and files) follows through [`Live`].
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use tower::{Service, ServiceExt};
 
 use crate::config::{Config, Problem};
 use crate::credentials::unix_now;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::stack::Assembly;
 
@@ -28,31 +31,16 @@ use crate::stack::Assembly;
 /// a reload takes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The keys a running gateway keeps until it restarts: the listeners and the runtime, the
-/// backend, and what the connections, the UserSig and the file watches were set up with.
-/// Every other key changes live.
+/// The keys a running gateway keeps until it restarts: the listeners, the runtime, and the
+/// limiter's backend. Every other key changes live: the pipeline is swapped, and the rest
+/// (connection options and bounds, shutdown delays, credentials, file watches) follows
+/// through [`Live`].
 pub const RESTART_ONLY: &[&str] = &[
     "server.listen",
     "server.admin_listen",
     "server.worker_threads",
     "rate_limit.backend",
     "rate_limit.redis_mode",
-    "server.max_connections",
-    "server.max_in_flight",
-    "server.header_read_timeout",
-    "server.write_timeout",
-    "server.drain_delay",
-    "server.shutdown_grace",
-    "server.tls_cert_file",
-    "server.tls_key_file",
-    "server.tls_client_ca_file",
-    "chat.sdkappid",
-    "chat.identifier",
-    "chat.secret_key_file",
-    "chat.secret_key_env",
-    "chat.usersig_ttl",
-    "auth.tokens_file",
-    "rate_limit.cleanup_interval",
 ];
 
 /// Where Redis is, in each mode: kept with `rate_limit.backend` or `rate_limit.redis_mode`.
@@ -145,18 +133,6 @@ fn digest(path: &Path) -> Option<[u8; 32]> {
         .map(|bytes| Sha256::digest(bytes).into())
 }
 
-/// A problem between a live key and one kept at its running value, which the file alone
-/// could not show: callers waiting to be merged must be answered within the running grace.
-fn conflict(config: &Config) -> Option<Problem> {
-    let coalesce = &config.coalesce;
-    (coalesce.enabled && coalesce.max_wait > config.server.shutdown_grace).then(|| Problem {
-        key: "coalesce.max_wait".into(),
-        value: Some(humantime::format_duration(coalesce.max_wait).to_string()),
-        why: "must be at most the running server.shutdown_grace (a new one takes effect at a restart)"
-            .into(),
-    })
-}
-
 /// Nothing changes: each problem is logged as check-config names it, and counted.
 fn refuse(metrics: &Metrics, trigger: &str, problems: &[Problem]) {
     for problem in problems {
@@ -176,6 +152,8 @@ pub struct Reloader<S> {
     running: Assembly,
     current: Current<S>,
     build: fn(&Assembly) -> S,
+    /// What follows the applied assembly outside the pipeline.
+    live: Arc<Live>,
     /// The content last looked at (applied or refused), so that it is not looked at again.
     seen: Option<[u8; 32]>,
     /// SIGHUP, listened for from the start (its default action would end the process).
@@ -194,12 +172,14 @@ async fn hangup(signal: &mut Option<Signal>) {
 
 impl<S> Reloader<S> {
     /// A reloader of the file at `path`, which `running` was loaded from; `build` makes the
-    /// pipeline that `current` serves. Listens for SIGHUP from now on (within a runtime).
+    /// pipeline that `current` serves; `live` is told each applied assembly. Listens for
+    /// SIGHUP from now on (within a runtime).
     pub fn new(
         path: PathBuf,
         running: Assembly,
         current: Current<S>,
         build: fn(&Assembly) -> S,
+        live: Arc<Live>,
     ) -> Self {
         let seen = digest(&path);
         let hangup = signal(SignalKind::hangup())
@@ -210,6 +190,7 @@ impl<S> Reloader<S> {
             running,
             current,
             build,
+            live,
             seen,
             hangup,
         }
@@ -246,9 +227,6 @@ impl<S> Reloader<S> {
             Err(problems) => return refuse(&metrics, trigger, &problems),
         };
         let plan = plan(&self.running.config, file);
-        if let Some(problem) = conflict(&plan.config) {
-            return refuse(&metrics, trigger, &[problem]);
-        }
         let next = match self.running.reloaded(plan.config) {
             Ok(next) => next,
             Err(e) => {
@@ -261,6 +239,7 @@ impl<S> Reloader<S> {
             }
         };
         self.current.swap((self.build)(&next));
+        self.live.apply(&self.running, &next);
         self.running = next;
         for key in &plan.restart_pending {
             tracing::warn!(
@@ -300,15 +279,83 @@ mod tests {
     }
 
     #[test]
-    fn a_longer_wait_than_the_running_grace_is_a_problem() {
+    fn only_the_contracts_five_keys_wait_for_a_restart() {
+        assert_eq!(
+            RESTART_ONLY,
+            [
+                "server.listen",
+                "server.admin_listen",
+                "server.worker_threads",
+                "rate_limit.backend",
+                "rate_limit.redis_mode",
+            ]
+        );
         let running = Config::parse(FILE).expect("valid");
-        let text =
-            format!("{FILE}[server]\nshutdown_grace = \"60s\"\n[coalesce]\nmax_wait = \"30s\"\n");
-        let applied = plan(&running, Config::parse(&text).expect("valid on its own"));
-        assert_eq!(applied.restart_pending, ["server.shutdown_grace"]);
-        let problem = conflict(&applied.config).expect("30s is past the running 20s");
-        assert_eq!(problem.key, "coalesce.max_wait");
-        assert!(conflict(&running).is_none());
+        let changed = [
+            "[server]\nmax_connections = 7\nmax_in_flight = 7\nheader_read_timeout = \"7s\"\n\
+             write_timeout = \"7s\"\ndrain_delay = \"7s\"\nshutdown_grace = \"30s\"\n\
+             tls_cert_file = \"/c\"\ntls_key_file = \"/k\"\ntls_client_ca_file = \"/ca\"\n",
+            "[auth]\ntokens_file = \"/t\"\n",
+            "[rate_limit]\ncleanup_interval = \"7s\"\n",
+        ]
+        .concat();
+        let chat = "sdkappid = 1400000007\nidentifier = \"other\"\nusersig_ttl = \"2h\"\n";
+        let text = FILE.replacen("sdkappid = 1400000000\n", chat, 1);
+        let text = text.replace("secret_key_file", "secret_key_env = \"K\"\n#");
+        let file = Config::parse(&format!("{text}{changed}")).expect("valid");
+        for key in [
+            "server.max_connections",
+            "server.tls_client_ca_file",
+            "chat.sdkappid",
+            "chat.identifier",
+            "chat.usersig_ttl",
+            "chat.secret_key_file",
+            "chat.secret_key_env",
+            "auth.tokens_file",
+            "rate_limit.cleanup_interval",
+        ] {
+            assert_eq!(file.same_at(&running, key), Some(false), "{key} changed");
+        }
+        let applied = plan(&running, file.clone());
+        assert!(
+            applied.restart_pending.is_empty(),
+            "{:?}",
+            applied.restart_pending
+        );
+        assert_eq!(applied.config, file, "all of it applies");
+    }
+
+    /// The keys whose comment in the example file says "restart": `section.key` each.
+    fn marked_restart(example: &str) -> Vec<String> {
+        let (mut section, mut comment, mut marked) = ("", String::new(), Vec::new());
+        for line in example.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                (section, comment) = (name, String::new());
+                continue;
+            }
+            let text = line.trim_start_matches("# ");
+            let key = text.split_once(" = ").map(|(k, _)| k);
+            match key.filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_')) {
+                Some(key) => {
+                    if comment.contains("restart") {
+                        marked.push(format!("{section}.{key}"));
+                    }
+                    comment.clear();
+                }
+                None => comment.push_str(text),
+            }
+        }
+        marked
+    }
+
+    #[test]
+    fn the_example_marks_the_restart_only_keys_and_no_other() {
+        let example = include_str!("../config/gateway.example.toml");
+        let mut marked = marked_restart(example);
+        let mut keys: Vec<String> = RESTART_ONLY.iter().map(|k| k.to_string()).collect();
+        marked.sort();
+        keys.sort();
+        assert_eq!(marked, keys);
     }
 
     #[test]

@@ -14,8 +14,8 @@ use tower::{Service, ServiceBuilder};
 use crate::api::ApiTable;
 use crate::auth::{Authenticator, Tokens, TokensError};
 use crate::coalesce::CoalesceLayer;
-use crate::config::Config;
-use crate::credentials::Credentials;
+use crate::config::{Config, SecretSource};
+use crate::credentials::{read_secret_env, read_secret_file, Credentials};
 use crate::error::GatewayError;
 use crate::exchange::GatewayResponse;
 use crate::lifecycle::Lifecycle;
@@ -35,6 +35,7 @@ use crate::middleware::shed::ShedLayer;
 use crate::middleware::sign::SignLayer;
 use crate::middleware::validate::Validate;
 use crate::rate_limit::{self, RateLimiter};
+use crate::server::tls::CallerTls;
 use crate::traces::{TraceSetupError, Tracing};
 use crate::upstream::targets::Targets;
 use crate::upstream::{build_client, ClientSetupError, UpstreamService};
@@ -77,6 +78,12 @@ pub enum BuildError {
     Tls(#[from] crate::server::tls::TlsError),
     #[error("server.tls_client_ca_file: {0}")]
     ClientCa(String),
+    /// The secret key of a reloaded `[chat]` could not be read (never its content).
+    #[error("{key}: {why}")]
+    Secret {
+        key: &'static str,
+        why: crate::credentials::SecretError,
+    },
     #[error(transparent)]
     RateLimit(#[from] rate_limit::SetupError),
     #[error(transparent)]
@@ -86,33 +93,45 @@ pub enum BuildError {
 /// The body of a caller's request.
 pub type Incoming = hyper::body::Incoming;
 
-/// A gateway's parts with the config they were made from and the pooled upstream client:
-/// what the pipeline is built from, and what a reload starts from.
+/// A gateway's parts with the config they were made from, the pooled upstream client and
+/// caller TLS: what the pipeline and the listeners are built from, and what a reload starts
+/// from.
 #[derive(Clone)]
 pub struct Assembly {
     pub config: Config,
     pub parts: StackParts,
     pub upstream: UpstreamService,
+    /// `None`: callers connect over plain TCP.
+    pub caller_tls: Option<Arc<CallerTls>>,
 }
 
 impl Assembly {
     /// Everything from a checked config.
     pub fn new(config: &Config, key: SecretKey) -> Result<Assembly, BuildError> {
+        let caller_tls = caller_tls(config)?;
         let parts = StackParts::from_config(config, key)?;
         let upstream = upstream_service(config, &parts.metrics)?;
         Ok(Assembly {
             config: config.clone(),
             parts,
             upstream,
+            caller_tls,
         })
     }
 
     /// The same gateway under `config` (checked, with the keys that need a restart at their
-    /// running values). Kept: metrics, credentials, the limiter's state and its backend, the
-    /// coalescing batches, the tokens, the in-flight permits; the upstream pool and circuit,
-    /// and the trace exporter, unless what they depend on changed.
+    /// running values). Kept: metrics, the limiter's state and its backend, the coalescing
+    /// batches, the in-flight permits (the server resizes them); the credentials, the tokens,
+    /// caller TLS, the upstream pool and circuit, and the trace exporter, unless what they
+    /// depend on changed. The files `config` names are read first: one that cannot be read
+    /// fails the reload before anything new is signed or started.
     pub fn reloaded(&self, config: Config) -> Result<Assembly, BuildError> {
         let (old, parts) = (&self.config, &self.parts);
+        let Reread {
+            key,
+            authenticator,
+            caller_tls,
+        } = self.reread(&config)?;
         let targets = if (&config.chat.endpoint, &config.chat.backup_endpoint)
             == (&old.chat.endpoint, &old.chat.backup_endpoint)
         {
@@ -143,6 +162,10 @@ impl Assembly {
                 None => None,
             }
         };
+        let credentials = match key {
+            None => parts.credentials.clone(),
+            Some(key) => credentials(&config, key, &parts.metrics),
+        };
         // Last, once nothing can fail: the Redis limiter's new budgets are in force for the
         // checks of every pipeline from then on.
         let backend = (parts
@@ -153,6 +176,8 @@ impl Assembly {
             rate_limit::with_mode(backend.clone(), config.rate_limit.mode, &parts.metrics);
         let parts = StackParts {
             tracing,
+            credentials,
+            authenticator,
             coalesce: (parts.coalesce).reloaded(config.coalesce.clone(), limiter.clone()),
             table: Arc::new(parts.table.reloaded(&config.apis)),
             max_body_bytes: config.server.max_body_bytes,
@@ -166,6 +191,33 @@ impl Assembly {
             config,
             parts,
             upstream,
+            caller_tls,
+        })
+    }
+
+    /// What `config` names in files, read first (a failure leaves no trace): the secret key
+    /// for a new identity, the tokens and caller TLS for new paths; the running ones otherwise.
+    fn reread(&self, config: &Config) -> Result<Reread, BuildError> {
+        let old = &self.config;
+        let key = if same_identity(old, config) {
+            None
+        } else {
+            Some(read_secret(&config.chat.secret)?)
+        };
+        let authenticator = if config.auth.tokens_file == old.auth.tokens_file {
+            self.parts.authenticator.clone()
+        } else {
+            authenticator(config)?
+        };
+        let caller_tls = if config.server.tls() == old.server.tls() {
+            self.caller_tls.clone()
+        } else {
+            caller_tls(config)?
+        };
+        Ok(Reread {
+            key,
+            authenticator,
+            caller_tls,
         })
     }
 
@@ -180,6 +232,64 @@ impl Assembly {
            + 'static {
         build(&self.parts, self.upstream.clone())
     }
+}
+
+/// What a reload read from the files its config names ([`Assembly::reloaded`]).
+struct Reread {
+    /// `Some`: the identity changed, and this key signs its first UserSig.
+    key: Option<SecretKey>,
+    authenticator: Option<Arc<Authenticator>>,
+    caller_tls: Option<Arc<CallerTls>>,
+}
+
+/// Whether the UserSig `new` asks for is the one `old` signs: same app, identifier, life and
+/// key source (a changed key in the same file is the secret watch's business).
+fn same_identity(old: &Config, new: &Config) -> bool {
+    let (old, new) = (&old.chat, &new.chat);
+    (old.sdkappid, &old.identifier, old.usersig_ttl, &old.secret)
+        == (new.sdkappid, &new.identifier, new.usersig_ttl, &new.secret)
+}
+
+fn read_secret(source: &SecretSource) -> Result<SecretKey, BuildError> {
+    match source {
+        SecretSource::File(path) => read_secret_file(path).map_err(|why| BuildError::Secret {
+            key: "chat.secret_key_file",
+            why,
+        }),
+        SecretSource::Env(var) => read_secret_env(var).map_err(|why| BuildError::Secret {
+            key: "chat.secret_key_env",
+            why,
+        }),
+    }
+}
+
+/// Signs the first UserSig of `config`'s identity with `key`.
+fn credentials(config: &Config, key: SecretKey, metrics: &Metrics) -> Arc<Credentials> {
+    Credentials::new(
+        config.chat.sdkappid,
+        &config.chat.identifier,
+        config.chat.usersig_ttl,
+        key,
+        metrics.clone(),
+    )
+}
+
+fn authenticator(config: &Config) -> Result<Option<Arc<Authenticator>>, BuildError> {
+    match &config.auth.tokens_file {
+        Some(path) => Ok(Some(Authenticator::new(Tokens::load(path)?))),
+        None => Ok(None),
+    }
+}
+
+/// Caller TLS, when configured: the files loaded, and a client CA file that holds CAs only.
+fn caller_tls(config: &Config) -> Result<Option<Arc<CallerTls>>, BuildError> {
+    let Some(files) = config.server.tls() else {
+        return Ok(None);
+    };
+    if let Some(ca) = &files.client_ca_file {
+        crate::preflight::check_client_ca(ca).map_err(BuildError::ClientCa)?;
+    }
+    Ok(Some(Arc::new(CallerTls::new(files)?)))
 }
 
 fn upstream_service(config: &Config, metrics: &Metrics) -> Result<UpstreamService, BuildError> {
@@ -209,17 +319,8 @@ impl StackParts {
     /// first UserSig and reads the tokens file.
     pub fn from_config(config: &Config, key: SecretKey) -> Result<StackParts, BuildError> {
         let metrics = Metrics::new();
-        let credentials = Credentials::new(
-            config.chat.sdkappid,
-            &config.chat.identifier,
-            config.chat.usersig_ttl,
-            key,
-            metrics.clone(),
-        );
-        let authenticator = match &config.auth.tokens_file {
-            Some(path) => Some(Authenticator::new(Tokens::load(path)?)),
-            None => None,
-        };
+        let credentials = credentials(config, key, &metrics);
+        let authenticator = authenticator(config)?;
         let targets = targets(config, &metrics);
         let backend = rate_limit::backend(&config.rate_limit, config.chat.sdkappid, &metrics)?;
         let limiter = rate_limit::with_mode(backend.clone(), config.rate_limit.mode, &metrics);

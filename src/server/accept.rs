@@ -30,9 +30,10 @@ use super::MAX_HEADERS;
 pub struct ClientCertified;
 
 /// At most `max` connections open at once; more are closed as soon as they are accepted.
+/// Clones share the bound, which [`ConnectionLimit::resize`] changes for the next accepts.
 #[derive(Debug, Clone)]
 pub struct ConnectionLimit {
-    max: usize,
+    max: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
     gauge: Option<prometheus::IntGauge>,
     refused: Option<prometheus::IntCounter>,
@@ -57,7 +58,7 @@ impl Drop for Slot {
 impl ConnectionLimit {
     pub fn new(max: usize) -> Self {
         ConnectionLimit {
-            max,
+            max: Arc::new(AtomicUsize::new(max)),
             open: Arc::new(AtomicUsize::new(0)),
             gauge: None,
             refused: None,
@@ -77,8 +78,14 @@ impl ConnectionLimit {
         }
     }
 
+    /// From the next accepted connection on, at most `max` are open at once. Connections
+    /// already open stay open (when lowered, the next ones wait for them to close).
+    pub fn resize(&self, max: usize) {
+        self.max.store(max, Ordering::Release);
+    }
+
     fn take(&self) -> Option<Slot> {
-        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.max.load(Ordering::Acquire) {
             self.open.fetch_sub(1, Ordering::AcqRel);
             if let Some(c) = &self.refused {
                 c.inc();
@@ -453,6 +460,20 @@ mod tests {
         let _b = limit.take().expect("second");
         assert!(limit.take().is_none());
         drop(a);
+        assert!(limit.take().is_some());
+    }
+
+    #[test]
+    fn a_resized_limit_applies_to_the_next_connections_and_keeps_the_open_ones() {
+        let limit = ConnectionLimit::new(3);
+        let shared = limit.clone();
+        let a = limit.take().expect("first");
+        let _b = limit.take().expect("second");
+        shared.resize(1);
+        assert!(limit.take().is_none(), "two open, one allowed");
+        drop(a);
+        assert!(limit.take().is_none(), "still one open, one allowed");
+        shared.resize(4);
         assert!(limit.take().is_some());
     }
 }

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -38,9 +39,11 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 pub struct ShutdownTimes {
     pub drain_delay: Duration,
     pub shutdown_grace: Duration,
-    /// Also the first-request deadline and the idle limit of caller connections.
-    pub header_read_timeout: Duration,
 }
+
+/// What each new connection of a listener gets: read once per accepted connection, so that
+/// a reloaded config applies to the next ones and the open ones keep theirs.
+pub type LiveOptions = Arc<ArcSwap<ConnOptions>>;
 
 /// Admin connections open at once: scrapes and probes need a handful.
 const MAX_ADMIN_CONNECTIONS: usize = 256;
@@ -77,13 +80,14 @@ pub fn connection_builder_with(header_read_timeout: Duration) -> auto::Builder<T
 /// Serves callers until `signal` resolves, then follows the contract: readiness off at once,
 /// keep serving for the drain delay (cut short by `hurry`: a second signal), stop accepting,
 /// let requests in flight finish until the grace period (counted from the signal) runs out.
+/// `times` is asked when the signal comes: the delays in force then are the ones kept.
 #[allow(clippy::too_many_arguments)]
 pub async fn serve_callers<S>(
     listener: TcpListener,
     service: S,
     lifecycle: Arc<Lifecycle>,
-    times: ShutdownTimes,
-    options: ConnOptions,
+    times: impl Fn() -> ShutdownTimes,
+    options: LiveOptions,
     limit: ConnectionLimit,
     signal: impl Future<Output = ()>,
     hurry: impl Future<Output = ()>,
@@ -105,13 +109,14 @@ pub async fn serve_callers<S>(
             stream,
             slot,
             TowerToHyperService::new(service.clone()),
-            &options,
+            &options.load(),
             shutdown_rx.clone(),
         ));
     };
 
     accept_until(&listener, &limit, signal, &mut spawn).await;
     let signalled_at = tokio::time::Instant::now();
+    let times = times();
     lifecycle.start_draining();
     tracing::info!(drain_delay = ?times.drain_delay, "shutdown signal: readiness off, still serving");
 
@@ -160,6 +165,25 @@ pub async fn serve_plain<H>(
     H::Future: Send + 'static,
     H::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let options = Arc::new(ArcSwap::from_pointee(options));
+    serve_plain_live(listener, service, options, max_connections, stop).await;
+}
+
+/// Like [`serve_plain`], each new connection with the options in force when it is accepted.
+pub async fn serve_plain_live<H>(
+    listener: TcpListener,
+    service: H,
+    options: LiveOptions,
+    max_connections: usize,
+    stop: impl Future<Output = ()>,
+) where
+    H: hyper::service::Service<Request<Incoming>, Response = Response<Full<Bytes>>>
+        + Clone
+        + Send
+        + 'static,
+    H::Future: Send + 'static,
+    H::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let limit = ConnectionLimit::new(max_connections);
@@ -169,7 +193,7 @@ pub async fn serve_plain<H>(
             stream,
             slot,
             service.clone(),
-            &options,
+            &options.load(),
             shutdown_rx.clone(),
         ));
     })
@@ -187,18 +211,23 @@ pub async fn serve_plain<H>(
     }
 }
 
-/// Serves the admin endpoints until `stop` resolves.
+/// What admin connections get under `header_read_timeout`.
+pub fn admin_options(header_read_timeout: Duration) -> ConnOptions {
+    ConnOptions::plain(
+        connection_builder_with(header_read_timeout),
+        header_read_timeout,
+    )
+}
+
+/// Serves the admin endpoints until `stop` resolves; each new connection with the options
+/// in force when it is accepted ([`admin_options`]).
 pub async fn serve_admin(
     listener: TcpListener,
     admin: Arc<crate::admin::Admin>,
-    header_read_timeout: Duration,
+    options: LiveOptions,
     stop: impl Future<Output = ()>,
 ) {
     let service =
         hyper::service::service_fn(move |req: Request<Incoming>| admin.clone().serve(req));
-    let options = ConnOptions::plain(
-        connection_builder_with(header_read_timeout),
-        header_read_timeout,
-    );
-    serve_plain(listener, service, options, MAX_ADMIN_CONNECTIONS, stop).await;
+    serve_plain_live(listener, service, options, MAX_ADMIN_CONNECTIONS, stop).await;
 }

@@ -24,6 +24,7 @@ mod redis_sets;
 mod redis_tls;
 mod redis_tls_modes;
 mod reload;
+mod reload_live;
 mod reload_redis;
 mod soak;
 mod support;

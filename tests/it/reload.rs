@@ -53,7 +53,7 @@ impl ConfigMap {
 
 /// A gateway binary serving from `file`, with its addresses.
 pub(crate) struct Gateway {
-    running: Running,
+    pub(crate) running: Running,
     pub(crate) addr: SocketAddr,
     pub(crate) admin: SocketAddr,
 }
