@@ -47,6 +47,9 @@
 #   REDIS_RTT_N [20000] checks of the round trip to Redis alone, after each single round: the
 #                       gateway's script run by redis-benchmark over 1 connection from
 #                       PROXY_CPU, no gateway in the path (the floor of the latency it adds)
+#                       and again by benches/redis_round_trip.rs (built here), once back to back
+#                       and once paced at one check per the round's gateway-redis p50 (the
+#                       gateway's own pace at one connection: on a VM an idle CPU wakes slower)
 #   TRACING [0]         1: also measure the gateway with every request traced (target
 #                       gateway-traced, main scenario: [tracing] sample_ratio = 1), its spans
 #                       exported over OTLP/HTTP to a sink the upstream nginx serves on
@@ -180,6 +183,13 @@ if [ "$BUILD" = 1 ]; then
   (cd "$REPO" && cargo build --release >&2)
 fi
 [ -x "$GATEWAY_BIN" ] || die "no gateway binary at $GATEWAY_BIN (cargo build --release, or BUILD=1)"
+RTT_BIN=""
+if [ "$REDIS" = 1 ]; then
+  say "==> cargo bench --bench redis_round_trip --no-run (the round trip alone, paced)"
+  RTT_BIN=$(cd "$REPO" && cargo bench --bench redis_round_trip --no-run 2>&1 |
+              grep -o 'target/release/deps/redis_round_trip-[0-9a-f]*' | tail -n 1)
+  [ -n "$RTT_BIN" ] && RTT_BIN=$REPO/$RTT_BIN
+fi
 if [ "$PROFILE" -gt 0 ]; then
   [ -x "$PROFILE_BIN" ] || die "no binary to profile at $PROFILE_BIN"
 fi
@@ -487,8 +497,20 @@ redis_round_trip() {  # redis_round_trip ROUND: the round trip to Redis alone, f
            '{bench-round-trip}:group:__rand_int__' '{bench-round-trip}:numbers:group:__rand_int__' \
            1000 999999000 1000 999999000 2>/dev/null | tail -n 1) || return 0
   # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
-  awk -F'","' -v r="$1" 'NF == 8 { printf "%s\t%.0f\t%.0f\n", r, $5 * 1000, $7 * 1000 }' <<<"$line" \
+  awk -F'","' -v r="$1" 'NF == 8 { printf "%s\t%.0f\t%.0f", r, $5 * 1000, $7 * 1000 }' <<<"$line" \
     >>"$WORK/redis_rtt.tsv"
+  # The same check from benches/redis_round_trip.rs: back to back, then paced at this round's
+  # gateway-redis p50 (one check per request of the gateway at one connection).
+  local period back paced
+  period=$(awk -F'\t' -v r="$1" 'NR == 1 { for (i = 1; i <= NF; i++) h[$i] = i; next }
+    $1 == "single" && $2 == r && $3 == "gateway-redis" { print $h["p50_us"] }' "$RUNS")
+  if [ -x "$RTT_BIN" ] && [ -n "$period" ]; then
+    back=$(REDIS_PORT=$port SHA=$sha N=$REDIS_RTT_N PERIOD_US=0 timeout 60 taskset -c "$PROXY_CPU" "$RTT_BIN") || back="- -"
+    paced=$(REDIS_PORT=$port SHA=$sha N=$((REDIS_RTT_N / 2)) PERIOD_US=${period%.*} timeout 60 taskset -c "$PROXY_CPU" "$RTT_BIN") || paced="- -"
+  else
+    back="- -"; paced="- -"; period="-"
+  fi
+  printf '\t%s\t%s\t%s\n' "${back// /$'\t'}" "${paced// /$'\t'}" "$period" >>"$WORK/redis_rtt.tsv"
 }
 redis_commands() {  # "CLIENT INSIDE": commands the clients sent (INFO and CONFIG of
   # this script left out) and commands the script ran inside Redis
@@ -916,6 +938,14 @@ report() {
           a=$(cut -f"$c" "$WORK/redis_rtt.tsv" | median)
           echo "| the round trip to Redis alone, $([ "$c" = 2 ] && echo p50 || echo p99) µs (redis-benchmark, no gateway) | | | $(fmt "$a" %.0f) |"
         done
+        a=$(cut -f4 "$WORK/redis_rtt.tsv" | grep -v -- - | median)
+        echo "| the round trip alone, back to back, p50 µs (benches/redis_round_trip.rs) | | | $(fmt "$a" %.0f) |"
+        a=$(cut -f6 "$WORK/redis_rtt.tsv" | grep -v -- - | median)
+        b=$(cut -f8 "$WORK/redis_rtt.tsv" | grep -v -- - | median)
+        echo "| the round trip alone at the gateway's pace (one check per $(fmt "$b" %.0f) µs, its p50 with Redis), p50 µs | | | $(fmt "$a" %.0f) |"
+        echo "| each round (p50 µs): redis-benchmark / back to back / paced / gateway added | | | $(awk -F'\t' 'FNR == NR { if (FNR == 1) { for (i = 1; i <= NF; i++) h[$i] = i; next }
+            if ($1 == "single") p[$2 "/" $3] = $h["p50_us"]; next }
+          { printf "%s%s / %s / %s / %+.0f", (FNR > 1 ? "; " : ""), $2, $4, $6, p[$1 "/gateway-redis"] - p[$1 "/gateway"] }' "$RUNS" "$WORK/redis_rtt.tsv") |"
       fi
     fi
     if [[ " $SCENARIOS " == *" main "* ]]; then
