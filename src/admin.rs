@@ -10,14 +10,21 @@ use http_body_util::Full;
 use crate::credentials::unix_now;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::stack::Assembly;
+
+/// What the admin endpoint asks of the gateway in force (it changes with each reload).
+pub trait InForce: Send + Sync {
+    /// Whether its credentials can sign a UserSig at `now` (Unix seconds).
+    fn can_sign(&self, now: u64) -> bool;
+    /// How many groups its limiter tracks.
+    fn tracked_groups(&self) -> usize;
+}
 
 #[derive(Clone)]
 pub struct Admin {
     pub metrics: Metrics,
     pub lifecycle: Arc<Lifecycle>,
     /// The gateway in force: readiness asks its credentials, `/metrics` its limiter.
-    pub running: tokio::sync::watch::Receiver<Arc<Assembly>>,
+    pub running: Arc<dyn InForce>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -36,7 +43,7 @@ impl Admin {
             "/readyz" => {
                 if self.lifecycle.is_draining() {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else if !(self.running.borrow().parts.credentials).can_sign(unix_now()) {
+                } else if !self.running.can_sign(unix_now()) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "no valid UserSig\n")
                 } else {
                     text(StatusCode::OK, "ready\n")
@@ -44,7 +51,7 @@ impl Admin {
             }
             "/metrics" => {
                 // Read at scrape time: the map changes with every new GroupId.
-                let tracked = self.running.borrow().parts.limiter.tracked_groups();
+                let tracked = self.running.tracked_groups();
                 self.metrics.tracked_groups(tracked);
                 let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 response.headers_mut().insert(
@@ -82,42 +89,54 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 mod tests {
     use super::*;
 
-    use crate::config::Config;
-    use crate::usersig::SecretKey;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
-    fn ready(admin: &Admin) -> StatusCode {
-        let req = Request::get("/readyz").body(()).expect("request");
-        admin.handle(&req).status()
+    /// A gateway whose credentials can sign while `signs` says so.
+    struct Fake {
+        signs: AtomicBool,
     }
 
-    /// Readiness asks the credentials of the assembly in force, not of the first one.
-    #[tokio::test]
-    async fn readiness_asks_the_credentials_in_force() {
-        let dir = tempfile::tempdir().expect("dir");
-        let key_file = dir.path().join("key");
-        std::fs::write(&key_file, "k\n").expect("write");
-        let text = |identifier: &str| {
-            format!(
-                "[chat]\nsdkappid = 1400000000\nregion = \"singapore\"\nidentifier = \"{identifier}\"\n\
-                 secret_key_file = \"{}\"\n",
-                key_file.display()
-            )
-        };
-        let config = Config::parse(&text("first")).expect("valid");
-        let first = Assembly::new(&config, SecretKey::new("k").expect("key")).expect("assembly");
-        let next = first
-            .reloaded(Config::parse(&text("next")).expect("valid"))
-            .expect("reloaded");
-        // The first identity's sig, dated 1970, has long expired.
-        first.parts.credentials.renew(1);
-        let (published, running) = tokio::sync::watch::channel(Arc::new(first.clone()));
+    impl InForce for Fake {
+        fn can_sign(&self, _now: u64) -> bool {
+            self.signs.load(Ordering::Relaxed)
+        }
+        fn tracked_groups(&self) -> usize {
+            7
+        }
+    }
+
+    fn get(admin: &Admin, path: &str) -> Response<Full<Bytes>> {
+        let req = Request::get(path).body(()).expect("request");
+        admin.handle(&req)
+    }
+
+    /// Readiness and `/metrics` ask the gateway in force at each request.
+    #[test]
+    fn readiness_and_metrics_ask_the_gateway_in_force() {
+        let fake = Arc::new(Fake {
+            signs: AtomicBool::new(false),
+        });
         let admin = Admin {
-            metrics: first.parts.metrics.clone(),
-            lifecycle: first.parts.lifecycle.clone(),
-            running,
+            metrics: Metrics::new(),
+            lifecycle: Arc::new(Lifecycle::new()),
+            running: fake.clone(),
         };
-        assert_eq!(ready(&admin), StatusCode::SERVICE_UNAVAILABLE);
-        published.send_replace(Arc::new(next));
-        assert_eq!(ready(&admin), StatusCode::OK);
+        assert_eq!(
+            get(&admin, "/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        fake.signs.store(true, Ordering::Relaxed);
+        assert_eq!(get(&admin, "/readyz").status(), StatusCode::OK);
+        assert_eq!(get(&admin, "/metrics").status(), StatusCode::OK);
+        let metrics = String::from_utf8_lossy(&admin.metrics.render()).into_owned();
+        assert!(
+            metrics.contains("chat_gateway_rate_limit_tracked_groups 7"),
+            "{metrics}"
+        );
+        admin.lifecycle.start_draining();
+        assert_eq!(
+            get(&admin, "/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 }

@@ -182,7 +182,7 @@ fn spawn_tasks(
     let admin = Arc::new(admin::Admin {
         metrics: parts.metrics.clone(),
         lifecycle: parts.lifecycle.clone(),
-        running: live.subscribe(),
+        running: Arc::new(live.subscribe()),
     });
     let mut tasks = vec![
         tokio::spawn(server::serve_admin(

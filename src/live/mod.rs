@@ -169,9 +169,51 @@ impl Stop {
     }
 }
 
+/// The admin endpoint asks the assembly published last.
+impl crate::admin::InForce for watch::Receiver<Arc<Assembly>> {
+    fn can_sign(&self, now: u64) -> bool {
+        self.borrow().parts.credentials.can_sign(now)
+    }
+
+    fn tracked_groups(&self) -> usize {
+        self.borrow().parts.limiter.tracked_groups()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::admin::InForce;
+    use crate::config::Config;
+    use crate::usersig::SecretKey;
+
+    /// Readiness asks the credentials of the assembly in force, not of the first one.
+    #[tokio::test]
+    async fn the_admin_asks_the_credentials_of_the_assembly_in_force() {
+        let dir = tempfile::tempdir().expect("dir");
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "k\n").expect("write");
+        let text = |identifier: &str| {
+            format!(
+                "[chat]\nsdkappid = 1400000000\nregion = \"singapore\"\nidentifier = \"{identifier}\"\n\
+                 secret_key_file = \"{}\"\n",
+                key_file.display()
+            )
+        };
+        let config = Config::parse(&text("first")).expect("valid");
+        let first = Assembly::new(&config, SecretKey::new("k").expect("key")).expect("assembly");
+        let next = first
+            .reloaded(Config::parse(&text("next")).expect("valid"))
+            .expect("reloaded");
+        // The first identity's sig, dated 1970, has long expired.
+        first.parts.credentials.renew(1);
+        let (published, running) = watch::channel(Arc::new(first));
+        let now = crate::credentials::unix_now();
+        assert!(!running.can_sign(now));
+        published.send_replace(Arc::new(next));
+        assert!(running.can_sign(now));
+    }
 
     #[tokio::test]
     async fn permits_resize_in_place_and_a_lowered_bound_waits_for_the_held_ones() {

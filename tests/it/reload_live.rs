@@ -454,6 +454,62 @@ async fn chat_identity_and_secret_key_apply_to_the_next_request() {
     }
 }
 
+/// A new `usersig_ttl` sets the lifetime of the next UserSig; `secret_key_env` in place of
+/// `secret_key_file` takes the key from that variable of the running process.
+#[tokio::test]
+async fn usersig_ttl_and_a_secret_key_variable_apply_to_the_next_request() {
+    const VAR: &str = "CHAT_GATEWAY_TEST_RELOADED_KEY";
+    let upstream = spawn_recording(None, ok_answer(OK_BODY)).await;
+    let ports = (free_port(), free_port());
+    let keys = key_dir();
+    let with_file = identity(
+        &upstream.endpoint(),
+        SDKAPPID,
+        ADMIN,
+        &keys.path().join("key"),
+    );
+    let mut map = ConfigMap::new(&text(ports, "", &with_file, ""));
+    let running = crate::binary::Running::spawn(
+        std::process::Command::new(crate::binary::BIN)
+            .args(["serve", "--config"])
+            .arg(map.path())
+            .env("RUST_LOG", "info,chat_gateway::access=off")
+            .env(VAR, "key-from-the-variable"),
+    );
+    let gw = crate::reload::Gateway {
+        running,
+        addr: format!("127.0.0.1:{}", ports.0).parse().expect("addr"),
+        admin: format!("127.0.0.1:{}", ports.1).parse().expect("addr"),
+    };
+    crate::binary::wait_ready(gw.admin).await;
+    let lifetime = || {
+        let (.., sig) = last_identity(&upstream);
+        chat_gateway::usersig::decode(&sig)
+            .expect("a UserSig")
+            .expire
+    };
+    assert!(signed_with(gw.addr, &upstream, &key()).await.2);
+    let default_ttl = lifetime();
+
+    let with_var = format!(
+        "sdkappid = {SDKAPPID}\nidentifier = \"{ADMIN}\"\nendpoint = \"{}\"\n\
+         secret_key_env = \"{VAR}\"\nusersig_ttl = \"2h\"\n",
+        upstream.endpoint()
+    );
+    map.swap(&text(ports, "", &with_var, ""));
+    wait_for_reloads(gw.admin, "applied", 1.0).await;
+    let from_var = chat_gateway::usersig::SecretKey::new("key-from-the-variable").expect("key");
+    assert!(
+        signed_with(gw.addr, &upstream, &from_var).await.2,
+        "signed with the variable's key"
+    );
+    assert_eq!(lifetime(), 7200, "the new lifetime (was {default_ttl})");
+    assert_ne!(default_ttl, 7200);
+    assert_eq!(pending(gw.admin).await, 0.0);
+    let output = stop(gw).await;
+    assert!(!output.contains("key-from-the-variable"), "{output}");
+}
+
 /// One increment with `Authorization: Bearer <token>` (none when `None`).
 async fn with_token(addr: SocketAddr, token: Option<&str>) -> Reply {
     let mut req = Request::post(UPDATE)
