@@ -149,6 +149,31 @@ pub async fn serve_callers<S>(
     while connections.join_next().await.is_some() {}
 }
 
+/// A plain HTTP service (admin endpoints, the emulator) the accept loop can serve.
+pub trait PlainService:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Full<Bytes>>,
+        Future: Send + 'static,
+        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<H> PlainService for H where
+    H: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Future: Send + 'static,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Serves a plain HTTP service (admin endpoints, the emulator) on `listener` until `stop`
 /// resolves, through the same accept loop and connection limits as callers.
 pub async fn serve_plain<H>(
@@ -158,12 +183,7 @@ pub async fn serve_plain<H>(
     max_connections: usize,
     stop: impl Future<Output = ()>,
 ) where
-    H: hyper::service::Service<Request<Incoming>, Response = Response<Full<Bytes>>>
-        + Clone
-        + Send
-        + 'static,
-    H::Future: Send + 'static,
-    H::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    H: PlainService,
 {
     let options = Arc::new(ArcSwap::from_pointee(options));
     serve_plain_live(listener, service, options, max_connections, stop).await;
@@ -177,12 +197,7 @@ pub async fn serve_plain_live<H>(
     max_connections: usize,
     stop: impl Future<Output = ()>,
 ) where
-    H: hyper::service::Service<Request<Incoming>, Response = Response<Full<Bytes>>>
-        + Clone
-        + Send
-        + 'static,
-    H::Future: Send + 'static,
-    H::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    H: PlainService,
 {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut connections = JoinSet::new();

@@ -182,6 +182,54 @@ pub(crate) fn keep_spent(
     })
 }
 
+/// Load that never runs out (see [`background_load`]), until [`Load::finish`].
+pub(crate) struct Load {
+    stop: Arc<AtomicBool>,
+    sent: tokio::task::JoinHandle<usize>,
+}
+
+impl Load {
+    /// Stops the load; every answer was a success and some were sent.
+    pub(crate) async fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        assert!(self.sent.await.expect("load") > 0, "load was sent");
+    }
+}
+
+/// With the running file at `group_burst = 3` (1/s): a fresh group passes 3; then, under
+/// load and with a group kept spent, `with_burst_10` swapped in: the spent group gets no
+/// token back from the larger burst, a fresh one passes 10. Returns the load, still running.
+pub(crate) async fn from_burst_3_to_10_under_load(
+    gw: &Gateway,
+    map: &mut ConfigMap,
+    with_burst_10: &str,
+) -> Load {
+    assert_eq!(
+        passed(gw.addr, "fresh-before", 5).await,
+        3,
+        "the first burst"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = background_load(gw.addr, stop.clone());
+    let stop_spending = Arc::new(AtomicBool::new(false));
+    let spending = keep_spent(gw.addr, "spent", stop_spending.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    map.swap(with_burst_10);
+    wait_for_reloads(gw.admin, "applied", 1.0).await;
+    stop_spending.store(true, Ordering::Relaxed);
+    spending.await.expect("spending");
+    // At 1/s a token or two can come while the requests are sent; a refilled bucket would
+    // pass all 10.
+    let spent = passed(gw.addr, "spent", 10).await;
+    assert!(
+        spent <= 2,
+        "a spent burst came back with the larger one: {spent}"
+    );
+    let fresh = passed(gw.addr, "fresh-after", 12).await;
+    assert!((10..=12).contains(&fresh), "the new burst: {fresh} of 12");
+    Load { stop, sent }
+}
+
 /// The ConfigMap swapped under load: the new burst applies to the next requests, no request
 /// fails, and a group that spent its burst does not get tokens back from the larger burst.
 #[tokio::test]
@@ -197,34 +245,9 @@ async fn a_swapped_config_map_applies_at_once_without_refilling_or_failing_reque
         "chat_gateway_config_last_reload_success_timestamp_seconds",
     );
     assert!(loaded_at > 0.0, "set at start");
-    assert_eq!(
-        passed(gw.addr, "fresh-before", 5).await,
-        3,
-        "the first burst"
-    );
-
-    let stop_load = Arc::new(AtomicBool::new(false));
-    let load = background_load(gw.addr, stop_load.clone());
-    let stop_spending = Arc::new(AtomicBool::new(false));
-    let spending = keep_spent(gw.addr, "spent", stop_spending.clone());
+    let load = from_burst_3_to_10_under_load(&gw, &mut map, &text("group_burst = 10")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    map.swap(&text("group_burst = 10"));
-    wait_for_reloads(gw.admin, "applied", 1.0).await;
-    stop_spending.store(true, Ordering::Relaxed);
-    spending.await.expect("spending");
-
-    // At 1/s a token or two can come while the requests are sent; a refilled bucket would
-    // pass all 10.
-    let spent = passed(gw.addr, "spent", 10).await;
-    assert!(
-        spent <= 2,
-        "a spent burst came back with the larger one: {spent}"
-    );
-    let fresh = passed(gw.addr, "fresh-after", 12).await;
-    assert!((10..=12).contains(&fresh), "the new burst: {fresh} of 12");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop_load.store(true, Ordering::Relaxed);
-    assert!(load.await.expect("load") > 0, "load was sent");
+    load.finish().await;
 
     let scraped = scrape(gw.admin).await;
     assert_eq!(reloads(gw.admin, "refused").await, 0.0);

@@ -2,15 +2,14 @@
 //! without refilling a spent group, and a new Redis URL moves the checks to that Redis while
 //! requests keep passing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::binary::free_port;
 use crate::redis_limits::{wait_for_gauge, UP};
 use crate::redis_server::RedisServer;
 use crate::reload::{
-    background_load, config, keep_spent, key_dir, passed, start, stop, wait_for_reloads, ConfigMap,
+    config, from_burst_3_to_10_under_load, key_dir, passed, start, stop, wait_for_reloads,
+    ConfigMap,
 };
 use crate::support::*;
 
@@ -28,29 +27,8 @@ async fn redis_budgets_overrides_and_url_change_while_serving() {
     let mut map = ConfigMap::new(&text(redis(&first.url(), "group_burst = 3")));
     let gw = start(&map.path(), ports).await;
     wait_for_gauge(gw.admin, 1.0, Duration::from_secs(5)).await;
-    assert_eq!(
-        passed(gw.addr, "fresh-before", 5).await,
-        3,
-        "the first burst"
-    );
-
-    let stop_load = Arc::new(AtomicBool::new(false));
-    let load = background_load(gw.addr, stop_load.clone());
-    let stop_spending = Arc::new(AtomicBool::new(false));
-    let spending = keep_spent(gw.addr, "spent", stop_spending.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let vip = "group_burst = 10\n[[rate_limit.groups]]\nids = [\"vip\"]\nper_second = 1\nburst = 6";
-    map.swap(&text(redis(&first.url(), vip)));
-    wait_for_reloads(gw.admin, "applied", 1.0).await;
-    stop_spending.store(true, Ordering::Relaxed);
-    spending.await.expect("spending");
-    let spent = passed(gw.addr, "spent", 10).await;
-    assert!(
-        spent <= 2,
-        "a spent burst came back with the larger one: {spent}"
-    );
-    let fresh = passed(gw.addr, "fresh-after", 12).await;
-    assert!((10..=12).contains(&fresh), "the new burst: {fresh} of 12");
+    let load = from_burst_3_to_10_under_load(&gw, &mut map, &text(redis(&first.url(), vip))).await;
     assert_eq!(passed(gw.addr, "vip", 8).await, 6, "the new override");
     assert!(first.calls("evalsha") > 0, "checked in Redis");
 
@@ -77,8 +55,7 @@ async fn redis_budgets_overrides_and_url_change_while_serving() {
         on_first,
         "no check on the old Redis"
     );
-    stop_load.store(true, Ordering::Relaxed);
-    assert!(load.await.expect("load") > 0, "load was sent");
+    load.finish().await;
     assert_eq!(metric(&scrape(gw.admin).await, UP), 1.0);
     assert_eq!(
         metric(
