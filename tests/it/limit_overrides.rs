@@ -21,16 +21,7 @@ const OVERRIDES: &str =
 
 /// How many of 8 increments of `group` pass, the rest refused for the group.
 async fn passed(addr: std::net::SocketAddr, group: &str) -> usize {
-    let mut passed = 0;
-    for _ in 0..8 {
-        let reply = post(addr, UPDATE, increase(group)).await;
-        if reply.error_code() == 0 {
-            passed += 1;
-        } else {
-            reply.assert_rejection(200, 10006, "rate_limit_group");
-        }
-    }
-    passed
+    crate::reload::passed(addr, group, 8).await
 }
 
 #[tokio::test]

@@ -41,6 +41,17 @@ fn tls_cluster(ca: &TestCa) -> RedisCluster {
     RedisCluster::start_tls(ca, 3, &user)
 }
 
+/// Serves with `section` until it exits: non-zero, having said `said`; what it printed.
+fn exits_saying(section: &str, said: &str) -> String {
+    let (code, text) = serve_until_exit(section);
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "exits non-zero: {code:?} {text}"
+    );
+    assert!(text.contains(said), "{said:?} not said:\n{text}");
+    text
+}
+
 /// The gateway's user, password file, CA and client certificate lines.
 fn auth_lines(ca: &TestCa, password_file: &Path, with_ca: bool) -> String {
     let mut lines = format!(
@@ -95,17 +106,8 @@ async fn a_tls_cluster_refusing_the_password_or_untrusted_at_start_stops_the_gat
         &cluster.nodes_toml(),
         &auth_lines(&ca, &wrong, true),
     );
-    let (code, text) = serve_until_exit(&section);
-    assert!(
-        code.is_some_and(|c| c != 0),
-        "exits non-zero: {code:?} {text}"
-    );
-    assert!(
-        text.contains(&format!(
-            "Redis at 127.0.0.1:{first} refused the username/password"
-        )),
-        "{text}"
-    );
+    let said = format!("Redis at 127.0.0.1:{first} refused the username/password");
+    let text = exits_saying(&section, &said);
     assert!(!text.contains("not-the-Password-29"), "{text}");
 
     // No redis_ca_file: the public roots do not vouch for the test CA.
@@ -115,17 +117,8 @@ async fn a_tls_cluster_refusing_the_password_or_untrusted_at_start_stops_the_gat
         &cluster.nodes_toml(),
         &auth_lines(&ca, &right, false),
     );
-    let (code, text) = serve_until_exit(&section);
-    assert!(
-        code.is_some_and(|c| c != 0),
-        "exits non-zero: {code:?} {text}"
-    );
-    assert!(
-        text.contains(&format!(
-            "the certificate of Redis at 127.0.0.1:{first} is not trusted"
-        )),
-        "{text}"
-    );
+    let said = format!("the certificate of Redis at 127.0.0.1:{first} is not trusted");
+    let text = exits_saying(&section, &said);
     assert!(text.contains("redis_ca_file"), "says what to set: {text}");
     assert!(!text.contains(GATEWAY_PW), "{text}");
 }
@@ -160,19 +153,10 @@ fn a_sentinel_found_master_refusing_the_password_at_start_stops_the_gateway_nami
         SentinelSet::MASTER,
         auth_lines(&ca, &wrong, true)
     );
-    let (code, text) = serve_until_exit(&mode_sections("sentinel", &set.nodes_toml(), &extra));
-    assert!(
-        code.is_some_and(|c| c != 0),
-        "exits non-zero: {code:?} {text}"
-    );
     // The master refused, not the sentinels (asked without the password): its address.
     let master = set.servers[0].port;
-    assert!(
-        text.contains(&format!(
-            "Redis at 127.0.0.1:{master} refused the username/password"
-        )),
-        "{text}"
-    );
+    let said = format!("Redis at 127.0.0.1:{master} refused the username/password");
+    let text = exits_saying(&mode_sections("sentinel", &set.nodes_toml(), &extra), &said);
     assert!(!text.contains("not-the-Password-58"), "{text}");
 }
 
