@@ -74,6 +74,12 @@ async fn traced_gateway(endpoint: &str, collector: &str, ratio: &str, chat: &str
     .await
 }
 
+/// A gateway tracing every request to `collector`, with further config `sections`.
+async fn traced_gateway_with(endpoint: &str, collector: &str, sections: &str) -> GatewayHandle {
+    let sections = format!("{sections}\n{}", tracing_section(collector, "1"));
+    spawn_gateway(&config_text(endpoint, "", &sections)).await
+}
+
 #[tokio::test]
 async fn a_callers_traceparent_is_the_parent_even_at_ratio_zero() {
     let collector = spawn_collector(Duration::ZERO).await;
@@ -301,15 +307,8 @@ async fn a_merged_call_has_a_trace_of_its_own_linked_both_ways() {
     const CALLERS: usize = 50;
     let emulator = spawn_emulator_with_latency(None, Duration::from_millis(800)).await;
     let collector = spawn_collector(Duration::ZERO).await;
-    let gw = spawn_gateway(&config_text(
-        &emulator.endpoint(),
-        "",
-        &format!(
-            "[coalesce]\nmax_wait = \"5s\"\n{}",
-            tracing_section(&collector.endpoint(), "1")
-        ),
-    ))
-    .await;
+    let sections = "[coalesce]\nmax_wait = \"5s\"";
+    let gw = traced_gateway_with(&emulator.endpoint(), &collector.endpoint(), sections).await;
     // The first call holds the group; the callers arriving meanwhile make one batch.
     let addr = gw.addr;
     let first = tokio::spawn(async move { post(addr, UPDATE, increase("hot")).await });
@@ -444,16 +443,8 @@ async fn no_exported_byte_holds_a_secret_the_usersig_the_query_or_a_token() {
     let dir = tempfile::tempdir().expect("dir");
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN}\n")).expect("write");
-    let gw = spawn_gateway(&config_text(
-        &upstream.endpoint(),
-        "",
-        &format!(
-            "[auth]\ntokens_file = \"{}\"\n{}",
-            tokens.display(),
-            tracing_section(&collector.endpoint(), "1")
-        ),
-    ))
-    .await;
+    let sections = format!("[auth]\ntokens_file = \"{}\"", tokens.display());
+    let gw = traced_gateway_with(&upstream.endpoint(), &collector.endpoint(), &sections).await;
     let bearer = format!("Bearer {TOKEN}");
     let auth = [("authorization", bearer.as_str())];
     let query = "?usersig=caller-sig&identifier=x";
@@ -627,15 +618,9 @@ fn check_config_checks_the_tracing_keys() {
 async fn a_read_that_waits_for_its_groups_token_has_a_span_for_the_wait() {
     let emulator = spawn_emulator(None).await;
     let collector = spawn_collector(Duration::ZERO).await;
-    let gw = spawn_gateway(&config_text(
-        &emulator.endpoint(),
-        "",
-        &format!(
-            "[rate_limit]\ngroup_per_second = 2\ngroup_burst = 1\n[coalesce]\nmax_wait = \"3s\"\n{}",
-            tracing_section(&collector.endpoint(), "1")
-        ),
-    ))
-    .await;
+    let sections =
+        "[rate_limit]\ngroup_per_second = 2\ngroup_burst = 1\n[coalesce]\nmax_wait = \"3s\"";
+    let gw = traced_gateway_with(&emulator.endpoint(), &collector.endpoint(), sections).await;
     let read = r#"{"GroupId":"wait-1"}"#;
     assert_eq!(
         post(gw.addr, GET, read).await.error_code(),
