@@ -243,17 +243,13 @@ struct ConfigFamilies {
 
 impl ConfigFamilies {
     fn new(r: &Registry) -> Self {
-        let reloads = register(
+        let reloads = counter_of(
             r,
-            counter(
-                "chat_gateway_config_reloads_total",
-                "Config file reloads (SIGHUP or a changed file), by result: applied, or refused (the file has problems; the running config stays).",
-                &["result"],
-            ),
+            "chat_gateway_config_reloads_total",
+            "Config file reloads (SIGHUP or a changed file), by result: applied, or refused (the file has problems; the running config stays).",
+            "result",
+            &["applied", "refused"],
         );
-        for result in ["applied", "refused"] {
-            reloads.with_label_values(&[result]);
-        }
         ConfigFamilies {
             reloads,
             restart_pending: register(r, IntGauge::new(
@@ -299,6 +295,16 @@ where
 
 fn counter(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
     IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+/// A counter with one label, registered, its series for each of `values` shown at 0 from
+/// the start (so that dashboards and alerts see them before the first event).
+fn counter_of(r: &Registry, name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
+    let counter = register(r, counter(name, help, &[label]));
+    for value in values {
+        counter.with_label_values(&[value]);
+    }
+    counter
 }
 
 /// A histogram labelled by API.
@@ -371,14 +377,13 @@ impl ApiFamilies {
 
 impl UpstreamFamilies {
     fn new(r: &Registry) -> Self {
-        let upstream_retries = register(r, counter(
+        let upstream_retries = counter_of(
+            r,
             "chat_gateway_upstream_retries_total",
             "Second attempts and failovers, by reason: connect_failover (primary unreachable, sent to the backup), usersig_expired (70001: renewed and resent), circuit_open (sent straight to the backup).",
-            &["reason"],
-        ));
-        for reason in ["connect_failover", "usersig_expired", "circuit_open"] {
-            upstream_retries.with_label_values(&[reason]);
-        }
+            "reason",
+            &["connect_failover", "usersig_expired", "circuit_open"],
+        );
         UpstreamFamilies {
             upstream_in_flight: register(r, IntGauge::new(
                 "chat_gateway_upstream_requests_in_flight",
@@ -399,18 +404,13 @@ impl UpstreamFamilies {
 
 impl GatewayFamilies {
     fn new(r: &Registry) -> Self {
-        let usersig_renewals = register(
+        let usersig_renewals = counter_of(
             r,
-            counter(
-                "chat_gateway_usersig_renewals_total",
-                "Renewals of the admin UserSig, by result.",
-                &["result"],
-            ),
+            "chat_gateway_usersig_renewals_total",
+            "Renewals of the admin UserSig, by result.",
+            "result",
+            &["ok", "error"],
         );
-        // Make the renewal series visible before the first renewal happens.
-        for result in ["ok", "error"] {
-            usersig_renewals.with_label_values(&[result]);
-        }
         let secret_key_loaded = register(
             r,
             IntGauge::new(
