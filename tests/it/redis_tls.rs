@@ -87,6 +87,17 @@ pub(crate) fn write_password(dir: &Path, password: &str) -> PathBuf {
 }
 
 /// Runs the binary with `rate_limit` as its `[rate_limit]` section until it exits (at most
+/// Serves with `rate_limit` until it exits: non-zero, having said `said`; what it printed.
+pub(crate) fn exits_saying(rate_limit: &str, said: &str) -> String {
+    let (code, text) = serve_until_exit(rate_limit);
+    assert!(
+        code.is_some_and(|c| c != 0),
+        "exits non-zero: {code:?} {text}"
+    );
+    assert!(text.contains(said), "{said:?} not said:\n{text}");
+    text
+}
+
 /// 20 s); its exit code and what it wrote.
 pub(crate) fn serve_until_exit(rate_limit: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().expect("dir");
@@ -201,18 +212,9 @@ async fn a_wrong_password_at_start_stops_the_gateway_naming_it_never_the_passwor
     let dir = tempfile::tempdir().expect("dir");
     let password = write_password(dir.path(), "not-the-Password-63");
     let section = tls_section(&redis, &password, Some(&ca), &client_cert_lines(&ca));
-    let (code, text) = serve_until_exit(&section);
-    assert!(
-        code.is_some_and(|c| c != 0),
-        "exits non-zero: {code:?} {text}"
-    );
     let port = redis.tls_port.expect("tls");
-    assert!(
-        text.contains(&format!(
-            "Redis at 127.0.0.1:{port} refused the username/password"
-        )),
-        "{text}"
-    );
+    let said = format!("Redis at 127.0.0.1:{port} refused the username/password");
+    let text = exits_saying(&section, &said);
     assert!(!text.contains("not-the-Password-63"), "{text}");
     assert!(!text.contains(GATEWAY_PW), "{text}");
 }
@@ -224,18 +226,9 @@ async fn an_untrusted_redis_certificate_at_start_stops_the_gateway_naming_the_ce
     let dir = tempfile::tempdir().expect("dir");
     let password = write_password(dir.path(), GATEWAY_PW);
     // No redis_ca_file: the public roots do not vouch for the test CA.
-    let (code, text) = serve_until_exit(&tls_section(&redis, &password, None, ""));
-    assert!(
-        code.is_some_and(|c| c != 0),
-        "exits non-zero: {code:?} {text}"
-    );
     let port = redis.tls_port.expect("tls");
-    assert!(
-        text.contains(&format!(
-            "the certificate of Redis at 127.0.0.1:{port} is not trusted"
-        )),
-        "{text}"
-    );
+    let said = format!("the certificate of Redis at 127.0.0.1:{port} is not trusted");
+    let text = exits_saying(&tls_section(&redis, &password, None, ""), &said);
     assert!(text.contains("redis_ca_file"), "says what to set: {text}");
     assert!(!text.contains(GATEWAY_PW), "{text}");
 }
@@ -246,18 +239,9 @@ async fn a_missing_or_untrusted_client_certificate_at_start_stops_the_gateway_sa
     let redis = tls_redis(&ca, true, GATEWAY_PW);
     let dir = tempfile::tempdir().expect("dir");
     let password = write_password(dir.path(), GATEWAY_PW);
-    let (code, text) = serve_until_exit(&tls_section(&redis, &password, Some(&ca), ""));
-    assert!(
-        code.is_some_and(|c| c != 0),
-        "exits non-zero: {code:?} {text}"
-    );
     let port = redis.tls_port.expect("tls");
-    assert!(
-        text.contains(&format!(
-            "Redis at 127.0.0.1:{port} refused the gateway's TLS client certificate"
-        )),
-        "{text}"
-    );
+    let said = format!("Redis at 127.0.0.1:{port} refused the gateway's TLS client certificate");
+    let text = exits_saying(&tls_section(&redis, &password, Some(&ca), ""), &said);
     assert!(
         text.contains("redis_client_cert_file"),
         "says what to set: {text}"
@@ -265,15 +249,7 @@ async fn a_missing_or_untrusted_client_certificate_at_start_stops_the_gateway_sa
     // A client certificate from a CA Redis does not trust: refused the same way.
     let other = TestCa::new();
     let section = tls_section(&redis, &password, Some(&ca), &client_cert_lines(&other));
-    let (code, text) = serve_until_exit(&section);
-    assert!(
-        code.is_some_and(|c| c != 0),
-        "exits non-zero: {code:?} {text}"
-    );
-    assert!(
-        text.contains("refused the gateway's TLS client certificate"),
-        "{text}"
-    );
+    exits_saying(&section, "refused the gateway's TLS client certificate");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

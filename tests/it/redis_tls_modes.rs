@@ -11,7 +11,7 @@ use crate::redis_limits::wait_for_gauge;
 use crate::redis_sentinel::{follows_in, Failover};
 use crate::redis_server::RedisServer;
 use crate::redis_sets::{RedisCluster, SentinelSet};
-use crate::redis_tls::{client_cert_lines, serve_until_exit, write_password};
+use crate::redis_tls::{client_cert_lines, exits_saying, write_password};
 use crate::support::*;
 
 const GATEWAY_PW: &str = "gw-pw-Modes-Secret-37";
@@ -39,17 +39,6 @@ fn tls_cluster(ca: &TestCa) -> RedisCluster {
     let user = gateway_user();
     let user: Vec<&str> = user.iter().map(String::as_str).collect();
     RedisCluster::start_tls(ca, 3, &user)
-}
-
-/// Serves with `section` until it exits: non-zero, having said `said`; what it printed.
-fn exits_saying(section: &str, said: &str) -> String {
-    let (code, text) = serve_until_exit(section);
-    assert!(
-        code.is_some_and(|c| c != 0),
-        "exits non-zero: {code:?} {text}"
-    );
-    assert!(text.contains(said), "{said:?} not said:\n{text}");
-    text
 }
 
 /// The gateway's user, password file, CA and client certificate lines.

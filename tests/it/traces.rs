@@ -7,9 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
 use crate::support::*;
@@ -32,18 +29,22 @@ async fn post_with(
     body: &str,
     headers: &[(&str, &str)],
 ) -> Reply {
-    let mut req = Request::post(path)
-        .header(http::header::HOST, addr.to_string())
-        .header(http::header::CONTENT_TYPE, "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req
-        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-        .expect("request");
-    tokio::time::timeout(Duration::from_secs(20), send(addr, req))
+    let sent = post_with_headers(addr, path, body, headers);
+    tokio::time::timeout(Duration::from_secs(20), sent)
         .await
         .expect("answered in time")
+}
+
+/// One request's spans: its `SERVER` span and two `CLIENT` attempts.
+fn one_server_two_attempts(spans: &[Span]) -> bool {
+    of_kind(spans, SPAN_KIND_SERVER).len() == 1 && of_kind(spans, SPAN_KIND_CLIENT).len() == 2
+}
+
+/// The `SERVER` span, and the `CLIENT` attempts in the order they were made.
+fn server_and_attempts(spans: &[Span]) -> (&Span, Vec<&Span>) {
+    let mut attempts = of_kind(spans, SPAN_KIND_CLIENT);
+    attempts.sort_by_key(|s| int_attr(s, "chat.attempt"));
+    (of_kind(spans, SPAN_KIND_SERVER)[0], attempts)
 }
 
 fn traceparent(trace_id: &str, sampled: bool) -> String {
@@ -227,14 +228,8 @@ async fn a_failover_is_two_attempts_under_the_request() {
     let reply = post(gw.addr, UPDATE, increase("fo-1")).await;
     assert_eq!(reply.status, 200);
     assert_eq!(backup.count(), 1);
-    let spans = collector
-        .wait_for(|s| {
-            of_kind(s, SPAN_KIND_SERVER).len() == 1 && of_kind(s, SPAN_KIND_CLIENT).len() == 2
-        })
-        .await;
-    let server = of_kind(&spans, SPAN_KIND_SERVER)[0];
-    let mut attempts = of_kind(&spans, SPAN_KIND_CLIENT);
-    attempts.sort_by_key(|s| int_attr(s, "chat.attempt"));
+    let spans = collector.wait_for(one_server_two_attempts).await;
+    let (server, attempts) = server_and_attempts(&spans);
     let (first, second) = (attempts[0], attempts[1]);
     for a in [first, second] {
         assert_eq!(
@@ -281,14 +276,8 @@ async fn a_usersig_retry_is_a_second_attempt_to_the_same_host() {
     let gw = traced_gateway(&upstream.endpoint(), &collector.endpoint(), "1", "").await;
     let reply = post(gw.addr, UPDATE, increase("retry-1")).await;
     assert_eq!(reply.error_code(), 0);
-    let spans = collector
-        .wait_for(|s| {
-            of_kind(s, SPAN_KIND_SERVER).len() == 1 && of_kind(s, SPAN_KIND_CLIENT).len() == 2
-        })
-        .await;
-    let server = of_kind(&spans, SPAN_KIND_SERVER)[0];
-    let mut attempts = of_kind(&spans, SPAN_KIND_CLIENT);
-    attempts.sort_by_key(|s| int_attr(s, "chat.attempt"));
+    let spans = collector.wait_for(one_server_two_attempts).await;
+    let (server, attempts) = server_and_attempts(&spans);
     assert_eq!(int_attr(attempts[0], "chat.error_code"), Some(70001));
     assert_eq!(int_attr(attempts[1], "chat.attempt"), Some(2));
     assert_eq!(int_attr(attempts[1], "chat.error_code"), Some(0));

@@ -48,16 +48,7 @@ pub(crate) async fn post_in_time(addr: SocketAddr, path: &str, body: impl Into<B
 
 /// POST with extra headers, over a fresh connection, within [`ANSWER_WITHIN`].
 async fn post_with(addr: SocketAddr, path: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut req = Request::post(path)
-        .header(http::header::HOST, addr.to_string())
-        .header(http::header::CONTENT_TYPE, "application/json");
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let req = req
-        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
-        .expect("request");
-    tokio::time::timeout(ANSWER_WITHIN, send(addr, req))
+    tokio::time::timeout(ANSWER_WITHIN, post_with_headers(addr, path, body, headers))
         .await
         .unwrap_or_else(|_| panic!("no answer to POST {path} within {ANSWER_WITHIN:?}"))
 }

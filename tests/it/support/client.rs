@@ -90,6 +90,25 @@ pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply
     send(addr, req).await
 }
 
+/// A JSON POST with extra `headers`, over a fresh connection.
+pub async fn post_with_headers(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut req = Request::post(path)
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::CONTENT_TYPE, "application/json");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .expect("request");
+    send(addr, req).await
+}
+
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     let req = Request::get(path)
         .header(http::header::HOST, addr.to_string())
